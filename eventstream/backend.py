@@ -1,0 +1,175 @@
+"""The boundary between the public floor and the two backends, and the one place that picks one.
+
+Data crosses this boundary once per call (a whole batch of events), never once per event. Both
+backends, ``eventstream._core`` (compiled, over librdkafka) and ``eventstream._pure`` (over
+confluent-kafka's Python API), satisfy :class:`Backend`; the test suite runs against each of them.
+
+``EVENTSTREAM_NO_EXTENSIONS=1`` selects the pure-Python backend; otherwise the compiled one is used,
+and failing to import it is an error (it is never silently replaced).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from google.protobuf.message import Message
+
+__all__ = [
+    "Backend",
+    "BackendName",
+    "ConsumerBackend",
+    "ConsumerSpec",
+    "ProducerBackend",
+    "ProducerSpec",
+    "backend",
+    "load_backend",
+]
+
+BackendName = Literal["compiled", "pure"]
+
+#: A key function as the backend sees it: event -> partition key (``None``: no key).
+KeyFunction = Callable[[Any], "str | bytes | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerSpec:
+    """Everything a backend needs to build a producer. Built by the public floor, read-only."""
+
+    #: Final librdkafka properties (strings), bootstrap and our defaults included.
+    properties: Mapping[str, str]
+    topic: str
+    #: The exact generated class every event of a call must be (``type(event) is event_type``).
+    event_type: type[Message]
+    #: Value of the ``ce_type`` header: the protobuf full name of ``event_type``.
+    type_name: str
+    #: Value of the ``ce_source`` header: the producing instance id.
+    source: str
+    #: Optional key function; ``None`` produces unkeyed events.
+    key: KeyFunction | None
+    logger: logging.Logger
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSpec:
+    """Everything a backend needs to build a consumer. Built by the public floor, read-only."""
+
+    #: Final librdkafka properties: group.id, auto.offset.reset, enable.auto.offset.store=false, ...
+    properties: Mapping[str, str]
+    topic: str
+    event_type: type[Message]
+    type_name: str
+    logger: logging.Logger
+    #: Callable building the metadata object handed to handlers (``eventstream.EventMetadata``);
+    #: called as ``metadata_factory(topic, partition, offset, key, timestamp_ms, source, event_id)``.
+    metadata_factory: Callable[..., Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """How the consumer backend hands events to the application.
+
+    ``mode == "event"``: ``handler(event)``, or ``handler(event, metadata)`` when ``with_metadata``,
+    once per event on the poll thread. An exception from the handler is logged by the backend with
+    the event's coordinates (``logger.error(..., exc_info=...)``) and the offset is still stored.
+
+    ``mode == "batch"``: ``handler(events, metadatas)`` once per polled batch, in partition order;
+    ``metadatas`` is always given. The handler deals with per-event failures itself; an exception
+    escaping it is logged and the batch's offsets are stored anyway (never stall a partition).
+
+    In both modes the offset of an event is stored only after the handler returned for it.
+    """
+
+    handler: Callable[..., object]
+    mode: Literal["event", "batch"]
+    with_metadata: bool
+
+
+class ProducerBackend(Protocol):
+    def produce(self, events: Sequence[Message], timeout: float | None) -> None:
+        """Serialize, enqueue and block until every event of this call is acknowledged.
+
+        Raises ``EventTypeError`` (nothing sent) if an event is not ``spec.event_type``;
+        ``SerializationError``/``KeyError`` style misuse before anything is sent; ``ProduceError``
+        with the first failed delivery's code; ``ProduceTimeoutError`` if ``timeout`` passed first.
+        Thread-safe. Releases the GIL while waiting, in slices so that signals are handled.
+        """
+        ...
+
+    def produce_async(
+        self, events: Sequence[Message], loop: asyncio.AbstractEventLoop
+    ) -> asyncio.Future[None]:
+        """Like :meth:`produce` but returns at once with a future of ``loop`` resolved (on ``loop``)
+        when every event of the call is acknowledged, or failed with the same errors. Type errors
+        are raised directly, before anything is sent."""
+        ...
+
+    def flush(self, timeout: float) -> int:
+        """Wait for everything outstanding; return the number of messages still in flight."""
+        ...
+
+    def close(self, timeout: float) -> None:
+        """Flush (up to ``timeout``), stop the poll thread, destroy the client. Idempotent."""
+        ...
+
+
+class ConsumerBackend(Protocol):
+    def start(self, dispatch: Dispatch) -> None:
+        """Subscribe and start the poll thread (daemon). Returns at once."""
+        ...
+
+    def close(self, timeout: float) -> None:
+        """Stop polling after the running handler returns, commit stored offsets, leave the group,
+        join the poll thread. Idempotent. Raises what the poll thread failed with, if anything."""
+        ...
+
+
+class Backend(Protocol):
+    name: BackendName
+
+    def check_properties(self, properties: Mapping[str, str]) -> None:
+        """Raise ``ValueError`` naming the property if librdkafka rejects a name or value.
+        Makes no network call."""
+        ...
+
+    def new_producer(self, spec: ProducerSpec) -> ProducerBackend: ...
+
+    def new_consumer(self, spec: ConsumerSpec) -> ConsumerBackend: ...
+
+
+_ENV = "EVENTSTREAM_NO_EXTENSIONS"
+_loaded: Backend | None = None
+
+
+def load_backend() -> Backend:
+    """The backend of this process, chosen once: compiled unless ``EVENTSTREAM_NO_EXTENSIONS=1``.
+
+    Raises ``ImportError`` naming what is missing if the compiled backend was expected and cannot
+    be loaded; set ``EVENTSTREAM_NO_EXTENSIONS=1`` to run on the pure-Python backend instead.
+    """
+    global _loaded
+    if _loaded is None:
+        if os.environ.get(_ENV, "") not in ("", "0"):
+            from eventstream import _pure
+
+            _loaded = _pure.BACKEND
+        else:
+            try:
+                from eventstream import _core  # type: ignore[attr-defined,unused-ignore]
+            except ImportError as exc:
+                raise ImportError(
+                    f"eventstream's compiled backend (eventstream._core) could not be loaded: {exc}. "
+                    "Build it with `pip install -e .` (needs Cython and a C compiler), or set "
+                    f"{_ENV}=1 to use the pure-Python backend."
+                ) from exc
+            _loaded = _core.BACKEND
+    return _loaded
+
+
+def backend() -> BackendName:
+    """Which backend this process uses: ``"compiled"`` or ``"pure"``."""
+    return load_backend().name
