@@ -24,6 +24,8 @@ __all__ = [
     "BackendName",
     "ConsumerBackend",
     "ConsumerSpec",
+    "Dispatch",
+    "DispatchAbandoned",
     "ProducerBackend",
     "ProducerSpec",
     "backend",
@@ -82,11 +84,19 @@ class Dispatch:
     escaping it is logged and the batch's offsets are stored anyway (never stall a partition).
 
     In both modes the offset of an event is stored only after the handler returned for it.
+    A ``BaseException`` that is not an ``Exception`` (KeyboardInterrupt, SystemExit, or
+    ``DispatchAbandoned``) stops the poll loop *without* storing the offsets of the events it
+    interrupted (the whole batch in batch mode); ``close()`` re-raises it, except
+    ``DispatchAbandoned``, which the public floor raises on purpose to give up a batch at close.
     """
 
     handler: Callable[..., object]
     mode: Literal["event", "batch"]
     with_metadata: bool
+
+
+class DispatchAbandoned(BaseException):
+    """Raised by a batch handler to give up its batch unprocessed (offsets not stored)."""
 
 
 class ProducerBackend(Protocol):
@@ -120,6 +130,11 @@ class ProducerBackend(Protocol):
 class ConsumerBackend(Protocol):
     def start(self, dispatch: Dispatch) -> None:
         """Subscribe and start the poll thread (daemon). Returns at once."""
+        ...
+
+    def assignment(self) -> dict[int, int]:
+        """Partitions assigned to this consumer now, each with its fetch position (the offset of
+        the next record it will read; negative while not yet known). Thread-safe, no network."""
         ...
 
     def close(self, timeout: float) -> None:
