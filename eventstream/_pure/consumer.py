@@ -1,0 +1,267 @@
+"""Consumer of the pure-Python backend: confluent_kafka.Consumer driven by one poll thread."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import confluent_kafka
+from google.protobuf.message import DecodeError, Message
+
+from eventstream import wire
+from eventstream.backend import ConsumerSpec, Dispatch, DispatchAbandoned
+from eventstream.errors import BrokerError, ClosedError, is_retriable
+
+__all__ = ["PureConsumer"]
+
+_BATCH = 500
+_FIRST_WAIT = 0.1  # seconds the poll thread blocks for a first record; bounds close() latency
+_CONTENT_TYPE = wire.HEADER_CONTENT_TYPE
+_TYPE = wire.HEADER_TYPE
+_SOURCE = wire.HEADER_SOURCE
+_ID = wire.HEADER_ID
+
+
+class PureConsumer:
+    """One confluent-kafka consumer and the thread that polls it and runs the handler."""
+
+    def __init__(self, spec: ConsumerSpec) -> None:
+        self._spec = spec
+        self._client: confluent_kafka.Consumer | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = False
+        self._closed = False
+        self._failure: BaseException | None = None
+        self._lock = threading.Lock()
+
+    def start(self, dispatch: Dispatch) -> None:
+        with self._lock:
+            if self._closed:
+                raise ClosedError("the consumer is closed")
+            conf: dict[str, object] = dict(self._spec.properties)
+            conf["error_cb"] = self._on_client_error
+            conf["logger"] = self._spec.logger.getChild("librdkafka")
+            client = confluent_kafka.Consumer(conf)
+            client.subscribe([self._spec.topic])
+            self._client = client
+            self._thread = threading.Thread(
+                target=self._run,
+                args=(client, dispatch),
+                name=f"eventstream-consumer-{self._spec.topic}",
+                daemon=True,
+            )
+            self._thread.start()
+
+    def assignment(self) -> dict[int, int]:
+        client = self._client
+        if client is None or self._closed:
+            return {}
+        try:
+            assigned = client.assignment()
+            return {tp.partition: tp.offset for tp in client.position(assigned)}
+        except (RuntimeError, confluent_kafka.KafkaException):
+            return {}  # closed meanwhile
+
+    def close(self, timeout: float) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._stop = True
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            if thread.is_alive():
+                self._spec.logger.error(
+                    "consumer of %r: the handler did not return within %g s of close(); "
+                    "its partitions will be read again by the next consumer of the group",
+                    self._spec.topic,
+                    timeout,
+                )
+        failure = self._failure
+        if failure is not None and not isinstance(failure, DispatchAbandoned):
+            raise failure
+
+    # -- the poll thread ------------------------------------------------------------------------
+
+    def _on_client_error(self, err: confluent_kafka.KafkaError) -> None:
+        if err.fatal():
+            self._failure = BrokerError(
+                f"consumer fatal error: {err.name()}: {err.str()}",
+                code=err.code(),
+                name=err.name(),
+                retriable=False,
+                fatal=True,
+            )
+            self._stop = True
+        elif err.code() not in (
+            confluent_kafka.KafkaError._TRANSPORT,
+            confluent_kafka.KafkaError._ALL_BROKERS_DOWN,
+        ):
+            self._spec.logger.warning("consumer error: %s: %s", err.name(), err.str())
+
+    def _run(self, client: confluent_kafka.Consumer, dispatch: Dispatch) -> None:
+        try:
+            while not self._stop:
+                first = client.poll(_FIRST_WAIT)
+                if first is None:
+                    continue
+                batch = [first]
+                if not self._stop:
+                    batch.extend(client.consume(_BATCH - 1, 0))
+                if dispatch.mode == "event":
+                    self._dispatch_events(client, batch, dispatch)
+                else:
+                    self._dispatch_batch(client, batch, dispatch)
+        except BaseException as exc:  # recorded and re-raised by close()
+            if self._failure is None:
+                self._failure = exc
+        finally:
+            try:
+                client.close()  # commits stored offsets and leaves the group
+            except Exception as exc:
+                self._spec.logger.warning("consumer close failed: %s", exc)
+
+    def _decode(self, msg: confluent_kafka.Message) -> tuple[Message, Any] | None:
+        """Decode one record; ``None`` if it is skipped (already logged). Returns the event and
+        its ``(key, timestamp, source, id)`` extras."""
+        spec = self._spec
+        err = msg.error()
+        if err is not None:
+            if err.fatal():
+                raise BrokerError(
+                    f"consumer fatal error: {err.name()}: {err.str()}",
+                    code=err.code(),
+                    name=err.name(),
+                    retriable=False,
+                    fatal=True,
+                )
+            spec.logger.warning(
+                "consumer error: %s: %s%s",
+                err.name(),
+                err.str(),
+                "" if is_retriable(err.code()) else " (permanent)",
+            )
+            return None
+        source = event_id = None
+        headers = msg.headers()
+        if headers:
+            for name, value in headers:
+                if name == _TYPE:
+                    if value is None or value.decode(errors="replace") != spec.type_name:
+                        spec.logger.warning(
+                            "skipping event at %s[%d]@%d: ce_type %r is not %r",
+                            msg.topic(),
+                            msg.partition(),
+                            msg.offset(),
+                            value.decode(errors="replace") if value is not None else None,
+                            spec.type_name,
+                        )
+                        return None
+                elif name == _SOURCE:
+                    source = value.decode(errors="replace") if value is not None else None
+                elif name == _ID:
+                    event_id = value.decode(errors="replace") if value is not None else None
+                elif name == _CONTENT_TYPE and value not in wire.ACCEPTED_CONTENT_TYPES:
+                    spec.logger.warning(
+                        "skipping event at %s[%d]@%d: content-type %r is not protobuf",
+                        msg.topic(),
+                        msg.partition(),
+                        msg.offset(),
+                        value.decode(errors="replace") if value is not None else None,
+                    )
+                    return None
+        try:
+            event = spec.event_type.FromString(msg.value() or b"")
+        except (DecodeError, RuntimeError, ValueError) as exc:
+            spec.logger.error(
+                "skipping event at %s[%d]@%d: value does not decode as %s: %s",
+                msg.topic(),
+                msg.partition(),
+                msg.offset(),
+                spec.type_name,
+                exc,
+            )
+            return None
+        return event, (msg.key(), msg.timestamp()[1], source, event_id)
+
+    def _metadata(self, msg: confluent_kafka.Message, extras: Any) -> Any:
+        key, timestamp, source, event_id = extras
+        return self._spec.metadata_factory(
+            msg.topic(), msg.partition(), msg.offset(), key, timestamp, source, event_id
+        )
+
+    def _dispatch_events(
+        self, client: confluent_kafka.Consumer, batch: list[confluent_kafka.Message], dispatch: Dispatch
+    ) -> None:
+        handler = dispatch.handler
+        with_metadata = dispatch.with_metadata
+        logger = self._spec.logger
+        done: list[confluent_kafka.Message] = []
+        try:
+            for msg in batch:
+                if self._stop:
+                    break
+                decoded = self._decode(msg)
+                if decoded is not None:
+                    event, extras = decoded
+                    try:
+                        if with_metadata:
+                            handler(event, self._metadata(msg, extras))
+                        else:
+                            handler(event)
+                    except Exception as exc:
+                        logger.error(
+                            "handler failed for event at %s[%d]@%d",
+                            msg.topic(),
+                            msg.partition(),
+                            msg.offset(),
+                            exc_info=exc,
+                        )
+                done.append(msg)
+        finally:
+            # Offsets of the events whose handler returned (or that were skipped), even when a
+            # BaseException stops the loop half-way: those events are finished.
+            self._store(client, done)
+
+    def _dispatch_batch(
+        self, client: confluent_kafka.Consumer, batch: list[confluent_kafka.Message], dispatch: Dispatch
+    ) -> None:
+        events: list[Message] = []
+        metadatas: list[Any] = []
+        for msg in batch:
+            decoded = self._decode(msg)
+            if decoded is not None:
+                event, extras = decoded
+                events.append(event)
+                metadatas.append(self._metadata(msg, extras))
+        if events:
+            try:
+                dispatch.handler(events, metadatas)
+            except Exception as exc:
+                self._spec.logger.error(
+                    "batch handler failed for %d events of %r", len(events), self._spec.topic,
+                    exc_info=exc,
+                )
+        self._store(client, batch)
+
+    def _store(self, client: confluent_kafka.Consumer, done: list[confluent_kafka.Message]) -> None:
+        if not done:
+            return
+        # One store call per batch: the highest finished offset + 1 of each partition.
+        next_offsets: dict[tuple[str, int], int] = {}
+        for msg in done:
+            if msg.error() is None:
+                next_offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
+        if not next_offsets:
+            return
+        try:
+            client.store_offsets(
+                offsets=[
+                    confluent_kafka.TopicPartition(topic, partition, offset)
+                    for (topic, partition), offset in next_offsets.items()
+                ]
+            )
+        except confluent_kafka.KafkaException as exc:
+            # _STATE: the partition was revoked meanwhile; its new owner reads these events again.
+            self._spec.logger.info("offsets not stored: %s", exc)

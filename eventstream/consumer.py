@@ -1,0 +1,236 @@
+"""Receiving typed events: :class:`Consumer`."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import Generic, Literal, TypeVar, overload
+
+from google.protobuf.message import Message
+
+from eventstream.backend import ConsumerBackend, Dispatch, DispatchAbandoned
+from eventstream.errors import ClosedError, ConsumerAlreadyStartedError, EventStreamError
+from eventstream.metadata import EventMetadata
+
+__all__ = ["Consumer"]
+
+E = TypeVar("E", bound=Message)
+
+
+def _is_async(handler: Callable[..., object]) -> bool:
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+        getattr(handler, "__call__", None)  # noqa: B004 - callable objects with async __call__
+    )
+
+
+class Consumer(Generic[E]):
+    """Receives every event of one topic for this instance's group. Create it with
+    :meth:`Topic.new_consumer`; nothing connects until :meth:`consume`.
+
+    Consumers of one ``instance_id`` share the topic's partitions; each instance id gets every
+    event. Delivery is at least once: an event's offset is stored only after its handler returned,
+    so events whose handler had not finished are delivered again after a crash or rebalance.
+    """
+
+    def __init__(self, backend: ConsumerBackend, topic: str, logger: logging.Logger) -> None:
+        self._backend = backend
+        self._topic = topic
+        self._logger = logger
+        self._lock = threading.Lock()
+        self._started = False
+        self._closed = False
+        self._abandon = False  # set when close() blocks the async handler's own loop
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @overload
+    def consume(
+        self,
+        handler: Callable[[E], object],
+        *,
+        with_metadata: Literal[False] = False,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None: ...
+
+    @overload
+    def consume(
+        self,
+        handler: Callable[[E, EventMetadata], object],
+        *,
+        with_metadata: Literal[True],
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None: ...
+
+    def consume(
+        self,
+        handler: Callable[..., object],
+        *,
+        with_metadata: bool = False,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        """Start consuming in the background and return at once.
+
+        ``handler(event)`` — or ``handler(event, metadata)`` with ``with_metadata=True`` — runs
+        for every event on this consumer's poll thread, one event at a time in partition order.
+        An ``async def`` handler runs on the application's event loop instead (``loop``, or the
+        loop running when ``consume`` is called), still one event at a time in order.
+        A handler exception is logged with the event's coordinates and consumption continues.
+
+        Raises :class:`ConsumerAlreadyStartedError` on a second call, :class:`ClosedError` after
+        :meth:`close`, ``TypeError`` for a handler that is not callable, ``ValueError`` for an
+        async handler without an event loop.
+        """
+        if not callable(handler):
+            raise TypeError(f"handler must be callable, got {handler!r}")
+        is_async = _is_async(handler)
+        if is_async and loop is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                raise ValueError(
+                    "an async handler runs on an event loop: call consume() from a coroutine, "
+                    "or pass loop="
+                ) from None
+        with self._lock:
+            if self._closed:
+                raise ClosedError(f"the consumer of {self._topic!r} is closed")
+            if self._started:
+                raise ConsumerAlreadyStartedError(
+                    f"this consumer of {self._topic!r} is already consuming; "
+                    "create another consumer with Topic.new_consumer()"
+                )
+            self._started = True
+        if is_async:
+            assert loop is not None
+            self._loop = loop
+            dispatch = Dispatch(self._async_batch_runner(handler, with_metadata, loop), "batch", True)
+        else:
+            dispatch = Dispatch(handler, "event", with_metadata)
+        self._backend.start(dispatch)
+
+    def _async_batch_runner(
+        self,
+        handler: Callable[..., Awaitable[object]],
+        with_metadata: bool,
+        loop: asyncio.AbstractEventLoop,
+    ) -> Callable[[Sequence[Message], Sequence[EventMetadata]], None]:
+        logger = self._logger
+
+        async def run(events: Sequence[Message], metadatas: Sequence[EventMetadata]) -> None:
+            for event, meta in zip(events, metadatas, strict=True):
+                try:
+                    if with_metadata:
+                        await handler(event, meta)
+                    else:
+                        await handler(event)
+                except Exception as exc:
+                    logger.error(
+                        "handler failed for event at %s[%d]@%d",
+                        meta.topic,
+                        meta.partition,
+                        meta.offset,
+                        exc_info=exc,
+                    )
+
+        def run_batch(events: Sequence[Message], metadatas: Sequence[EventMetadata]) -> None:
+            # Called on the poll thread: one hop to the loop per batch, waited for in slices so
+            # that a close() on the loop's own thread (which blocks that loop) cannot deadlock.
+            try:
+                future = asyncio.run_coroutine_threadsafe(run(events, metadatas), loop)
+            except RuntimeError:
+                raise DispatchAbandoned() from None  # the loop is closed
+            while True:
+                try:
+                    future.result(0.1)
+                    return
+                except concurrent.futures.TimeoutError:
+                    if loop.is_closed() or self._abandon:
+                        future.cancel()
+                        raise DispatchAbandoned() from None
+                except concurrent.futures.CancelledError:
+                    raise DispatchAbandoned() from None
+
+        return run_batch
+
+    def wait_until_assigned(self, timeout: float = 30.0) -> dict[int, int]:
+        """Block until this consumer owns partitions and knows where it reads from in each, then
+        return ``{partition: next offset}``. Useful before producing events that a consumer
+        starting at the latest offset must see. Raises ``TimeoutError``, :class:`ClosedError`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._closed:
+                raise ClosedError(f"the consumer of {self._topic!r} is closed")
+            if not self._started:
+                raise EventStreamError("call consume() before wait_until_assigned()")
+            positions = self._backend.assignment()
+            if positions and all(offset >= 0 for offset in positions.values()):
+                return positions
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"the consumer of {self._topic!r} was not assigned partitions within "
+                    f"{timeout:g} s (assigned now: {positions or 'none'})"
+                )
+            time.sleep(0.05)
+
+    def assignment(self) -> dict[int, int]:
+        """Partitions this consumer owns now, each with its next offset (negative: not known
+        yet). Thread-safe; no network call."""
+        return {} if self._closed else self._backend.assignment()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop consuming: the running handler finishes, offsets of finished events are committed,
+        the consumer leaves its group. Idempotent; blocks up to ``timeout`` for the handler.
+
+        Re-raises what stopped the poll thread (a fatal broker error, or a ``BaseException``
+        from a handler). Call :meth:`aclose` from the event loop of an async handler.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._abandon = asyncio.get_running_loop() is self._loop
+            except RuntimeError:
+                pass
+        if self._abandon:
+            self._logger.warning(
+                "Consumer.close() was called on the event loop that runs its async handler; "
+                "the batch in progress is left for redelivery. Use `await consumer.aclose()`."
+            )
+        self._backend.close(timeout)
+
+    async def aclose(self, timeout: float = 30.0) -> None:
+        """:meth:`close` without blocking the event loop (needed when the handler is async)."""
+        await asyncio.get_running_loop().run_in_executor(None, self.close, timeout)
+
+    def __enter__(self) -> Consumer[E]:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Consumer[E]:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+

@@ -1,0 +1,73 @@
+"""The backend behind :func:`eventstream.new_noop_topic`: every operation succeeds and does nothing.
+
+Events are still type-checked, so a program behaves the same whether streaming is on or off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+
+from google.protobuf.message import Message
+
+from eventstream.backend import BackendName, ConsumerSpec, Dispatch, ProducerSpec
+from eventstream.errors import EventTypeError
+
+__all__ = ["NOOP_BACKEND"]
+
+
+class _NoopProducer:
+    def __init__(self, spec: ProducerSpec) -> None:
+        self._event_type = spec.event_type
+
+    def _check(self, events: Sequence[Message]) -> None:
+        for index, event in enumerate(events):
+            if type(event) is not self._event_type:
+                raise EventTypeError(
+                    f"event {index} of the call is a {type(event).__qualname__}, expected "
+                    f"{self._event_type.__qualname__}; nothing was sent"
+                )
+
+    def produce(self, events: Sequence[Message], timeout: float | None) -> None:
+        self._check(events)
+
+    def produce_async(
+        self, events: Sequence[Message], loop: asyncio.AbstractEventLoop
+    ) -> asyncio.Future[None]:
+        self._check(events)
+        future: asyncio.Future[None] = loop.create_future()
+        future.set_result(None)
+        return future
+
+    def flush(self, timeout: float) -> int:
+        return 0
+
+    def close(self, timeout: float) -> None:
+        pass
+
+
+class _NoopConsumer:
+    def start(self, dispatch: Dispatch) -> None:
+        pass
+
+    def assignment(self) -> dict[int, int]:
+        return {}
+
+    def close(self, timeout: float) -> None:
+        pass
+
+
+class _NoopBackend:
+    name: BackendName = "pure"
+
+    def check_properties(self, properties: Mapping[str, str]) -> None:
+        pass
+
+    def new_producer(self, spec: ProducerSpec) -> _NoopProducer:
+        return _NoopProducer(spec)
+
+    def new_consumer(self, spec: ConsumerSpec) -> _NoopConsumer:
+        return _NoopConsumer()
+
+
+NOOP_BACKEND = _NoopBackend()

@@ -1,0 +1,212 @@
+"""One Kafka topic of typed events: :class:`Topic`, :func:`new_topic`, :func:`new_noop_topic`."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from types import TracebackType
+from typing import Generic, TypeVar
+
+from google.protobuf.message import Message
+
+from eventstream.admin import TopicAdmin
+from eventstream.backend import Backend, ConsumerSpec, ProducerSpec, load_backend
+from eventstream.config import TopicConfig
+from eventstream.consumer import Consumer
+from eventstream.errors import ClosedError, EventStreamError, EventTypeError
+from eventstream.metadata import EventMetadata
+from eventstream.noop import NOOP_BACKEND
+from eventstream.producer import Producer
+
+__all__ = ["Topic", "new_noop_topic", "new_topic"]
+
+E = TypeVar("E", bound=Message)
+
+KeyFunction = Callable[[E], "str | bytes | None"]
+
+
+class Topic(Generic[E]):
+    """A Kafka topic whose events are all of one protobuf class ``E``.
+
+    Makes producers and consumers, creates the topic if asked, and closes everything it made.
+    Thread-safe. Creating it, or its producers and consumers, makes no network call.
+    """
+
+    def __init__(
+        self,
+        event_type: type[E],
+        config: TopicConfig,
+        *,
+        _backend: Backend | None = None,
+        _admin: TopicAdmin | None = None,
+    ) -> None:
+        descriptor = getattr(event_type, "DESCRIPTOR", None)
+        if not (isinstance(event_type, type) and issubclass(event_type, Message)) or not hasattr(
+            descriptor, "full_name"
+        ):
+            raise EventTypeError(
+                f"event_type must be a generated protobuf message class, got {event_type!r}"
+            )
+        if not isinstance(config, TopicConfig):
+            raise TypeError(f"config must be a TopicConfig, got {config!r}")
+        self.event_type = event_type
+        self.config = config
+        self.type_name: str = descriptor.full_name
+        self._backend = _backend if _backend is not None else load_backend()
+        self._admin = _admin
+        self._lock = threading.Lock()
+        self._children: list[Producer[E] | Consumer[E]] = []
+        self._closed = False
+
+    @property
+    def name(self) -> str:
+        return self.config.topic
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _adopt(self, child: Producer[E] | Consumer[E]) -> None:
+        with self._lock:
+            if self._closed:
+                raise ClosedError(f"topic {self.name!r} is closed")
+            self._children = [c for c in self._children if not c.closed]
+            self._children.append(child)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"topic {self.name!r} is closed")
+
+    def new_producer(self, *, key: KeyFunction[E] | None = None) -> Producer[E]:
+        """A producer of this topic. ``key(event)`` (``str``, ``bytes`` or ``None``) picks the
+        partition: events with one key land in one partition and keep their order."""
+        self._check_open()
+        if key is not None and not callable(key):
+            raise TypeError(f"key must be a function of the event, got {key!r}")
+        spec = ProducerSpec(
+            properties=self.config.producer_settings(),
+            topic=self.name,
+            event_type=self.event_type,
+            type_name=self.type_name,
+            source=self.config.instance_id,
+            key=key,
+            logger=self.config.logger,
+        )
+        producer: Producer[E] = Producer(self._backend.new_producer(spec), self.name)
+        self._adopt(producer)
+        return producer
+
+    def new_consumer(self, *, start_from_beginning: bool = False) -> Consumer[E]:
+        """A consumer in this instance's group ``"{topic}::{instance_id}"``.
+
+        ``start_from_beginning`` decides where a group without committed offsets starts: the
+        oldest retained event, or only events produced after it joined (the default). A group
+        that has committed offsets always resumes after them.
+        """
+        self._check_open()
+        spec = ConsumerSpec(
+            properties=self.config.consumer_settings(start_from_beginning=start_from_beginning),
+            topic=self.name,
+            event_type=self.event_type,
+            type_name=self.type_name,
+            logger=self.config.logger,
+            metadata_factory=EventMetadata,
+        )
+        consumer: Consumer[E] = Consumer(
+            self._backend.new_consumer(spec), self.name, self.config.logger
+        )
+        self._adopt(consumer)
+        return consumer
+
+    def _topic_admin(self) -> TopicAdmin:
+        if self._admin is None:
+            settings = self.config.producer_settings()
+            self._admin = TopicAdmin(
+                {k: v for k, v in settings.items() if k not in _PRODUCER_ONLY}, self.name
+            )
+        return self._admin
+
+    def ensure_exists(
+        self, partitions: int = 1, replication_factor: int = 1, *, timeout: float = 30.0
+    ) -> bool:
+        """Create the topic if it does not exist and wait until it is usable. Blocks.
+
+        Returns ``True`` if this call created it. Raises :class:`TopicError` if it exists with
+        fewer than ``partitions`` partitions, or if creation failed (``.retriable`` says whether
+        trying again may help).
+        """
+        self._check_open()
+        if partitions < 1 or replication_factor < 1:
+            raise ValueError("partitions and replication_factor must be at least 1")
+        return self._topic_admin().ensure_exists(partitions, replication_factor, timeout)
+
+    def wait_until_ready(self, timeout: float = 30.0) -> None:
+        """Poll metadata every 100 ms until the topic exists and every partition has a leader.
+        Blocks; raises :class:`TopicError` (retriable) when ``timeout`` passes first."""
+        self._check_open()
+        self._topic_admin().wait_until_ready(timeout)
+
+    def close(self) -> None:
+        """Close every producer and consumer made by this topic, carrying on past failures, then
+        raise them together (an :class:`EventStreamError` whose ``__cause__`` is the first).
+        Idempotent; blocks while producers flush and consumer handlers finish."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            children, self._children = self._children, []
+        failures: list[BaseException] = []
+        for child in children:
+            try:
+                child.close()
+            except Exception as exc:
+                failures.append(exc)
+        if failures:
+            error = EventStreamError(
+                f"closing topic {self.name!r}: {len(failures)} of {len(children)} clients failed "
+                "to close: " + "; ".join(f"{type(f).__name__}: {f}" for f in failures)
+            )
+            error.failures = failures  # type: ignore[attr-defined]
+            raise error from failures[0]
+
+    def __enter__(self) -> Topic[E]:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Topic({self.type_name}, {self.name!r}, instance_id={self.config.instance_id!r})"
+
+
+# Producer-only properties that would make an AdminClient log configuration warnings.
+_PRODUCER_ONLY = frozenset({"acks", "enable.idempotence", "linger.ms", "message.timeout.ms"})
+
+
+def new_topic(event_type: type[E], config: TopicConfig) -> Topic[E]:
+    """The topic ``config.topic`` carrying events of ``event_type`` (a generated protobuf class).
+    Makes no network call; raises :class:`EventTypeError` for a class that is not a message."""
+    return Topic(event_type, config)
+
+
+def new_noop_topic(event_type: type[E]) -> Topic[E]:
+    """A topic on which every operation succeeds and does nothing (events are still
+    type-checked), for running with streaming disabled."""
+    config = TopicConfig(brokers="disabled:9", topic="noop", instance_id="noop")
+    return Topic(event_type, config, _backend=NOOP_BACKEND, _admin=_NoopAdmin())
+
+
+class _NoopAdmin(TopicAdmin):
+    def __init__(self) -> None:
+        super().__init__({}, "noop")
+
+    def ensure_exists(self, partitions: int, replication_factor: int, timeout: float) -> bool:
+        return False
+
+    def wait_until_ready(self, timeout: float) -> None:
+        pass
