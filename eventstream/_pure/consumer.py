@@ -9,6 +9,7 @@ import confluent_kafka
 from google.protobuf.message import DecodeError, Message
 
 from eventstream import wire
+from eventstream._pure.client_log import ClientLog
 from eventstream.backend import ConsumerSpec, Dispatch, DispatchAbandoned
 from eventstream.errors import BrokerError, ClosedError, is_retriable
 
@@ -40,7 +41,7 @@ class PureConsumer:
                 raise ClosedError("the consumer is closed")
             conf: dict[str, object] = dict(self._spec.properties)
             conf["error_cb"] = self._on_client_error
-            conf["logger"] = self._spec.logger.getChild("librdkafka")
+            conf["logger"] = ClientLog(self._spec.logger)
             client = confluent_kafka.Consumer(conf)
             client.subscribe([self._spec.topic])
             self._client = client

@@ -12,6 +12,7 @@ import confluent_kafka
 from google.protobuf.message import Message
 
 from eventstream import wire
+from eventstream._pure.client_log import ClientLog
 from eventstream.backend import ProducerSpec
 from eventstream.errors import (
     ClosedError,
@@ -140,7 +141,7 @@ class PureProducer:
             if self._client is None:
                 conf: dict[str, object] = dict(self._spec.properties)
                 conf["error_cb"] = self._on_client_error
-                conf["logger"] = self._spec.logger.getChild("librdkafka")
+                conf["logger"] = ClientLog(self._spec.logger)
                 self._client = confluent_kafka.Producer(conf)
                 self._poller = threading.Thread(
                     target=self._poll_loop,
