@@ -137,6 +137,10 @@ class PureConsumer:
                     retriable=False,
                     fatal=True,
                 )
+            if err.code() == confluent_kafka.KafkaError.UNKNOWN_TOPIC_OR_PART:
+                # Normal until the topic is created (or auto-created by its first producer).
+                spec.logger.info("topic %r does not exist yet; waiting for it", spec.topic)
+                return None
             spec.logger.warning(
                 "consumer error: %s: %s%s",
                 err.name(),

@@ -1,0 +1,5 @@
+import sys
+
+from eventstream.cli import main
+
+sys.exit(main())

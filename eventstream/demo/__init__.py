@@ -1,0 +1,1 @@
+"""The ``eventstream demo`` command: cache invalidation across service instances."""

@@ -1,0 +1,78 @@
+/*
+ * Small C helpers for _core.pyx that Cython cannot express directly: atomics (GCC/Clang
+ * __atomic builtins), CLOCK_MONOTONIC deadlines and condition variables that wait on it, and
+ * the decimal formatting of event ids on the produce hot path.
+ */
+#ifndef ESK_SYNC_H
+#define ESK_SYNC_H
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+
+static inline int64_t esk_add_i64(int64_t *p, int64_t v) {
+    return __atomic_add_fetch(p, v, __ATOMIC_ACQ_REL);
+}
+static inline int64_t esk_fetch_add_u64(uint64_t *p, uint64_t v) {
+    return (int64_t)__atomic_fetch_add(p, v, __ATOMIC_RELAXED);
+}
+static inline int64_t esk_load_i64(const int64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline int esk_add_int(int *p, int v) { return __atomic_add_fetch(p, v, __ATOMIC_ACQ_REL); }
+static inline int esk_load_int(const int *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void esk_store_int(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline void *esk_load_ptr(void *const *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+
+/* Monotonic time in nanoseconds. */
+static inline int64_t esk_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static inline void esk_sleep_ns(int64_t ns) {
+    struct timespec ts;
+    ts.tv_sec = (time_t)(ns / 1000000000LL);
+    ts.tv_nsec = (long)(ns % 1000000000LL);
+    while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
+    }
+}
+
+/* A condition variable whose timed waits use CLOCK_MONOTONIC (immune to wall-clock jumps). */
+static inline int esk_cond_init(pthread_cond_t *cond) {
+    pthread_condattr_t attr;
+    int rc;
+    if ((rc = pthread_condattr_init(&attr)) != 0)
+        return rc;
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    rc = pthread_cond_init(cond, &attr);
+    pthread_condattr_destroy(&attr);
+    return rc;
+}
+
+/* Wait on `cond` (with `mutex` held) until `deadline_ns` (esk_now_ns() clock). */
+static inline int esk_cond_wait_until(pthread_cond_t *cond, pthread_mutex_t *mutex,
+                                      int64_t deadline_ns) {
+    struct timespec ts;
+    ts.tv_sec = (time_t)(deadline_ns / 1000000000LL);
+    ts.tv_nsec = (long)(deadline_ns % 1000000000LL);
+    return pthread_cond_timedwait(cond, mutex, &ts);
+}
+
+/* Write `prefix` then the decimal digits of `n` into `out` (room for prefix_len + 20 bytes).
+ * Returns the length written (no terminating NUL). */
+static inline size_t esk_format_id(char *out, const char *prefix, size_t prefix_len, uint64_t n) {
+    char digits[20];
+    size_t k = 0, i;
+    memcpy(out, prefix, prefix_len);
+    do {
+        digits[k++] = (char)('0' + (n % 10));
+        n /= 10;
+    } while (n != 0);
+    for (i = 0; i < k; i++)
+        out[prefix_len + i] = digits[k - 1 - i];
+    return prefix_len + k;
+}
+
+#endif /* ESK_SYNC_H */
