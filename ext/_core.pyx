@@ -1,0 +1,222 @@
+# cython: language_level=3
+"""eventstream's compiled backend: producer and consumer over librdkafka's C API.
+
+One librdkafka per process: this module does not link against librdkafka. At import it finds the
+librdkafka that confluent-kafka's wheel bundles (and has already loaded), dlopen()s that very
+file, and resolves every function it uses into a pointer table (rdkafka_abi.h). librdkafka older
+than 2.1.0 is refused.
+
+Layout: this file is the loader and the Backend object; producer.pxi, consumer.pxi and mock.pxi
+hold the clients.
+"""
+
+from libc.stdint cimport int32_t, int64_t, uint64_t
+from libc.stdlib cimport malloc, calloc, free
+from libc.string cimport memcpy, memcmp, strlen, strcmp
+from libc.stdio cimport snprintf
+from posix.dlfcn cimport dlopen, dlerror, RTLD_NOW, RTLD_LOCAL
+from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+
+from rdkafka cimport *
+from esk_sync cimport *
+
+import atexit as _atexit
+import glob as _glob
+import os as _os
+import threading as _threading
+import weakref as _weakref
+
+from eventstream import errors as _errors
+from eventstream import wire as _wire
+
+cdef extern from "<dlfcn.h>" nogil:
+    int RTLD_NOLOAD
+
+cdef extern from "Python.h":
+    int PyErr_CheckSignals() except -1
+
+__all__ = [
+    "BACKEND",
+    "CompiledBackend",
+    "Consumer",
+    "LIBRDKAFKA_PATH",
+    "LIBRDKAFKA_VERSION",
+    "MIN_LIBRDKAFKA_VERSION",
+    "MockCluster",
+    "Producer",
+]
+
+#: The oldest librdkafka accepted: 2.1.0 brought rd_kafka_offset_store_message() and the fix for
+#: messages lost by rd_kafka_consume_batch_queue() across rebalances.
+MIN_LIBRDKAFKA_VERSION = "2.1.0"
+DEF _MIN_VERSION_INT = 0x020100ff
+
+cdef enum:
+    ERRSTR_SIZE = 512
+
+
+# --------------------------------------------------------------------------------------------
+# Loader
+# --------------------------------------------------------------------------------------------
+
+def _candidate_paths():
+    """Paths of the librdkafka confluent-kafka loaded, best first."""
+    import confluent_kafka
+    import confluent_kafka.cimpl  # noqa: F401  (loads the bundled librdkafka, RTLD_LOCAL)
+
+    pkg_dir = _os.path.dirname(_os.path.abspath(confluent_kafka.__file__))
+    libs_dir = _os.path.join(_os.path.dirname(pkg_dir), "confluent_kafka.libs")
+    # auditwheel names it librdkafka-<hash>.so.1; the hash changes with every release.
+    paths = sorted(_glob.glob(_os.path.join(libs_dir, "librdkafka-*.so.1")))
+    cdef char buf[4096]
+    # confluent-kafka built from source links a librdkafka elsewhere: ask the dynamic linker.
+    if esk_find_loaded_librdkafka(buf, sizeof(buf)):
+        loaded = buf.decode("utf-8", "surrogateescape")
+        if loaded not in paths:
+            paths.append(loaded)
+    return paths
+
+
+cdef void *_open_librdkafka(list paths) except NULL:
+    cdef void *handle = NULL
+    cdef bytes p
+    # Already loaded by confluent_kafka.cimpl: RTLD_NOLOAD hands back that very instance.
+    for path in paths:
+        p = _os.fsencode(path)
+        handle = dlopen(p, RTLD_NOW | RTLD_NOLOAD)
+        if handle != NULL:
+            return handle
+    # Not loaded under that name (unusual): load it privately, still the same file.
+    errors = []
+    for path in paths:
+        p = _os.fsencode(path)
+        handle = dlopen(p, RTLD_NOW | RTLD_LOCAL)
+        if handle != NULL:
+            return handle
+        err = dlerror()
+        errors.append(f"{path}: {err.decode() if err != NULL else 'unknown error'}")
+    raise ImportError(
+        "eventstream._core: cannot load librdkafka: "
+        + ("; ".join(errors) if errors else
+           "no librdkafka-*.so.1 found next to confluent_kafka (confluent_kafka.libs/) and none "
+           "loaded in this process; install the confluent-kafka wheel")
+    )
+
+
+def _load():
+    paths = _candidate_paths()
+    cdef void *handle = _open_librdkafka(paths)
+    cdef const char *missing = esk_rdk_load(handle)
+    if missing != NULL:
+        raise ImportError(
+            f"eventstream._core: librdkafka at {paths[0]!r} lacks the symbol "
+            f"{missing.decode()!r}; librdkafka >= {MIN_LIBRDKAFKA_VERSION} is required"
+        )
+    cdef int version = rd_kafka_version()
+    version_str = rd_kafka_version_str().decode()
+    if version < _MIN_VERSION_INT:
+        raise ImportError(
+            f"eventstream._core: librdkafka {version_str} (0x{version:08x}) is too old; "
+            f"{MIN_LIBRDKAFKA_VERSION} or newer is required (offset_store_message, batch "
+            "consume fixes). Upgrade confluent-kafka."
+        )
+    # The path actually in use: the first one dlopen accepted.
+    used = paths[0]
+    for path in paths:
+        if dlopen(_os.fsencode(path), RTLD_NOW | RTLD_NOLOAD) == handle:
+            used = path
+            break
+    return used, version_str
+
+
+#: Path of the librdkafka shared library in use (the one confluent-kafka loaded).
+#: Its version string, e.g. "2.16.0".
+LIBRDKAFKA_PATH, LIBRDKAFKA_VERSION = _load()
+
+
+# --------------------------------------------------------------------------------------------
+# Shared helpers
+# --------------------------------------------------------------------------------------------
+
+cdef str _err_name(int code):
+    return rd_kafka_err2name(code).decode("utf-8", "replace")
+
+
+cdef str _err_str(int code):
+    return rd_kafka_err2str(code).decode("utf-8", "replace")
+
+
+cdef str _text(const void *p, size_t n):
+    return (<const char *>p)[:n].decode("utf-8", "replace")
+
+
+cdef rd_kafka_conf_t *_make_conf(object properties, str what) except NULL:
+    """A new conf with every property set; raises ValueError(f"{name}: {errstr}") on the first
+    rejected one (the conf is destroyed then)."""
+    cdef rd_kafka_conf_t *conf = rd_kafka_conf_new()
+    cdef char errstr[ERRSTR_SIZE]
+    cdef bytes bname, bvalue
+    if conf == NULL:
+        raise MemoryError()
+    try:
+        for name, value in properties.items():
+            if not isinstance(name, str) or not isinstance(value, str):
+                raise TypeError(
+                    f"{what} properties must map str to str, got {name!r}: {value!r}"
+                )
+            bname = name.encode()
+            bvalue = value.encode()
+            errstr[0] = 0
+            if rd_kafka_conf_set(conf, bname, bvalue, errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK:
+                raise ValueError(f"{name}: {errstr.decode('utf-8', 'replace')}")
+    except BaseException:
+        rd_kafka_conf_destroy(conf)
+        raise
+    return conf
+
+
+cdef int _sleep_slice(double seconds) except -1:
+    """Sleep without the GIL, in slices that leave room for signal handlers (Ctrl+C)."""
+    cdef int64_t deadline = esk_now_ns() + <int64_t>(seconds * 1e9)
+    cdef int64_t now
+    while True:
+        now = esk_now_ns()
+        if now >= deadline:
+            return 0
+        with nogil:
+            esk_sleep_ns(min(deadline - now, <int64_t>100_000_000))
+        PyErr_CheckSignals()
+
+
+include "producer.pxi"
+include "consumer.pxi"
+include "mock.pxi"
+
+
+# --------------------------------------------------------------------------------------------
+# The Backend
+# --------------------------------------------------------------------------------------------
+
+class CompiledBackend:
+    """eventstream.backend.Backend over librdkafka's C API."""
+
+    name = "compiled"
+
+    def check_properties(self, properties):
+        """Raise ValueError naming the first property librdkafka rejects. No network."""
+        cdef rd_kafka_conf_t *conf = _make_conf(properties, "client")
+        rd_kafka_conf_destroy(conf)
+
+    def new_producer(self, spec):
+        return Producer(spec)
+
+    def new_consumer(self, spec):
+        return Consumer(spec)
+
+    def __repr__(self):
+        return f"<eventstream._core backend, librdkafka {LIBRDKAFKA_VERSION}>"
+
+
+BACKEND = CompiledBackend()

@@ -1,0 +1,42 @@
+# pthreads and the small C helpers of esk_sync.h (atomics, monotonic clock, id formatting).
+
+from libc.stdint cimport int64_t, uint64_t
+
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_t:
+        pass
+    ctypedef struct pthread_attr_t:
+        pass
+    ctypedef struct pthread_mutex_t:
+        pass
+    ctypedef struct pthread_mutexattr_t:
+        pass
+    ctypedef struct pthread_cond_t:
+        pass
+    int pthread_create(pthread_t *thread, const pthread_attr_t *attr,
+                       void *(*start_routine)(void *) noexcept nogil, void *arg)
+    int pthread_join(pthread_t thread, void **retval)
+    int pthread_mutex_init(pthread_mutex_t *mutex, const pthread_mutexattr_t *attr)
+    int pthread_mutex_destroy(pthread_mutex_t *mutex)
+    int pthread_mutex_lock(pthread_mutex_t *mutex)
+    int pthread_mutex_unlock(pthread_mutex_t *mutex)
+    int pthread_cond_destroy(pthread_cond_t *cond)
+    int pthread_cond_signal(pthread_cond_t *cond)
+    int pthread_cond_broadcast(pthread_cond_t *cond)
+    int pthread_cond_wait(pthread_cond_t *cond, pthread_mutex_t *mutex)
+
+
+cdef extern from "esk_sync.h" nogil:
+    int64_t esk_add_i64(int64_t *p, int64_t v)
+    int64_t esk_fetch_add_u64(uint64_t *p, uint64_t v)
+    int64_t esk_load_i64(const int64_t *p)
+    int esk_add_int(int *p, int v)
+    int esk_load_int(const int *p)
+    void esk_store_int(int *p, int v)
+    void *esk_load_ptr(void **p)
+    int64_t esk_now_ns()
+    void esk_sleep_ns(int64_t ns)
+    int esk_cond_init(pthread_cond_t *cond)
+    int esk_cond_wait_until(pthread_cond_t *cond, pthread_mutex_t *mutex, int64_t deadline_ns)
+    size_t esk_format_id(char *out, const char *prefix, size_t prefix_len, uint64_t n)
