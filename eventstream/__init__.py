@@ -1,8 +1,8 @@
 """eventstream: typed event streaming over Apache Kafka with protobuf payloads.
 
-    topic = eventstream.new_topic(Invalidate, TopicConfig(brokers=..., topic=..., instance_id=...))
-    with topic.new_producer() as producer:
-        producer.produce(Invalidate(key="user:42"))   # blocks until the broker acknowledged it
+topic = eventstream.new_topic(Invalidate, TopicConfig(brokers=..., topic=..., instance_id=...))
+with topic.new_producer() as producer:
+    producer.produce(Invalidate(key="user:42"))   # blocks until the broker acknowledged it
 """
 
 from eventstream.backend import backend

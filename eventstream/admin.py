@@ -6,7 +6,8 @@ import time
 from collections.abc import Mapping
 
 import confluent_kafka
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from eventstream.errors import TopicError, is_retriable
 
@@ -19,7 +20,7 @@ class TopicAdmin:
     """Admin operations on one topic. Blocking; thread-safe (one AdminClient, created lazily)."""
 
     def __init__(self, properties: Mapping[str, str], topic: str) -> None:
-        self._properties = dict(properties)
+        self._properties: dict[str, str | int | float | bool] = dict(properties)
         self._topic = topic
         self._client: AdminClient | None = None
 

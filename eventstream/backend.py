@@ -66,8 +66,8 @@ class ConsumerSpec:
     event_type: type[Message]
     type_name: str
     logger: logging.Logger
-    #: Callable building the metadata object handed to handlers (``eventstream.EventMetadata``);
-    #: called as ``metadata_factory(topic, partition, offset, key, timestamp_ms, source, event_id)``.
+    #: Builds the metadata handed to handlers (``eventstream.EventMetadata``), called as
+    #: ``metadata_factory(topic, partition, offset, key, timestamp_ms, source, event_id)``.
     metadata_factory: Callable[..., Any]
 
 
@@ -177,7 +177,8 @@ def load_backend() -> Backend:
                 from eventstream import _core  # type: ignore[attr-defined,unused-ignore]
             except ImportError as exc:
                 raise ImportError(
-                    f"eventstream's compiled backend (eventstream._core) could not be loaded: {exc}. "
+                    "eventstream's compiled backend (eventstream._core) could not be loaded: "
+                    f"{exc}. "
                     "Build it with `pip install -e .` (needs Cython and a C compiler), or set "
                     f"{_ENV}=1 to use the pure-Python backend."
                 ) from exc

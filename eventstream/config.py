@@ -70,6 +70,11 @@ def _brokers(value: str | Sequence[str]) -> str:
     return ",".join(brokers)
 
 
+def _strings(properties: Mapping[str, PropertyValue]) -> Mapping[str, str]:
+    # After __post_init__ every value is a string; this narrows the declared type.
+    return {k: str(v) for k, v in properties.items()}
+
+
 @dataclass(frozen=True, kw_only=True)
 class TopicConfig:
     """Where and as whom one topic is used. Immutable; validated at construction.
@@ -107,7 +112,9 @@ class TopicConfig:
         if self.topic in (".", ".."):
             raise ConfigError("topic", f"{self.topic!r} is not a legal Kafka topic name")
         if not isinstance(self.instance_id, str) or not self.instance_id.strip():
-            raise ConfigError("instance_id", f"must be a non-empty string, got {self.instance_id!r}")
+            raise ConfigError(
+                "instance_id", f"must be a non-empty string, got {self.instance_id!r}"
+            )
         if any(not ch.isprintable() for ch in self.instance_id):
             raise ConfigError("instance_id", f"must be printable, got {self.instance_id!r}")
         if (
@@ -117,7 +124,8 @@ class TopicConfig:
             or self.delivery_timeout < 0.001
         ):
             raise ConfigError(
-                "delivery_timeout", f"must be a positive number of seconds, got {self.delivery_timeout!r}"
+                "delivery_timeout",
+                f"must be a positive number of seconds, got {self.delivery_timeout!r}",
             )
         if not isinstance(self.logger, logging.Logger):
             raise ConfigError("logger", f"must be a logging.Logger, got {self.logger!r}")
@@ -139,12 +147,12 @@ class TopicConfig:
             # order across librdkafka's internal retries.
             "acks": "all",
             "enable.idempotence": "true",
-            # produce() hands a whole batch over at once and then waits: lingering only adds latency.
+            # produce() hands a whole batch over at once, then waits: lingering only adds latency.
             "linger.ms": "0",
             "message.timeout.ms": str(max(1, round(self.delivery_timeout * 1000))),
         }
-        conf.update(self.client_properties)
-        conf.update(self.producer_properties)
+        conf.update(_strings(self.client_properties))
+        conf.update(_strings(self.producer_properties))
         return conf
 
     def consumer_settings(self, *, start_from_beginning: bool) -> dict[str, str]:
@@ -164,8 +172,8 @@ class TopicConfig:
             # Cache invalidation wants events promptly, not in large fetches.
             "fetch.wait.max.ms": "100",
         }
-        conf.update(self.client_properties)
-        conf.update(self.consumer_properties)
+        conf.update(_strings(self.client_properties))
+        conf.update(_strings(self.consumer_properties))
         return conf
 
     def _check_properties(self) -> None:

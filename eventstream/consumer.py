@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import inspect
 import logging
 import threading
@@ -112,7 +113,12 @@ class Consumer(Generic[E]):
         if is_async:
             assert loop is not None
             self._loop = loop
-            dispatch = Dispatch(self._async_batch_runner(handler, with_metadata, loop), "batch", True)
+            runner = self._async_batch_runner(
+                handler,  # type: ignore[arg-type]  # _is_async checked it returns awaitables
+                with_metadata,
+                loop,
+            )
+            dispatch = Dispatch(runner, "batch", True)
         else:
             dispatch = Dispatch(handler, "event", with_metadata)
         self._backend.start(dispatch)
@@ -197,10 +203,8 @@ class Consumer(Generic[E]):
             if self._closed:
                 return
             self._closed = True
-            try:
+            with contextlib.suppress(RuntimeError):  # not on any loop
                 self._abandon = asyncio.get_running_loop() is self._loop
-            except RuntimeError:
-                pass
         if self._abandon:
             self._logger.warning(
                 "Consumer.close() was called on the event loop that runs its async handler; "
@@ -233,4 +237,3 @@ class Consumer(Generic[E]):
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
-

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 __all__ = ["EventMetadata"]
@@ -26,4 +26,4 @@ class EventMetadata(NamedTuple):
     @property
     def timestamp(self) -> datetime:
         """The record's timestamp as an aware UTC datetime."""
-        return datetime.fromtimestamp(self.timestamp_ms / 1000, tz=timezone.utc)
+        return datetime.fromtimestamp(self.timestamp_ms / 1000, tz=UTC)

@@ -51,7 +51,7 @@ class Topic(Generic[E]):
             raise TypeError(f"config must be a TopicConfig, got {config!r}")
         self.event_type = event_type
         self.config = config
-        self.type_name: str = descriptor.full_name
+        self.type_name: str = event_type.DESCRIPTOR.full_name
         self._backend = _backend if _backend is not None else load_backend()
         self._admin = _admin
         self._lock = threading.Lock()

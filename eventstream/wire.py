@@ -46,5 +46,5 @@ ACCEPTED_CONTENT_TYPES = frozenset({CONTENT_TYPE, b"application/x-protobuf"})
 
 
 def new_producer_id() -> str:
-    """16 random hex digits naming one producer; its events get ids ``<producer id>-<1, 2, ...>``."""
+    """16 random hex digits naming one producer; its events get ids ``<producer id>-<n>``."""
     return os.urandom(8).hex()

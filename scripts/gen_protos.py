@@ -1,4 +1,4 @@
-"""Generate Python modules (``*_pb2.py`` + typed ``*_pb2.pyi``) next to every ``.proto`` of the repo.
+"""Generate ``*_pb2.py`` modules and typed ``*_pb2.pyi`` stubs next to every ``.proto`` here.
 
 Generated code is not committed (protoc marks it "NO CHECKED-IN PROTOBUF GENCODE": it must match
 the installed protobuf runtime); the build, the test command and the examples run this first.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, cast
 
 import confluent_kafka
 from google.protobuf.message import DecodeError, Message
@@ -149,7 +149,8 @@ class PureConsumer:
             )
             return None
         source = event_id = None
-        headers = msg.headers()
+        # Received headers are always a list of (name, bytes or None); the stubs allow more.
+        headers = cast("list[tuple[str, bytes | None]] | None", msg.headers())
         if headers:
             for name, value in headers:
                 if name == _TYPE:
@@ -197,7 +198,10 @@ class PureConsumer:
         )
 
     def _dispatch_events(
-        self, client: confluent_kafka.Consumer, batch: list[confluent_kafka.Message], dispatch: Dispatch
+        self,
+        client: confluent_kafka.Consumer,
+        batch: list[confluent_kafka.Message],
+        dispatch: Dispatch,
     ) -> None:
         handler = dispatch.handler
         with_metadata = dispatch.with_metadata
@@ -230,7 +234,10 @@ class PureConsumer:
             self._store(client, done)
 
     def _dispatch_batch(
-        self, client: confluent_kafka.Consumer, batch: list[confluent_kafka.Message], dispatch: Dispatch
+        self,
+        client: confluent_kafka.Consumer,
+        batch: list[confluent_kafka.Message],
+        dispatch: Dispatch,
     ) -> None:
         events: list[Message] = []
         metadatas: list[Any] = []
@@ -245,7 +252,9 @@ class PureConsumer:
                 dispatch.handler(events, metadatas)
             except Exception as exc:
                 self._spec.logger.error(
-                    "batch handler failed for %d events of %r", len(events), self._spec.topic,
+                    "batch handler failed for %d events of %r",
+                    len(events),
+                    self._spec.topic,
                     exc_info=exc,
                 )
         self._store(client, batch)
@@ -256,8 +265,14 @@ class PureConsumer:
         # One store call per batch: the highest finished offset + 1 of each partition.
         next_offsets: dict[tuple[str, int], int] = {}
         for msg in done:
-            if msg.error() is None:
-                next_offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            if (
+                msg.error() is None
+                and topic is not None
+                and partition is not None
+                and offset is not None
+            ):
+                next_offsets[(topic, partition)] = offset + 1
         if not next_offsets:
             return
         try:

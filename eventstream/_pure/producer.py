@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 import time
@@ -65,7 +66,7 @@ def prepare_records(spec: ProducerSpec, events: Sequence[Message]) -> list[Recor
 class _Tracker:
     """Delivery state of one produce call. Delivery callbacks run on the poll thread."""
 
-    __slots__ = ("total", "remaining", "failed", "first_error", "done", "_lock", "on_done")
+    __slots__ = ("_lock", "done", "failed", "first_error", "on_done", "remaining", "total")
 
     def __init__(self, total: int) -> None:
         self.total = total
@@ -122,7 +123,7 @@ class PureProducer:
         self._last_error: str | None = None
         self._ids = itertools.count(1)
         self._id_prefix = wire.new_producer_id() + "-"
-        self._static_headers = [
+        self._static_headers: list[tuple[str, str | bytes | None]] = [
             (wire.HEADER_CONTENT_TYPE, wire.CONTENT_TYPE),
             (wire.HEADER_SPECVERSION, wire.SPECVERSION),
             (wire.HEADER_SOURCE, spec.source.encode()),
@@ -201,7 +202,10 @@ class PureProducer:
         ids = self._ids
         report = tracker.report
         for sent, (value, key) in enumerate(records):
-            headers = [*static, (wire.HEADER_ID, f"{prefix}{next(ids)}".encode())]
+            headers: list[tuple[str, str | bytes | None]] = [
+                *static,
+                (wire.HEADER_ID, f"{prefix}{next(ids)}".encode()),
+            ]
             while True:
                 try:
                     client.produce(topic, value, key, headers=headers, on_delivery=report)
@@ -253,10 +257,9 @@ class PureProducer:
                 future.set_exception(error)
 
         def on_done() -> None:
-            try:
+            # A closed loop raises RuntimeError: nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(settle)
-            except RuntimeError:
-                pass  # the loop was closed: nobody is waiting any more
 
         tracker.on_done = on_done
         self._enqueue(events, tracker)

@@ -20,7 +20,7 @@ class _Seen:
         self.partitions: set[int] = set()
         self._done = threading.Condition()
 
-    def handler(self, event: Any, meta: EventMetadata) -> None:
+    def handler(self, event: Any, meta: EventMetadata) -> None:  # event: CacheInvalidated
         with self._done:
             self.keys.append(event.key)
             self.partitions.add(meta.partition)
@@ -30,6 +30,10 @@ class _Seen:
     def wait(self, timeout: float) -> bool:
         with self._done:
             return self._done.wait_for(lambda: len(self.keys) >= self.expected, timeout)
+
+
+def _key(event: Any) -> str:
+    return str(event.key)
 
 
 def run(brokers: str, *, events: int, topic: str, out: Callable[[str], None] = print) -> int:
@@ -44,7 +48,7 @@ def run(brokers: str, *, events: int, topic: str, out: Callable[[str], None] = p
         for name, t in zip(instances, topics, strict=False):
             consumer = t.new_consumer(start_from_beginning=True)
             consumer.consume(seen[name].handler, with_metadata=True)
-        producer = topics[-1].new_producer(key=lambda e: e.key)
+        producer = topics[-1].new_producer(key=_key)
         started = time.monotonic()
         batch = [
             CacheInvalidated(key=f"user:{i % 50}", version=i, written_at_us=time.time_ns() // 1000)

@@ -50,7 +50,9 @@ class EmbeddedCluster:
             }
         )
         brokers = host.list_topics(timeout=10).brokers.values()
-        self._bootstrap = ",".join(f"{b.host}:{b.port}" for b in sorted(brokers, key=lambda b: b.id))
+        self._bootstrap = ",".join(
+            f"{b.host}:{b.port}" for b in sorted(brokers, key=lambda b: b.id)
+        )
         self._host = host
         return self
 
