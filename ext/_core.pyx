@@ -51,10 +51,10 @@ __all__ = [
 #: The oldest librdkafka accepted: 2.1.0 brought rd_kafka_offset_store_message() and the fix for
 #: messages lost by rd_kafka_consume_batch_queue() across rebalances.
 MIN_LIBRDKAFKA_VERSION = "2.1.0"
-DEF _MIN_VERSION_INT = 0x020100ff
 
 cdef enum:
     ERRSTR_SIZE = 512
+    _MIN_VERSION_INT = 0x020100ff     # 2.1.0 final, as rd_kafka_version() encodes it
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,19 +175,6 @@ cdef rd_kafka_conf_t *_make_conf(object properties, str what) except NULL:
         rd_kafka_conf_destroy(conf)
         raise
     return conf
-
-
-cdef int _sleep_slice(double seconds) except -1:
-    """Sleep without the GIL, in slices that leave room for signal handlers (Ctrl+C)."""
-    cdef int64_t deadline = esk_now_ns() + <int64_t>(seconds * 1e9)
-    cdef int64_t now
-    while True:
-        now = esk_now_ns()
-        if now >= deadline:
-            return 0
-        with nogil:
-            esk_sleep_ns(min(deadline - now, <int64_t>100_000_000))
-        PyErr_CheckSignals()
 
 
 include "producer.pxi"
