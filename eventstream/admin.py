@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from concurrent.futures import Future
+from typing import cast
 
 import confluent_kafka
 from confluent_kafka.admin import AdminClient
@@ -70,8 +72,11 @@ class TopicAdmin:
 
     def ensure_exists(self, partitions: int, replication_factor: int, timeout: float) -> bool:
         """Create the topic unless it exists; ``True`` if this call created it."""
-        futures = self._admin().create_topics(
-            [NewTopic(self._topic, partitions, replication_factor)], operation_timeout=timeout
+        new = [NewTopic(self._topic, partitions, replication_factor)]
+        # confluent-kafka's stubs leave the futures' result type unknown.
+        futures = cast(
+            "dict[str, Future[None]]",
+            self._admin().create_topics(new, operation_timeout=timeout),  # pyright: ignore[reportUnknownMemberType]
         )
         created = True
         try:

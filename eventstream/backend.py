@@ -167,11 +167,12 @@ def load_backend() -> Backend:
     be loaded; set ``EVENTSTREAM_NO_EXTENSIONS=1`` to run on the pure-Python backend instead.
     """
     global _loaded
-    if _loaded is None:
+    chosen = _loaded
+    if chosen is None:
         if os.environ.get(_ENV, "") not in ("", "0"):
             from eventstream import _pure
 
-            _loaded = _pure.BACKEND
+            chosen = _pure.BACKEND
         else:
             try:
                 from eventstream import _core  # type: ignore[attr-defined,unused-ignore]
@@ -182,8 +183,9 @@ def load_backend() -> Backend:
                     "Build it with `pip install -e .` (needs Cython and a C compiler), or set "
                     f"{_ENV}=1 to use the pure-Python backend."
                 ) from exc
-            _loaded = _core.BACKEND
-    return _loaded
+            chosen = _core.BACKEND
+        _loaded = chosen
+    return chosen
 
 
 def backend() -> BackendName:

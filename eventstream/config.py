@@ -94,9 +94,13 @@ class TopicConfig:
     brokers: str | Sequence[str]
     topic: str
     instance_id: str
-    client_properties: Mapping[str, PropertyValue] = field(default_factory=dict)
-    producer_properties: Mapping[str, PropertyValue] = field(default_factory=dict)
-    consumer_properties: Mapping[str, PropertyValue] = field(default_factory=dict)
+    client_properties: Mapping[str, PropertyValue] = field(default_factory=dict[str, PropertyValue])
+    producer_properties: Mapping[str, PropertyValue] = field(
+        default_factory=dict[str, PropertyValue]
+    )
+    consumer_properties: Mapping[str, PropertyValue] = field(
+        default_factory=dict[str, PropertyValue]
+    )
     delivery_timeout: float = 30.0
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("eventstream"))
 

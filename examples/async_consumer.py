@@ -43,7 +43,7 @@ async def run(brokers: str, *, events: int = 100) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--brokers", help="bootstrap servers; default: an embedded cluster")
     args = parser.parse_args()
     if args.brokers:

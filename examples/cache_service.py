@@ -117,7 +117,7 @@ def run(brokers: str, *, writes: int = 300) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--brokers", help="bootstrap servers; default: an embedded cluster")
     parser.add_argument("--writes", type=int, default=300)
     args = parser.parse_args()
