@@ -45,6 +45,8 @@ def _cythonize(extensions: list[Extension]) -> list[Extension]:
     return cythonize(
         extensions,
         include_path=["ext"],
+        # Generated C goes to build/, not next to the sources in ext/.
+        build_dir="build/cython",
         compiler_directives={
             "language_level": 3,
             "boundscheck": False,

@@ -29,6 +29,7 @@ import threading as _threading
 import weakref as _weakref
 
 from eventstream import errors as _errors
+from eventstream.backend import DispatchAbandoned as _DispatchAbandoned
 from eventstream import wire as _wire
 
 cdef extern from "<dlfcn.h>" nogil:
@@ -177,9 +178,79 @@ cdef rd_kafka_conf_t *_make_conf(object properties, str what) except NULL:
     return conf
 
 
+# Where librdkafka's own log lines go: "<logger>.librdkafka" at DEBUG (like the pure backend).
+# Broker outages would otherwise print a line per reconnect; the errors that matter reach the
+# application as exceptions or as eventstream's own log records.
+cdef struct LogSink:
+    PyObject *logger            # borrowed from the client object, which outlives its rk
+    PyObject *owner             # consumer only: the Consumer (borrowed, same reason)
+
+
+cdef void _on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf) noexcept with gil:
+    # Runs only where the log queue is served (log.queue=true + rd_kafka_set_log_queue(rk, NULL)):
+    # on our poll threads, never spontaneously on librdkafka's internal threads.
+    cdef LogSink *sink = <LogSink *>rd_kafka_opaque(rk)
+    if sink == NULL or sink.logger == NULL:
+        return
+    try:
+        (<object>sink.logger).debug(
+            "%s: %s", fac.decode("utf-8", "replace"), buf.decode("utf-8", "replace")
+        )
+    except BaseException:
+        pass                    # logging must never break the client
+
+
+cdef int _route_logs(rd_kafka_conf_t *conf) except -1:
+    cdef char errstr[ERRSTR_SIZE]
+    if rd_kafka_conf_set(conf, b"log.queue", b"true", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK:
+        raise RuntimeError(f"log.queue: {errstr.decode('utf-8', 'replace')}")
+    rd_kafka_conf_set_log_cb(conf, _on_log)
+    return 0
+
+
 include "producer.pxi"
 include "consumer.pxi"
 include "mock.pxi"
+
+
+cdef str _client_error(dict props):
+    """librdkafka's complaint about a client built from `props`, or None. A producer handle
+    without bootstrap servers validates names, values and their combinations (e.g. idempotence
+    with acks=1) and connects nowhere; its log lines are discarded."""
+    cdef char errstr[ERRSTR_SIZE]
+    cdef rd_kafka_conf_t *conf = rd_kafka_conf_new()
+    cdef rd_kafka_t *rk
+    cdef bytes bname, bvalue
+    rd_kafka_conf_set_log_cb(conf, NULL)
+    for name, value in props.items():
+        bname = name.encode()
+        bvalue = value.encode()
+        if rd_kafka_conf_set(conf, bname, bvalue, errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK:
+            rd_kafka_conf_destroy(conf)
+            return errstr.decode("utf-8", "replace")
+    rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr))
+    if rk == NULL:
+        rd_kafka_conf_destroy(conf)
+        return errstr.decode("utf-8", "replace")
+    with nogil:
+        rd_kafka_destroy(rk)
+    return None
+
+
+def _check_properties(properties):
+    cdef dict props = {}
+    for name, value in properties.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise TypeError(f"properties must map str to str, got {name!r}: {value!r}")
+        if name not in ("bootstrap.servers", "group.id"):
+            props[name] = value
+    error = _client_error(props)
+    if error is None:
+        return
+    # Name the culprit: the first property that fails on its own (librdkafka reports aliases,
+    # e.g. acks -> request.required.acks, by their canonical name).
+    culprit = next((k for k, v in props.items() if _client_error({k: v}) is not None), "?")
+    raise ValueError(f"{culprit}: {error}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,8 +264,7 @@ class CompiledBackend:
 
     def check_properties(self, properties):
         """Raise ValueError naming the first property librdkafka rejects. No network."""
-        cdef rd_kafka_conf_t *conf = _make_conf(properties, "client")
-        rd_kafka_conf_destroy(conf)
+        _check_properties(properties)
 
     def new_producer(self, spec):
         return Producer(spec)

@@ -1,19 +1,27 @@
 # The consumer: one Python poll thread per consumer that releases the GIL around librdkafka's
 # batch consume, checks headers in C, decodes, calls the handler and stores each offset only
 # after the handler returned for it (at-least-once: enable.auto.offset.store=false; the
-# auto-commit, and rd_kafka_consumer_close() at close, commit what was stored).
+# auto-commit, and rd_kafka_consumer_close() when the poll thread ends, commit what was stored).
 #
-# Rebalancing: no rebalance callback is set, so librdkafka assigns and revokes by itself; for
-# the cooperative protocol it does the incremental assign/unassign internally (rdkafka_cgrp.c,
+# Rebalancing: no rebalance callback is set, so librdkafka assigns and revokes by itself; with
+# the cooperative protocol it does the incremental assign/unassign internally (rdkafka_cgrp.c:
 # "No application rebalance callback ... do the assign/unassign ourselves"), and on revoke it
 # commits the stored offsets of the partitions being removed.
+#
+# Lifetime of the librdkafka handle: created by start(), used by the poll thread, closed and
+# destroyed by the poll thread itself when its loop ends (so close() never destroys it under a
+# running handler). assignment() may run on any thread: it holds _rk_lock while it uses the
+# handle, and the poll thread takes the handle away under that lock before destroying it.
 
 cdef enum:
     FIRST_WAIT_MS = 100         # longest block for the first message: stop requests seen promptly
-    BATCH_MAX = 1000            # messages handled per round (first one + drained with timeout 0)
+    BATCH_MAX = 500             # messages per round: the first one + drained with timeout 0
+    ERR_UNKNOWN_TOPIC_OR_PART = 3
 
 
 cdef struct ParsedHeaders:
+    # has_*: the header is present; its value may still be NULL (a null header value).
+    bint has_type, has_ct, has_source, has_id
     const void *ce_type
     size_t ce_type_len
     const void *content_type
@@ -24,81 +32,83 @@ cdef struct ParsedHeaders:
     size_t event_id_len
 
 
-cdef void _parse_headers(const rd_kafka_message_t *m, ParsedHeaders *h,
-                         const char *n_type, const char *n_ct, const char *n_src,
-                         const char *n_id) noexcept nogil:
-    """Point h's fields into the message's headers (valid until the message is destroyed);
-    NULL where a header is absent."""
+cdef void _parse_headers(const rd_kafka_message_t *m, ParsedHeaders *h, const char *n_type,
+                         const char *n_ct, const char *n_src, const char *n_id) noexcept nogil:
+    """Point h's fields into the message's headers (valid until the message is destroyed)."""
     cdef rd_kafka_headers_t *hdrs = NULL
-    memset_parsed(h)
+    h.has_type = h.has_ct = h.has_source = h.has_id = False
     if rd_kafka_message_headers(m, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR or hdrs == NULL:
         return
-    if rd_kafka_header_get_last(hdrs, n_type, &h.ce_type, &h.ce_type_len) != 0:
-        h.ce_type = NULL
-    if rd_kafka_header_get_last(hdrs, n_ct, &h.content_type, &h.content_type_len) != 0:
-        h.content_type = NULL
-    if rd_kafka_header_get_last(hdrs, n_src, &h.source, &h.source_len) != 0:
-        h.source = NULL
-    if rd_kafka_header_get_last(hdrs, n_id, &h.event_id, &h.event_id_len) != 0:
-        h.event_id = NULL
+    h.has_type = rd_kafka_header_get_last(hdrs, n_type, &h.ce_type, &h.ce_type_len) == 0
+    h.has_ct = rd_kafka_header_get_last(hdrs, n_ct, &h.content_type, &h.content_type_len) == 0
+    h.has_source = rd_kafka_header_get_last(hdrs, n_src, &h.source, &h.source_len) == 0
+    h.has_id = rd_kafka_header_get_last(hdrs, n_id, &h.event_id, &h.event_id_len) == 0
 
 
-cdef inline void memset_parsed(ParsedHeaders *h) noexcept nogil:
-    h.ce_type = NULL
-    h.ce_type_len = 0
-    h.content_type = NULL
-    h.content_type_len = 0
-    h.source = NULL
-    h.source_len = 0
-    h.event_id = NULL
-    h.event_id_len = 0
+cdef inline bint _value_is(const void *p, size_t n, bytes b):
+    return p != NULL and <Py_ssize_t>n == len(b) and memcmp(p, <const char *>b, n) == 0
 
 
-cdef inline bint _bytes_eq(const void *p, size_t n, bytes b):
-    return <Py_ssize_t>n == len(b) and memcmp(p, <const char *>b, n) == 0
+cdef inline object _header_text(bint present, const void *p, size_t n):
+    if not present or p == NULL:
+        return None
+    return _text(p, n)
+
+
+cdef void _on_consumer_error(rd_kafka_t *rk, int err, const char *reason,
+                             void *opaque) noexcept with gil:
+    # Served inside rd_kafka_consume_batch_queue()/rd_kafka_consumer_close() on the poll thread.
+    cdef LogSink *sink = <LogSink *>opaque
+    if sink == NULL or sink.owner == NULL:
+        return
+    try:
+        (<Consumer>sink.owner)._client_error(err, reason.decode("utf-8", "replace"))
+    except BaseException:
+        pass                    # never let an exception vanish into C: _client_error records
 
 
 cdef class Consumer:
     """eventstream.backend.ConsumerBackend over librdkafka (see the module docstring)."""
 
-    cdef rd_kafka_t *_rk
-    cdef rd_kafka_queue_t *_queue       # the consumer queue (a reference we destroy)
+    cdef rd_kafka_t *_rk                # see "Lifetime" above
+    cdef rd_kafka_queue_t *_queue       # the consumer queue (a reference, destroyed with _rk)
+    cdef pthread_mutex_t _rk_lock
+    cdef LogSink _sink                  # rd_kafka_opaque(_rk)
     cdef readonly str topic
     cdef bytes _btopic
-    cdef object _event_type
+    cdef object _spec
     cdef object _from_string
     cdef bytes _type_name
     cdef str _type_name_str
     cdef object _logger
+    cdef object _client_logger
     cdef object _metadata_factory
     cdef tuple _accepted_ct
     cdef bytes _n_type, _n_ct, _n_src, _n_id
     cdef object _thread                 # threading.Thread running _run()
     cdef object _handler
-    cdef int _mode_batch
+    cdef bint _mode_batch
     cdef bint _with_metadata
-    cdef int _stop                      # set by close(); read by the poll thread between batches
+    cdef int _stop                      # atomic: set by close() or a failure; read per event
     cdef bint _started
-    cdef bint _closed                   # close() was called
-    cdef bint _torn_down                # consumer_close + destroy done
-    cdef bint _close_in_thread          # close() was called from the poll thread itself
-    cdef object _error                  # BaseException recorded by the poll thread
-    cdef object _lock                   # serializes teardown
+    cdef bint _closed
+    cdef object _failure                # BaseException recorded by the poll thread
+    cdef object _lock                   # start()/close() state changes
 
     def __cinit__(self):
         self._rk = NULL
         self._queue = NULL
+        pthread_mutex_init(&self._rk_lock, NULL)
 
     def __init__(self, spec):
-        cdef char errstr[ERRSTR_SIZE]
-        cdef rd_kafka_conf_t *conf
+        self._spec = spec
         self.topic = spec.topic
         self._btopic = spec.topic.encode()
-        self._event_type = spec.event_type
         self._from_string = spec.event_type.FromString
         self._type_name_str = spec.type_name
         self._type_name = spec.type_name.encode()
         self._logger = spec.logger
+        self._client_logger = spec.logger.getChild("librdkafka")
         self._metadata_factory = spec.metadata_factory
         self._accepted_ct = tuple(bytes(ct) for ct in _wire.ACCEPTED_CONTENT_TYPES)
         self._n_type = _wire.HEADER_TYPE.encode()
@@ -106,189 +116,258 @@ cdef class Consumer:
         self._n_src = _wire.HEADER_SOURCE.encode()
         self._n_id = _wire.HEADER_ID.encode()
         self._lock = _threading.Lock()
-        conf = _make_conf(spec.properties, "consumer")
-        # No error_cb: client errors arrive as error messages on the consumer queue and are
-        # logged by the poll thread. No rebalance_cb: see the top of this file.
-        self._rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr))
-        if self._rk == NULL:
-            rd_kafka_conf_destroy(conf)
-            raise _errors.ConfigError("properties", errstr.decode("utf-8", "replace"))
-        # Route the main queue (errors, ...) to the consumer queue that we poll.
-        rd_kafka_poll_set_consumer(self._rk)
-        self._queue = rd_kafka_queue_get_consumer(self._rk)
+        # Borrowed: the handle never outlives self (the poll thread holds a reference to self
+        # and destroys the handle before it ends).
+        self._sink.logger = <PyObject *>self._client_logger
+        self._sink.owner = <PyObject *>self
 
     def __dealloc__(self):
-        # Only reached without close(), or after a failed __init__; the poll thread holds a
-        # reference to self while it runs, so it has ended by now.
+        # The poll thread references self while it runs, so it has ended by now and destroyed
+        # the handle; this only covers a start() that failed half-way.
         if self._queue != NULL:
             rd_kafka_queue_destroy(self._queue)
             self._queue = NULL
         if self._rk != NULL:
+            self._sink.owner = NULL
+            self._sink.logger = NULL
             with nogil:
-                rd_kafka_destroy(self._rk)      # also leaves the group
+                rd_kafka_destroy(self._rk)
             self._rk = NULL
+        pthread_mutex_destroy(&self._rk_lock)
 
     def start(self, dispatch):
         """Subscribe and start the poll thread (daemon). Returns at once."""
+        with self._lock:
+            if self._closed:
+                raise _errors.ClosedError(f"consumer of topic {self.topic!r} is closed")
+            if self._started:
+                raise _errors.ConsumerAlreadyStartedError(
+                    f"consumer of topic {self.topic!r} was already started"
+                )
+            if dispatch.mode not in ("event", "batch"):
+                raise ValueError(f"unknown dispatch mode {dispatch.mode!r}")
+            self._create_client()
+            self._handler = dispatch.handler
+            self._mode_batch = dispatch.mode == "batch"
+            self._with_metadata = bool(dispatch.with_metadata)
+            self._started = True
+            self._thread = _threading.Thread(
+                target=self._run, name=f"eventstream-consumer-{self.topic}", daemon=True
+            )
+            self._thread.start()
+
+    cdef int _create_client(self) except -1:
+        cdef char errstr[ERRSTR_SIZE]
+        cdef rd_kafka_conf_t *conf
+        cdef rd_kafka_t *rk
         cdef rd_kafka_topic_partition_list_t *topics
         cdef int err
-        if self._closed or self._rk == NULL:
-            raise _errors.ClosedError(f"consumer of topic {self.topic!r} is closed")
-        if self._started:
-            raise _errors.ConsumerAlreadyStartedError(
-                f"consumer of topic {self.topic!r} was already started"
-            )
-        if dispatch.mode not in ("event", "batch"):
-            raise ValueError(f"unknown dispatch mode {dispatch.mode!r}")
+        conf = _make_conf(self._spec.properties, "consumer")
+        rd_kafka_conf_set_error_cb(conf, _on_consumer_error)
+        _route_logs(conf)
+        rd_kafka_conf_set_opaque(conf, &self._sink)
+        rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr))
+        if rk == NULL:
+            rd_kafka_conf_destroy(conf)
+            raise _errors.ConfigError("properties", errstr.decode("utf-8", "replace"))
+        # Errors, logs and rebalance events all arrive on the consumer queue that we poll.
+        rd_kafka_poll_set_consumer(rk)
+        rd_kafka_set_log_queue(rk, NULL)
+        self._queue = rd_kafka_queue_get_consumer(rk)
+        self._rk = rk
         topics = rd_kafka_topic_partition_list_new(1)
         rd_kafka_topic_partition_list_add(topics, self._btopic, RD_KAFKA_PARTITION_UA)
-        err = rd_kafka_subscribe(self._rk, topics)
+        err = rd_kafka_subscribe(rk, topics)
         rd_kafka_topic_partition_list_destroy(topics)
         if err != RD_KAFKA_RESP_ERR_NO_ERROR:
+            self._destroy_client()
             raise _errors.BrokerError(
                 f"could not subscribe to topic {self.topic!r}: {_err_name(err)}: {_err_str(err)}",
                 code=err, name=_err_name(err), retriable=_errors.is_retriable(err),
             )
-        self._handler = dispatch.handler
-        self._mode_batch = dispatch.mode == "batch"
-        self._with_metadata = bool(dispatch.with_metadata)
-        self._started = True
-        self._thread = _threading.Thread(
-            target=self._run, name=f"eventstream-consumer-{self.topic}", daemon=True
-        )
-        self._thread.start()
+        return 0
 
-    def close(self, timeout):
-        """Stop after the running handler returns, commit stored offsets, leave the group.
-        Idempotent. Raises what the poll thread failed with (once)."""
-        thread = self._thread
-        esk_store_int(&self._stop, 1)
-        self._closed = True
-        if thread is not None and thread is _threading.current_thread():
-            # Called from a handler: the poll thread tears down when the handler returns.
-            self._close_in_thread = True
-            return
-        if thread is not None and thread.is_alive():
-            thread.join(timeout if timeout is not None and timeout > 0 else None)
-            if thread.is_alive():
-                self._logger.warning(
-                    "consumer of topic %r: a handler is still running after %s s; waiting for "
-                    "it before closing", self.topic, timeout,
-                )
-                thread.join()
-        self._teardown()
-        err = self._error
-        if err is not None:
-            self._error = None
-            raise err
-
-    cdef void _teardown(self) noexcept:
-        """rd_kafka_consumer_close() (commits stored offsets, leaves the group), destroy.
-        Only once the poll thread has stopped using the handle."""
+    cdef int _destroy_client(self) except -1:
+        """Commit stored offsets, leave the group, destroy the handle. Called by the poll thread
+        when its loop ends (or by start() if subscribing failed)."""
         cdef rd_kafka_t *rk
+        cdef rd_kafka_queue_t *queue
         cdef int err = 0
-        with self._lock:
-            if self._torn_down:
-                return
-            self._torn_down = True
+        with nogil:
+            # After this no assignment() call can reach the handle.
+            pthread_mutex_lock(&self._rk_lock)
             rk = self._rk
-            if rk == NULL:
-                return
-            with nogil:
-                if self._queue != NULL:
-                    rd_kafka_queue_destroy(self._queue)
+            queue = self._queue
+            self._rk = NULL
+            self._queue = NULL
+            pthread_mutex_unlock(&self._rk_lock)
+            if rk != NULL:
+                if queue != NULL:
+                    rd_kafka_queue_destroy(queue)
                 err = rd_kafka_consumer_close(rk)
                 rd_kafka_destroy(rk)
-            self._queue = NULL
-            self._rk = NULL
-            if err != RD_KAFKA_RESP_ERR_NO_ERROR:
-                try:
-                    self._logger.warning("consumer close: %s: %s", _err_name(err), _err_str(err))
-                except BaseException:
-                    pass
+        if err != RD_KAFKA_RESP_ERR_NO_ERROR:
+            self._logger.warning("consumer close failed: %s: %s", _err_name(err), _err_str(err))
+        return 0
+
+    def assignment(self):
+        """{partition: fetch position} of the partitions assigned now (position negative while
+        not yet known). Thread-safe; answered locally, no network."""
+        cdef rd_kafka_topic_partition_list_t *parts = NULL
+        cdef int err = 0
+        cdef int i
+        if self._closed:
+            return {}
+        with nogil:
+            pthread_mutex_lock(&self._rk_lock)
+            if self._rk != NULL:
+                err = rd_kafka_assignment(self._rk, &parts)
+                if err == RD_KAFKA_RESP_ERR_NO_ERROR and parts != NULL:
+                    rd_kafka_position(self._rk, parts)
+            pthread_mutex_unlock(&self._rk_lock)
+        result = {}
+        if parts != NULL:
+            for i in range(parts.cnt):
+                result[parts.elems[i].partition] = parts.elems[i].offset
+            rd_kafka_topic_partition_list_destroy(parts)
+        return result
+
+    def close(self, timeout):
+        """Stop after the running handler returns; the poll thread then commits stored offsets
+        and leaves the group. Waits up to `timeout` for that. Idempotent. Raises what the poll
+        thread failed with (except DispatchAbandoned, a deliberate give-up)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            esk_store_int(&self._stop, 1)
+        thread = self._thread
+        if thread is not None and thread is not _threading.current_thread():
+            thread.join(timeout)
+            if thread.is_alive():
+                self._logger.error(
+                    "consumer of %r: the handler did not return within %g s of close(); "
+                    "its partitions will be read again by the next consumer of the group",
+                    self.topic, timeout,
+                )
+        # Called from a handler (the poll thread itself): the loop ends when it returns.
+        failure = self._failure
+        if failure is not None and not isinstance(failure, _DispatchAbandoned):
+            raise failure
 
     # -- the poll thread --
+
+    cdef void _record(self, object exc) noexcept:
+        if self._failure is None:
+            self._failure = exc
+        esk_store_int(&self._stop, 1)
+
+    def _client_error(self, int err, str reason):
+        """error_cb: fatal errors stop the consumer (close() raises them); connection trouble
+        is routine and not logged; anything else is a warning."""
+        cdef int code = err
+        if err == RD_KAFKA_RESP_ERR__FATAL:
+            info = _fatal_info(self._rk)
+            if info is not None:
+                code, reason = info
+            self._record(_errors.BrokerError(
+                f"consumer fatal error: {_err_name(code)}: {reason}",
+                code=code, name=_err_name(code), retriable=False, fatal=True,
+            ))
+        elif err != RD_KAFKA_RESP_ERR__TRANSPORT and err != RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN:
+            self._logger.warning("consumer error: %s: %s", _err_name(err), reason)
 
     def _run(self):
         cdef rd_kafka_message_t **msgs = <rd_kafka_message_t **>calloc(BATCH_MAX, sizeof(void *))
         cdef ssize_t n, more, i
-        if msgs == NULL:
-            self._error = MemoryError()
-            return
+        cdef rd_kafka_queue_t *queue = self._queue
         try:
+            if msgs == NULL:
+                raise MemoryError()
             while not esk_load_int(&self._stop):
                 n = 0
                 with nogil:
-                    n = rd_kafka_consume_batch_queue(self._queue, FIRST_WAIT_MS, msgs, 1)
-                    if n == 1:
-                        more = rd_kafka_consume_batch_queue(self._queue, 0, msgs + 1,
-                                                            BATCH_MAX - 1)
+                    n = rd_kafka_consume_batch_queue(queue, FIRST_WAIT_MS, msgs, 1)
+                    if n == 1 and not esk_load_int(&self._stop):
+                        more = rd_kafka_consume_batch_queue(queue, 0, msgs + 1, BATCH_MAX - 1)
                         if more > 0:
                             n += more
                 if n <= 0:
                     continue
                 try:
                     if self._mode_batch:
-                        self._handle_batch(msgs, n)
+                        self._dispatch_batch(msgs, n)
                     else:
-                        self._handle_events(msgs, n)
+                        self._dispatch_events(msgs, n)
                 finally:
                     with nogil:
                         for i in range(n):
                             rd_kafka_message_destroy(msgs[i])
         except BaseException as exc:
-            # KeyboardInterrupt/SystemExit from a handler, or a bug of ours: never lose it;
-            # close() re-raises it.
-            if self._error is None:
-                self._error = exc
-            esk_store_int(&self._stop, 1)
+            # KeyboardInterrupt/SystemExit/DispatchAbandoned from a handler, a fatal client
+            # error, or a bug of ours: never lost; close() re-raises it.
+            self._record(exc)
         finally:
             free(msgs)
-            if self._close_in_thread:
-                self._teardown()
+            try:
+                self._destroy_client()
+            except BaseException as exc:
+                self._record(exc)
 
-    cdef bint _check_error(self, rd_kafka_message_t *m) except -1:
-        """Handle an error message; True if m is one (the caller skips it)."""
-        cdef int code
-        if m.err == RD_KAFKA_RESP_ERR_NO_ERROR:
-            return False
-        if m.err == RD_KAFKA_RESP_ERR__PARTITION_EOF:
-            return True
-        if m.err == RD_KAFKA_RESP_ERR__FATAL:
+    cdef int _message_error(self, rd_kafka_message_t *m) except -1:
+        """An error delivered as a message: fatal ones raise (ending the loop), others log."""
+        cdef int code = m.err
+        if code == RD_KAFKA_RESP_ERR__PARTITION_EOF:
+            return 0
+        reason = rd_kafka_message_errstr(m).decode("utf-8", "replace")
+        if code == RD_KAFKA_RESP_ERR__FATAL:
             info = _fatal_info(self._rk)
-            code, reason = info if info is not None else (m.err, _err_str(m.err))
-            self._error = _errors.BrokerError(
-                f"fatal consumer error on topic {self.topic!r}: {_err_name(code)}: {reason}",
+            if info is not None:
+                code, reason = info
+            raise _errors.BrokerError(
+                f"consumer fatal error: {_err_name(code)}: {reason}",
                 code=code, name=_err_name(code), retriable=False, fatal=True,
             )
-            esk_store_int(&self._stop, 1)
-            return True
+        if code == ERR_UNKNOWN_TOPIC_OR_PART:
+            # Normal until the topic is created (or auto-created by its first producer).
+            self._logger.info("topic %r does not exist yet; waiting for it", self.topic)
+            return 0
         self._logger.warning(
-            "consumer error: %s",
-            f"{_err_name(m.err)}: {rd_kafka_message_errstr(m).decode('utf-8', 'replace')}",
+            "consumer error: %s: %s%s", _err_name(code), reason,
+            "" if _errors.is_retriable(code) else " (permanent)",
         )
-        return True
+        return 0
+
+    cdef str _topic_of(self, rd_kafka_message_t *m):
+        cdef const char *name
+        if m.rkt == NULL:
+            return self.topic
+        name = rd_kafka_topic_name(m.rkt)
+        if strcmp(name, <const char *>self._btopic) == 0:
+            return self.topic
+        return name.decode("utf-8", "replace")
 
     cdef object _decode(self, rd_kafka_message_t *m, ParsedHeaders *h, str topic):
-        """The event, or None if the message is skipped (logged)."""
-        cdef const void *ct
-        if h.ce_type != NULL and not _bytes_eq(h.ce_type, h.ce_type_len, self._type_name):
-            self._logger.warning(
-                "skipping event at %s[%d]@%d: ce_type %r is not %r",
-                topic, m.partition, m.offset, _text(h.ce_type, h.ce_type_len),
-                self._type_name_str,
-            )
-            return None
-        if h.content_type != NULL:
+        """The event, or None if the record is skipped (logged). Checked in the order the
+        headers are written: content-type, then ce_type."""
+        if h.has_ct:
             for accepted in self._accepted_ct:
-                if _bytes_eq(h.content_type, h.content_type_len, accepted):
+                if _value_is(h.content_type, h.content_type_len, accepted):
                     break
             else:
                 self._logger.warning(
                     "skipping event at %s[%d]@%d: content-type %r is not protobuf",
-                    topic, m.partition, m.offset, _text(h.content_type, h.content_type_len),
+                    topic, m.partition, m.offset,
+                    _header_text(True, h.content_type, h.content_type_len),
                 )
                 return None
+        if h.has_type and not _value_is(h.ce_type, h.ce_type_len, self._type_name):
+            self._logger.warning(
+                "skipping event at %s[%d]@%d: ce_type %r is not %r",
+                topic, m.partition, m.offset, _header_text(True, h.ce_type, h.ce_type_len),
+                self._type_name_str,
+            )
+            return None
         value = (PyBytes_FromStringAndSize(<const char *>m.payload, m.len)
                  if m.payload != NULL else b"")
         try:
@@ -307,37 +386,29 @@ cdef class Consumer:
                if m.key != NULL else None)
         return self._metadata_factory(
             topic, m.partition, m.offset, key, ts,
-            _text(h.source, h.source_len) if h.source != NULL else None,
-            _text(h.event_id, h.event_id_len) if h.event_id != NULL else None,
+            _header_text(h.has_source, h.source, h.source_len),
+            _header_text(h.has_id, h.event_id, h.event_id_len),
         )
-
-    cdef str _topic_of(self, rd_kafka_message_t *m):
-        cdef const char *name
-        if m.rkt == NULL:
-            return self.topic
-        name = rd_kafka_topic_name(m.rkt)
-        if strcmp(name, <const char *>self._btopic) == 0:
-            return self.topic
-        return name.decode("utf-8", "replace")
 
     cdef inline void _store(self, rd_kafka_message_t *m) noexcept:
         # Stores offset+1 for the next commit. Fails (harmlessly) if the partition was revoked
-        # meanwhile: its new owner re-reads from the last committed offset.
+        # meanwhile: its new owner reads the event again from the last committed offset.
         cdef rd_kafka_error_t *error = rd_kafka_offset_store_message(m)
         if error != NULL:
             rd_kafka_error_destroy(error)
 
-    cdef int _handle_events(self, rd_kafka_message_t **msgs, ssize_t n) except -1:
+    cdef int _dispatch_events(self, rd_kafka_message_t **msgs, ssize_t n) except -1:
         cdef ssize_t i
         cdef rd_kafka_message_t *m
         cdef ParsedHeaders h
         handler = self._handler
         with_metadata = self._with_metadata
         for i in range(n):
-            if esk_load_int(&self._stop) and self._error is not None:
-                return 0        # a fatal error: leave the rest for the next owner
+            if esk_load_int(&self._stop):
+                return 0        # close(): the rest is read again by the next owner
             m = msgs[i]
-            if self._check_error(m):
+            if m.err != RD_KAFKA_RESP_ERR_NO_ERROR:
+                self._message_error(m)
                 continue
             topic = self._topic_of(m)
             _parse_headers(m, &h, self._n_type, self._n_ct, self._n_src, self._n_id)
@@ -353,12 +424,12 @@ cdef class Consumer:
                         "handler failed for event at %s[%d]@%d",
                         topic, m.partition, m.offset, exc_info=exc,
                     )
-                # BaseException (KeyboardInterrupt, SystemExit) propagates to _run: recorded,
-                # the poll thread stops, this offset is not stored (redelivered later).
-            self._store(m)
+                # A BaseException that is not an Exception propagates to _run: recorded, the
+                # loop stops, and this event's offset is not stored (it is read again).
+            self._store(m)      # only after the handler returned (or the record was skipped)
         return 0
 
-    cdef int _handle_batch(self, rd_kafka_message_t **msgs, ssize_t n) except -1:
+    cdef int _dispatch_batch(self, rd_kafka_message_t **msgs, ssize_t n) except -1:
         cdef ssize_t i
         cdef rd_kafka_message_t *m
         cdef ParsedHeaders h
@@ -366,7 +437,8 @@ cdef class Consumer:
         metadatas = []
         for i in range(n):
             m = msgs[i]
-            if self._check_error(m):
+            if m.err != RD_KAFKA_RESP_ERR_NO_ERROR:
+                self._message_error(m)
                 continue
             topic = self._topic_of(m)
             _parse_headers(m, &h, self._n_type, self._n_ct, self._n_src, self._n_id)
@@ -379,11 +451,10 @@ cdef class Consumer:
                 self._handler(events, metadatas)
             except Exception as exc:
                 self._logger.error(
-                    "batch handler failed for %d events of topic %s", len(events), self.topic,
+                    "batch handler failed for %d events of %r", len(events), self.topic,
                     exc_info=exc,
                 )
-        if esk_load_int(&self._stop) and self._error is not None:
-            return 0
+            # A BaseException propagates to _run: nothing of this batch is stored.
         for i in range(n):
             if msgs[i].err == RD_KAFKA_RESP_ERR_NO_ERROR:
                 self._store(msgs[i])

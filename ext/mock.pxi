@@ -26,15 +26,18 @@ cdef class MockCluster:
             )
         if num_brokers < 1:
             raise ValueError("num_brokers must be >= 1")
-        # The host handle never connects anywhere: silence its "no bootstrap.servers" notice.
-        conf = _make_conf({"log_level": "3"}, "mock cluster")
+        # The host handle never connects anywhere: drop its log lines ("no bootstrap.servers",
+        # mock broker chatter).
+        conf = rd_kafka_conf_new()
+        rd_kafka_conf_set_log_cb(conf, NULL)
         self._rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr))
         if self._rk == NULL:
             rd_kafka_conf_destroy(conf)
             raise RuntimeError(f"mock cluster host: {errstr.decode('utf-8', 'replace')}")
         self._mc = rd_kafka_mock_cluster_new(self._rk, num_brokers)
         if self._mc == NULL:
-            rd_kafka_destroy(self._rk)
+            with nogil:
+                rd_kafka_destroy(self._rk)
             self._rk = NULL
             raise RuntimeError("rd_kafka_mock_cluster_new failed")
         rd_kafka_mock_group_initial_rebalance_delay_ms(self._mc, 0)

@@ -59,7 +59,8 @@ cdef struct Tracker:
 
 
 cdef struct ProducerState:
-    rd_kafka_t *rk
+    LogSink sink                # first member: rd_kafka_opaque(rk) is read as a LogSink too
+    rd_kafka_t *rk              # NULL until the first produce (created lazily), and after close
     rd_kafka_topic_t *rkt
     pthread_mutex_t lock        # guards: completed, last_err/last_reason, log_msg; never held
                                 # while taking the GIL
@@ -179,6 +180,7 @@ cdef void _tracker_hand_over(Tracker *t, int64_t not_enqueued) noexcept nogil:
 
 
 # ---- librdkafka callbacks (run on whichever thread calls rd_kafka_poll/flush; no GIL) --------
+# (_on_log, shared with the consumer, is in _core.pyx.)
 
 cdef void _on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque) noexcept nogil:
     cdef Tracker *t = <Tracker *>msg._private
@@ -351,6 +353,8 @@ cdef class Producer:
     cdef object _serialize          # the event class's unbound SerializeToString
     cdef object _key
     cdef object _logger
+    cdef object _client_logger      # <logger>.librdkafka: librdkafka's own lines, at DEBUG
+    cdef dict _properties
     cdef bint _closed
     # Header names and constant values, kept alive here; the C pointers below point into them.
     cdef bytes _h_ct, _h_spec, _h_id, _h_source, _h_type
@@ -362,10 +366,8 @@ cdef class Producer:
         self._st = NULL
 
     def __init__(self, spec):
-        cdef char errstr[ERRSTR_SIZE]
-        cdef rd_kafka_conf_t *conf
         cdef ProducerState *st
-        cdef bytes prefix, btopic
+        cdef bytes prefix
         self.topic = spec.topic
         self._event_type = spec.event_type
         self._serialize = spec.event_type.SerializeToString
@@ -401,8 +403,6 @@ cdef class Producer:
         prefix = (_wire.new_producer_id() + "-").encode()
         if len(prefix) >= ID_PREFIX_SIZE:
             raise ValueError("producer id too long")
-        btopic = self.topic.encode()
-
         st = <ProducerState *>calloc(1, sizeof(ProducerState))
         if st == NULL:
             raise MemoryError()
@@ -415,20 +415,35 @@ cdef class Producer:
         Py_INCREF(self.topic)
         st.logger = <PyObject *>self._logger
         Py_INCREF(self._logger)
+        self._client_logger = self._logger.getChild("librdkafka")
+        st.sink.logger = <PyObject *>self._client_logger     # borrowed: self outlives rk
+        self._properties = dict(spec.properties)
         self._st = st               # from here on __dealloc__ frees it
+        # The librdkafka client (threads, connections) is created at the first produce.
 
-        conf = _make_conf(spec.properties, "producer")
+    cdef int _create_client(self) except -1:
+        cdef char errstr[ERRSTR_SIZE]
+        cdef rd_kafka_conf_t *conf
+        cdef ProducerState *st = self._st
+        cdef bytes btopic = self.topic.encode()
+        conf = _make_conf(self._properties, "producer")
         rd_kafka_conf_set_dr_msg_cb(conf, _on_delivery)
         rd_kafka_conf_set_error_cb(conf, _on_error)
+        _route_logs(conf)
         rd_kafka_conf_set_opaque(conf, st)
         st.rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr))
         if st.rk == NULL:
             rd_kafka_conf_destroy(conf)     # rd_kafka_new owns conf only on success
             raise _errors.ConfigError("properties", errstr.decode("utf-8", "replace"))
+        rd_kafka_set_log_queue(st.rk, NULL)  # log lines are served by the poll thread
         st.rkt = rd_kafka_topic_new(st.rk, btopic, NULL)
         if st.rkt == NULL:
+            with nogil:
+                rd_kafka_destroy(st.rk)
+            st.rk = NULL
             raise _errors.ConfigError("topic", f"librdkafka rejected topic {self.topic!r}")
         _live_producers.add(self)
+        return 0
 
     def __dealloc__(self):
         cdef ProducerState *st = self._st
@@ -465,8 +480,10 @@ cdef class Producer:
 
     cdef int _enter(self, bint start_thread) except -1:
         """Mark a call as using rk (close() waits for it); start the poll thread if asked."""
-        if self._closed or self._st == NULL or self._st.rk == NULL:
+        if self._closed or self._st == NULL:
             raise _errors.ClosedError(f"producer for topic {self.topic!r} is closed")
+        if self._st.rk == NULL:
+            self._create_client()
         if start_thread and not self._st.thread_started:
             # Runs with the GIL held and without Python calls: no other thread can race here.
             esk_store_int(&self._st.stop, 0)
@@ -751,7 +768,7 @@ cdef class Producer:
         cdef int left = 0
         cdef int slice_ms
         if self._closed or self._st == NULL or self._st.rk == NULL:
-            return 0
+            return 0                # nothing was ever produced (or closed)
         self._enter(False)
         try:
             return self._flush(timeout)
@@ -788,10 +805,16 @@ cdef class Producer:
         self._closed = True         # new calls fail from here on
         if self._st == NULL or self._st.rk == NULL:
             return
+        left = 0
         try:
-            self._flush(timeout)
+            left = self._flush(timeout)
         finally:
             self._teardown()
+        if left:
+            self._logger.warning(
+                "producer of %r closed with %d events unacknowledged after %g s",
+                self.topic, left, timeout,
+            )
 
     cdef void _teardown(self) noexcept:
         cdef ProducerState *st = self._st

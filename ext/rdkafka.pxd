@@ -24,8 +24,6 @@ cdef extern from "rdkafka_abi.h" nogil:
         pass
     ctypedef struct rd_kafka_headers_t:
         pass
-    ctypedef struct rd_kafka_topic_partition_list_t:
-        pass
     ctypedef struct rd_kafka_mock_cluster_t:
         pass
 
@@ -71,6 +69,21 @@ cdef extern from "rdkafka_abi.h" nogil:
         int64_t offset
         void *_private
 
+    ctypedef struct rd_kafka_topic_partition_t:
+        char *topic
+        int32_t partition
+        int64_t offset
+        void *metadata
+        size_t metadata_size
+        void *opaque
+        rd_kafka_resp_err_t err
+        void *_private
+
+    ctypedef struct rd_kafka_topic_partition_list_t:
+        int cnt
+        int size
+        rd_kafka_topic_partition_t *elems
+
     ctypedef enum rd_kafka_vtype_t:
         RD_KAFKA_VTYPE_END
         RD_KAFKA_VTYPE_TOPIC
@@ -106,6 +119,10 @@ cdef extern from "rdkafka_abi.h" nogil:
                                      void *opaque) noexcept
     ctypedef void (*esk_error_cb_t)(rd_kafka_t *rk, int err, const char *reason,
                                     void *opaque) noexcept
+    # The log callback runs on the thread that serves the queue given to rd_kafka_set_log_queue
+    # (with "log.queue=true"); without a log queue, on librdkafka's internal threads.
+    ctypedef void (*esk_log_cb_t)(const rd_kafka_t *rk, int level, const char *fac,
+                                  const char *buf) noexcept
 
     # Loader (see rdkafka_abi.h).
     const char *esk_rdk_load(void *handle)
@@ -137,6 +154,12 @@ cdef extern from "rdkafka_abi.h" nogil:
         rd_kafka_conf_t *conf, esk_error_cb_t cb)
     void rd_kafka_conf_set_opaque "ESK_RDK(rd_kafka_conf_set_opaque)" (
         rd_kafka_conf_t *conf, void *opaque)
+    void rd_kafka_conf_set_log_cb "ESK_RDK(rd_kafka_conf_set_log_cb)" (
+        rd_kafka_conf_t *conf, esk_log_cb_t cb)
+    void *rd_kafka_opaque "ESK_RDK(rd_kafka_opaque)" (const rd_kafka_t *rk)
+    # NULL: forward log lines to the main queue (served by rd_kafka_poll / the consumer queue).
+    rd_kafka_resp_err_t rd_kafka_set_log_queue "ESK_RDK(rd_kafka_set_log_queue)" (
+        rd_kafka_t *rk, rd_kafka_queue_t *rkqu)
     # Takes ownership of conf on success only.
     rd_kafka_t *rd_kafka_new "ESK_RDK(rd_kafka_new)" (
         rd_kafka_type_t type, rd_kafka_conf_t *conf, char *errstr, size_t errstr_size)
@@ -182,7 +205,7 @@ cdef extern from "rdkafka_abi.h" nogil:
         rd_kafka_queue_t *rkqu, int timeout_ms, rd_kafka_message_t **rkmessages, size_t size)
     rd_kafka_topic_partition_list_t *rd_kafka_topic_partition_list_new \
         "ESK_RDK(rd_kafka_topic_partition_list_new)" (int size)
-    void *rd_kafka_topic_partition_list_add "ESK_RDK(rd_kafka_topic_partition_list_add)" (
+    rd_kafka_topic_partition_t *rd_kafka_topic_partition_list_add "ESK_RDK(rd_kafka_topic_partition_list_add)" (
         rd_kafka_topic_partition_list_t *rktparlist, const char *topic, int32_t partition)
     void rd_kafka_topic_partition_list_destroy "ESK_RDK(rd_kafka_topic_partition_list_destroy)" (
         rd_kafka_topic_partition_list_t *rktparlist)
@@ -192,6 +215,12 @@ cdef extern from "rdkafka_abi.h" nogil:
     rd_kafka_error_t *rd_kafka_offset_store_message "ESK_RDK(rd_kafka_offset_store_message)" (
         rd_kafka_message_t *rkmessage)
     rd_kafka_resp_err_t rd_kafka_consumer_close "ESK_RDK(rd_kafka_consumer_close)" (rd_kafka_t *rk)
+    # A new list (ours to destroy) of the partitions assigned now.
+    rd_kafka_resp_err_t rd_kafka_assignment "ESK_RDK(rd_kafka_assignment)" (
+        rd_kafka_t *rk, rd_kafka_topic_partition_list_t **partitions)
+    # Fills each element's offset with the consumer's fetch position (next offset to read).
+    rd_kafka_resp_err_t rd_kafka_position "ESK_RDK(rd_kafka_position)" (
+        rd_kafka_t *rk, rd_kafka_topic_partition_list_t *partitions)
     const char *rd_kafka_rebalance_protocol "ESK_RDK(rd_kafka_rebalance_protocol)" (
         rd_kafka_t *rk)
 

@@ -33,8 +33,6 @@ typedef struct rd_kafka_topic_conf_s rd_kafka_topic_conf_t;
 typedef struct rd_kafka_queue_s rd_kafka_queue_t;
 typedef struct rd_kafka_error_s rd_kafka_error_t;
 typedef struct rd_kafka_headers_s rd_kafka_headers_t;
-/* A real struct in rdkafka.h; we only create it with _new/_add and pass it on, so opaque here. */
-typedef struct rd_kafka_topic_partition_list_s rd_kafka_topic_partition_list_t;
 typedef struct rd_kafka_mock_cluster_s rd_kafka_mock_cluster_t;
 
 /* ---- enums (C enums are int-sized on every ABI we build for) ------------------------------ */
@@ -95,6 +93,24 @@ typedef struct rd_kafka_message_s {
     void *_private;  /* producer delivery report: the per-message opaque */
 } rd_kafka_message_t;
 
+/* ---- topic+partition lists (layout is part of the ABI) ----------------------------------- */
+typedef struct rd_kafka_topic_partition_s {
+    char *topic;
+    int32_t partition;
+    int64_t offset;
+    void *metadata;
+    size_t metadata_size;
+    void *opaque;
+    rd_kafka_resp_err_t err;
+    void *_private;
+} rd_kafka_topic_partition_t;
+
+typedef struct rd_kafka_topic_partition_list_s {
+    int cnt;
+    int size;
+    rd_kafka_topic_partition_t *elems;
+} rd_kafka_topic_partition_list_t;
+
 /* ---- rd_kafka_vu_t for rd_kafka_produceva() ----------------------------------------------- */
 typedef enum {
     RD_KAFKA_VTYPE_END = 0,
@@ -144,6 +160,7 @@ typedef struct rd_kafka_vu_s {
 /* ---- callback types ------------------------------------------------------------------------ */
 typedef void (*esk_dr_msg_cb_t)(rd_kafka_t *rk, const rd_kafka_message_t *rkmessage, void *opaque);
 typedef void (*esk_error_cb_t)(rd_kafka_t *rk, int err, const char *reason, void *opaque);
+typedef void (*esk_log_cb_t)(const rd_kafka_t *rk, int level, const char *fac, const char *buf);
 
 /* ---- the function table ------------------------------------------------------------------- */
 /* X(return type, name, parameter list). Required: the import fails naming the first missing one. */
@@ -164,6 +181,9 @@ typedef void (*esk_error_cb_t)(rd_kafka_t *rk, int err, const char *reason, void
     X(void, rd_kafka_conf_set_dr_msg_cb, (rd_kafka_conf_t * conf, esk_dr_msg_cb_t cb))             \
     X(void, rd_kafka_conf_set_error_cb, (rd_kafka_conf_t * conf, esk_error_cb_t cb))               \
     X(void, rd_kafka_conf_set_opaque, (rd_kafka_conf_t * conf, void *opaque))                      \
+    X(void, rd_kafka_conf_set_log_cb, (rd_kafka_conf_t * conf, esk_log_cb_t cb))                   \
+    X(void *, rd_kafka_opaque, (const rd_kafka_t *rk))                                             \
+    X(rd_kafka_resp_err_t, rd_kafka_set_log_queue, (rd_kafka_t * rk, rd_kafka_queue_t *rkqu))      \
     X(rd_kafka_t *, rd_kafka_new,                                                                  \
       (rd_kafka_type_t type, rd_kafka_conf_t *conf, char *errstr, size_t errstr_size))             \
     X(void, rd_kafka_destroy, (rd_kafka_t * rk))                                                   \
@@ -197,13 +217,17 @@ typedef void (*esk_error_cb_t)(rd_kafka_t *rk, int err, const char *reason, void
     X(ssize_t, rd_kafka_consume_batch_queue,                                                       \
       (rd_kafka_queue_t * rkqu, int timeout_ms, rd_kafka_message_t **rkmessages, size_t size))     \
     X(rd_kafka_topic_partition_list_t *, rd_kafka_topic_partition_list_new, (int size))            \
-    X(void *, rd_kafka_topic_partition_list_add,                                                   \
+    X(rd_kafka_topic_partition_t *, rd_kafka_topic_partition_list_add,                                                   \
       (rd_kafka_topic_partition_list_t * rktparlist, const char *topic, int32_t partition))        \
     X(void, rd_kafka_topic_partition_list_destroy, (rd_kafka_topic_partition_list_t * rktparlist)) \
     X(rd_kafka_resp_err_t, rd_kafka_subscribe,                                                     \
       (rd_kafka_t * rk, const rd_kafka_topic_partition_list_t *topics))                            \
     X(rd_kafka_error_t *, rd_kafka_offset_store_message, (rd_kafka_message_t * rkmessage))         \
     X(rd_kafka_resp_err_t, rd_kafka_consumer_close, (rd_kafka_t * rk))                             \
+    X(rd_kafka_resp_err_t, rd_kafka_assignment,                                                    \
+      (rd_kafka_t * rk, rd_kafka_topic_partition_list_t **partitions))                             \
+    X(rd_kafka_resp_err_t, rd_kafka_position,                                                      \
+      (rd_kafka_t * rk, rd_kafka_topic_partition_list_t *partitions))                              \
     X(const char *, rd_kafka_rebalance_protocol, (rd_kafka_t * rk))
 
 /* The mock cluster (outside librdkafka's ABI promise): MockCluster is unavailable without them. */
