@@ -1,0 +1,61 @@
+"""Which backend runs the suite: CI sets EVENTSTREAM_EXPECT_BACKEND so that a compiled backend
+that failed to build or load fails the run instead of silently testing the pure one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import eventstream
+
+_EVENTSTREAM_PARENT = str(Path(eventstream.__file__).resolve().parent.parent)
+
+
+def test_loaded_backend_is_the_expected_one() -> None:
+    loaded = eventstream.backend()
+    assert loaded in ("compiled", "pure")
+    expected = os.environ.get("EVENTSTREAM_EXPECT_BACKEND", "").strip()
+    if expected:
+        assert expected in ("compiled", "pure"), (
+            f"EVENTSTREAM_EXPECT_BACKEND must be 'compiled' or 'pure', got {expected!r}"
+        )
+        assert loaded == expected, f"expected the {expected} backend, but {loaded} is loaded"
+
+
+def test_no_extensions_switch_decides_the_backend() -> None:
+    wants_pure = os.environ.get("EVENTSTREAM_NO_EXTENSIONS", "") not in ("", "0")
+    assert eventstream.backend() == ("pure" if wants_pure else "compiled")
+
+
+def _backend_in_subprocess(no_extensions: str | None) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "EVENTSTREAM_NO_EXTENSIONS"}
+    if no_extensions is not None:
+        env["EVENTSTREAM_NO_EXTENSIONS"] = no_extensions
+    env["PYTHONPATH"] = os.pathsep.join([_EVENTSTREAM_PARENT, env.get("PYTHONPATH", "")])
+    code = (
+        "import eventstream\n"
+        "try:\n"
+        "    print(eventstream.backend())\n"
+        "except ImportError as exc:\n"
+        "    print('ImportError:', exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+@pytest.mark.timeout(120)
+def test_compiled_backend_is_never_silently_replaced() -> None:
+    assert _backend_in_subprocess("1") == "pure"
+    # Without the switch: the compiled backend, or an ImportError that says how to opt out.
+    for value in (None, "0"):
+        outcome = _backend_in_subprocess(value)
+        assert outcome == "compiled" or (
+            outcome.startswith("ImportError:") and "EVENTSTREAM_NO_EXTENSIONS=1" in outcome
+        ), outcome
