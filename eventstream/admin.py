@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from typing import cast
 
@@ -12,23 +13,43 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from eventstream.errors import TopicError, is_retriable
+from eventstream.librdkafka_log import ClientLog
 
-__all__ = ["TopicAdmin"]
+__all__ = ["TopicAdmin", "register_topic_creator", "unregister_topic_creator"]
 
 _POLL_INTERVAL = 0.1
+
+#: Clusters that cannot serve CreateTopics (the embedded mock cluster), by bootstrap string:
+#: a function ``(topic, partitions, replication_factor) -> None`` that creates the topic instead.
+TopicCreator = Callable[[str, int, int], None]
+_creators: dict[str, TopicCreator] = {}
+
+
+def register_topic_creator(bootstrap_servers: str, creator: TopicCreator) -> None:
+    """Route topic creation for ``bootstrap_servers`` to ``creator`` (used by EmbeddedCluster)."""
+    _creators[bootstrap_servers] = creator
+
+
+def unregister_topic_creator(bootstrap_servers: str) -> None:
+    _creators.pop(bootstrap_servers, None)
 
 
 class TopicAdmin:
     """Admin operations on one topic. Blocking; thread-safe (one AdminClient, created lazily)."""
 
-    def __init__(self, properties: Mapping[str, str], topic: str) -> None:
-        self._properties: dict[str, str | int | float | bool] = dict(properties)
+    def __init__(
+        self, properties: Mapping[str, str], topic: str, logger: logging.Logger | None = None
+    ) -> None:
+        self._properties: dict[str, object] = dict(properties)
+        self._properties["logger"] = ClientLog(logger or logging.getLogger("eventstream"))
+        self._bootstrap = properties.get("bootstrap.servers", "")
         self._topic = topic
         self._client: AdminClient | None = None
 
     def _admin(self) -> AdminClient:
         if self._client is None:
-            self._client = AdminClient(self._properties)
+            # The stubs do not list the "logger" property, which takes an object with .log().
+            self._client = AdminClient(self._properties)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
         return self._client
 
     def partitions(self, timeout: float) -> dict[int, int] | None:
@@ -72,6 +93,9 @@ class TopicAdmin:
 
     def ensure_exists(self, partitions: int, replication_factor: int, timeout: float) -> bool:
         """Create the topic unless it exists; ``True`` if this call created it."""
+        creator = _creators.get(self._bootstrap)
+        if creator is not None:
+            return self._ensure_with(creator, partitions, replication_factor, timeout)
         new = [NewTopic(self._topic, partitions, replication_factor)]
         # confluent-kafka's stubs leave the futures' result type unknown.
         futures = cast(
@@ -81,6 +105,13 @@ class TopicAdmin:
         created = True
         try:
             futures[self._topic].result(timeout)
+        except TimeoutError:
+            raise TopicError(
+                f"creating topic {self._topic!r} got no answer within {timeout:g} s",
+                code=-185,
+                name="_TIMED_OUT",
+                retriable=True,
+            ) from None
         except confluent_kafka.KafkaException as exc:
             err = exc.args[0]
             if err.code() != confluent_kafka.KafkaError.TOPIC_ALREADY_EXISTS:
@@ -94,14 +125,28 @@ class TopicAdmin:
             created = False
         self.wait_until_ready(timeout)
         if not created:
-            existing = self.partitions(timeout) or {}
-            if len(existing) < partitions:
-                raise TopicError(
-                    f"topic {self._topic!r} exists with {len(existing)} partitions, fewer than "
-                    f"the {partitions} required; add partitions with Kafka's admin tools "
-                    "(kafka-topics --alter --partitions) or use another topic",
-                    code=37,
-                    name="INVALID_PARTITIONS",
-                    retriable=False,
-                )
+            self._check_partitions(partitions, timeout)
         return created
+
+    def _ensure_with(
+        self, creator: TopicCreator, partitions: int, replication_factor: int, timeout: float
+    ) -> bool:
+        created = self.partitions(timeout) is None
+        if created:
+            creator(self._topic, partitions, replication_factor)
+        self.wait_until_ready(timeout)
+        if not created:
+            self._check_partitions(partitions, timeout)
+        return created
+
+    def _check_partitions(self, partitions: int, timeout: float) -> None:
+        existing = self.partitions(timeout) or {}
+        if len(existing) < partitions:
+            raise TopicError(
+                f"topic {self._topic!r} exists with {len(existing)} partitions, fewer than "
+                f"the {partitions} required; add partitions with Kafka's admin tools "
+                "(kafka-topics --alter --partitions) or use another topic",
+                code=37,
+                name="INVALID_PARTITIONS",
+                retriable=False,
+            )

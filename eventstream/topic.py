@@ -122,7 +122,9 @@ class Topic(Generic[E]):
         if self._admin is None:
             settings = self.config.producer_settings()
             self._admin = TopicAdmin(
-                {k: v for k, v in settings.items() if k not in _PRODUCER_ONLY}, self.name
+                {k: v for k, v in settings.items() if k not in _PRODUCER_ONLY},
+                self.name,
+                self.config.logger,
             )
         return self._admin
 

@@ -9,9 +9,9 @@ import confluent_kafka
 from google.protobuf.message import DecodeError, Message
 
 from eventstream import wire
-from eventstream._pure.client_log import ClientLog
 from eventstream.backend import ConsumerSpec, Dispatch, DispatchAbandoned
 from eventstream.errors import BrokerError, ClosedError, is_retriable
+from eventstream.librdkafka_log import ClientLog
 
 __all__ = ["PureConsumer"]
 

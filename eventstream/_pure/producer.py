@@ -13,7 +13,6 @@ import confluent_kafka
 from google.protobuf.message import Message
 
 from eventstream import wire
-from eventstream._pure.client_log import ClientLog
 from eventstream.backend import ProducerSpec
 from eventstream.errors import (
     ClosedError,
@@ -23,6 +22,7 @@ from eventstream.errors import (
     produce_error,
     produce_timeout_error,
 )
+from eventstream.librdkafka_log import ClientLog
 
 __all__ = ["PureProducer", "prepare_records"]
 

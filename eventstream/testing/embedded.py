@@ -1,64 +1,125 @@
 """An in-process Kafka-protocol cluster for demos and quick tests: librdkafka's mock cluster.
 
 It speaks the Kafka protocol on real 127.0.0.1 ports, so any client in any process can use its
-``bootstrap_servers``. It is NOT Apache Kafka and proves no guarantee: it keeps only the last few
-MiB of each partition, auto-creates topics with 4 partitions, and lacks CreateTopics, DeleteTopics,
-DescribeGroups, ListGroups and configs. Test delivery guarantees against a real broker.
+``bootstrap_servers`` while it runs. It is **not** Apache Kafka and proves no delivery guarantee:
+
+- it keeps only the last few MiB of each partition (older records are dropped);
+- topics are auto-created with 4 partitions on first use; it has no CreateTopics, so
+  ``Topic.ensure_exists`` goes through :meth:`EmbeddedCluster.create_topic` instead (any partition
+  count with the compiled backend; at most the auto-created 4 with the pure-Python one);
+- it has no DeleteTopics, DescribeGroups, ListGroups or topic configs, no ACLs and no TLS/SASL;
+- it lives in this process: it stops when the cluster is closed or the process exits.
+
+Test delivery guarantees against a real broker (see the README's Testing section).
 """
 
 from __future__ import annotations
 
 import logging
 from types import TracebackType
+from typing import Protocol
 
 import confluent_kafka
 
-from eventstream._pure.client_log import ClientLog
+from eventstream.admin import register_topic_creator, unregister_topic_creator
+from eventstream.backend import backend
+from eventstream.errors import ClosedError, TopicError
+from eventstream.librdkafka_log import ClientLog
 
 __all__ = ["EmbeddedCluster"]
+
+_AUTO_CREATED_PARTITIONS = 4
+
+
+class _Mock(Protocol):
+    @property
+    def bootstrap_servers(self) -> str: ...
+
+    def create_topic(self, name: str, partitions: int, replication_factor: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _ClientHostedMock:
+    """The pure-Python route: a confluent-kafka client configured with ``test.mock.num.brokers``
+    hosts the cluster for as long as it lives; its metadata names the brokers' ports."""
+
+    def __init__(self, brokers: int) -> None:
+        log = ClientLog(logging.getLogger("eventstream.embedded"))
+        self._host: confluent_kafka.Producer | None = confluent_kafka.Producer(
+            {"test.mock.num.brokers": brokers, "logger": log}
+        )
+        found = self._host.list_topics(timeout=10).brokers.values()
+        self.bootstrap_servers = ",".join(
+            f"{b.host}:{b.port}" for b in sorted(found, key=lambda b: b.id)
+        )
+
+    def create_topic(self, name: str, partitions: int, replication_factor: int) -> None:
+        if partitions > _AUTO_CREATED_PARTITIONS:
+            raise TopicError(
+                f"the embedded cluster on the pure-Python backend can only auto-create topics "
+                f"with {_AUTO_CREATED_PARTITIONS} partitions, not {partitions}; use the compiled "
+                "backend or a real cluster",
+                code=37,
+                name="INVALID_PARTITIONS",
+                retriable=False,
+            )
+        if self._host is None:
+            raise ClosedError("the embedded cluster is closed")
+        self._host.list_topics(name, timeout=10)  # a metadata request auto-creates the topic
+
+    def close(self) -> None:
+        self._host = None  # dropping the client destroys it and its cluster
 
 
 class EmbeddedCluster:
     """``with EmbeddedCluster(brokers=3) as cluster: ... cluster.bootstrap_servers ...``
 
-    Starting takes milliseconds and makes no outside connection; the cluster lives until
-    :meth:`close` (or the end of the ``with`` block). Not thread-safe to start/close concurrently.
+    Starting takes milliseconds and connects nowhere outside this process. Uses the compiled
+    backend's ``MockCluster`` when that backend is active (no group-join delay), otherwise a
+    confluent-kafka client hosts the cluster (the first group join then waits ~3 s).
+    Start and close from one thread.
     """
 
     def __init__(self, brokers: int = 1) -> None:
         if brokers < 1:
             raise ValueError(f"brokers must be at least 1, got {brokers}")
         self._brokers = brokers
-        self._host: confluent_kafka.Producer | None = None
-        self._bootstrap = ""
+        self._mock: _Mock | None = None
 
     @property
     def bootstrap_servers(self) -> str:
-        if self._host is None:
-            raise RuntimeError("the embedded cluster is not started")
-        return self._bootstrap
+        """``host:port,...`` of the running cluster. Raises ``ClosedError`` when not running."""
+        if self._mock is None:
+            raise ClosedError("the embedded cluster is not running: call start()")
+        return self._mock.bootstrap_servers
 
     def start(self) -> EmbeddedCluster:
-        if self._host is not None:
-            return self
-        # librdkafka starts a mock cluster behind a client configured with test.mock.num.brokers;
-        # the cluster lives as long as that (otherwise idle) client. Its metadata names the ports.
-        host = confluent_kafka.Producer(
-            {
-                "test.mock.num.brokers": self._brokers,
-                "logger": ClientLog(logging.getLogger("eventstream.embedded")),
-            }
-        )
-        brokers = host.list_topics(timeout=10).brokers.values()
-        self._bootstrap = ",".join(
-            f"{b.host}:{b.port}" for b in sorted(brokers, key=lambda b: b.id)
-        )
-        self._host = host
+        """Start the brokers (no-op when running); returns ``self``."""
+        if self._mock is None:
+            mock: _Mock
+            if backend() == "compiled":
+                from eventstream import _core
+
+                mock = _core.MockCluster(self._brokers)
+            else:
+                mock = _ClientHostedMock(self._brokers)
+            register_topic_creator(mock.bootstrap_servers, mock.create_topic)
+            self._mock = mock
         return self
 
+    def create_topic(self, name: str, partitions: int = 1, replication_factor: int = 1) -> None:
+        """Create topic ``name``. Raises :class:`TopicError` if the cluster refuses."""
+        if self._mock is None:
+            raise ClosedError("the embedded cluster is not running: call start()")
+        self._mock.create_topic(name, partitions, replication_factor)
+
     def close(self) -> None:
-        """Stop the cluster. Idempotent. Clients still connected to it will see it as down."""
-        self._host = None  # dropping the last reference destroys the client and its cluster
+        """Stop the cluster. Idempotent. Clients still connected will see their brokers as down."""
+        mock, self._mock = self._mock, None
+        if mock is not None:
+            unregister_topic_creator(mock.bootstrap_servers)
+            mock.close()
 
     def __enter__(self) -> EmbeddedCluster:
         return self.start()
@@ -70,3 +131,7 @@ class EmbeddedCluster:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    def __repr__(self) -> str:
+        state = self._mock.bootstrap_servers if self._mock is not None else "stopped"
+        return f"EmbeddedCluster(brokers={self._brokers}, {state})"

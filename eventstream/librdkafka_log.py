@@ -1,4 +1,4 @@
-"""Where librdkafka's own log lines go in the pure-Python backend."""
+"""Where librdkafka's own log lines go when a confluent-kafka client is used."""
 
 from __future__ import annotations
 
