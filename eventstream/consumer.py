@@ -168,9 +168,14 @@ class Consumer(Generic[E]):
         return run_batch
 
     def wait_until_assigned(self, timeout: float = 30.0) -> dict[int, int]:
-        """Block until this consumer owns partitions and knows where it reads from in each, then
-        return ``{partition: next offset}``. Useful before producing events that a consumer
-        starting at the latest offset must see. Raises ``TimeoutError``, :class:`ClosedError`."""
+        """Block until the group gave this consumer its partitions; return them as
+        ``{partition: position}`` (the next offset it reads, negative while not known yet).
+
+        A consumer that starts at the latest offset resolves that offset just after assignment:
+        an event produced in that instant may fall before it. To be sure a new consumer sees a
+        given event, start from the beginning, or produce until it saw a first one.
+        Raises ``TimeoutError``, :class:`ClosedError`, :class:`EventStreamError` before consume().
+        """
         deadline = time.monotonic() + timeout
         while True:
             if self._closed:
@@ -178,7 +183,7 @@ class Consumer(Generic[E]):
             if not self._started:
                 raise EventStreamError("call consume() before wait_until_assigned()")
             positions = self._backend.assignment()
-            if positions and all(offset >= 0 for offset in positions.values()):
+            if positions:
                 return positions
             if time.monotonic() >= deadline:
                 raise TimeoutError(
