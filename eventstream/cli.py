@@ -15,8 +15,9 @@ import sys
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import confluent_kafka
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
@@ -36,6 +37,8 @@ def load_event_type(path: str) -> type[Message]:
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
         raise UsageError(f"--type must look like package.module:Class, got {path!r}")
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")  # like `python -m`: modules of the current directory are found
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -79,8 +82,6 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _tail(args: argparse.Namespace) -> int:
-    import confluent_kafka
-
     from eventstream.librdkafka_log import ClientLog
 
     event_type = load_event_type(args.type)
@@ -117,16 +118,20 @@ def _tail(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _record(msg: Any, event_type: type[Message], type_name: str) -> dict[str, Any]:
-    headers = {
-        k: (v.decode(errors="replace") if v is not None else None) for k, v in msg.headers() or []
+def _record(
+    msg: confluent_kafka.Message, event_type: type[Message], type_name: str
+) -> dict[str, Any]:
+    raw = cast("list[tuple[str, bytes | None]]", msg.headers() or [])
+    key = msg.key()
+    headers: dict[str, str | None] = {
+        k: (v.decode(errors="replace") if v is not None else None) for k, v in raw
     }
     record: dict[str, Any] = {
         "topic": msg.topic(),
         "partition": msg.partition(),
         "offset": msg.offset(),
         "timestamp_ms": msg.timestamp()[1],
-        "key": msg.key().decode(errors="replace") if msg.key() is not None else None,
+        "key": key.decode(errors="replace") if isinstance(key, bytes) else key,
         "headers": headers,
     }
     if headers.get("ce_type", type_name) != type_name:
@@ -141,8 +146,6 @@ def _record(msg: Any, event_type: type[Message], type_name: str) -> dict[str, An
 
 
 def _metadata(client: Any, brokers: str, topic: str) -> Any:
-    import confluent_kafka
-
     try:
         topics = client.list_topics(timeout=10).topics
     except confluent_kafka.KafkaException as exc:
@@ -164,7 +167,7 @@ def _produce(args: argparse.Namespace) -> int:
 
     event_type = load_event_type(args.type)
     lines = args.json or [line for line in sys.stdin.read().splitlines() if line.strip()]
-    events = []
+    events: list[Message] = []
     for number, text in enumerate(lines, start=1):
         try:
             events.append(json_format.Parse(text, event_type()))
@@ -173,9 +176,17 @@ def _produce(args: argparse.Namespace) -> int:
     config = TopicConfig(brokers=args.brokers, topic=args.topic, instance_id=args.source)
     key_field = args.key_field
     with new_topic(event_type, config) as topic:
-        key = (lambda e: str(getattr(e, key_field))) if key_field else None
-        with topic.new_producer(key=key) as producer:
+
+        def key(event: Message) -> str:
+            return str(getattr(event, key_field))
+
+        producer = topic.new_producer(key=key if key_field else None)
+        try:
             producer.produce(*events, timeout=args.timeout)
+        except BaseException:
+            producer.close(timeout=0)  # the failure is reported; don't wait for events in doubt
+            raise
+        producer.close(timeout=args.timeout)
     print(f"published {len(events)} events to {args.topic!r}", file=sys.stderr)
     return EXIT_OK
 

@@ -253,7 +253,7 @@ def _write(
     while (now := time.monotonic()) - started < settings.duration:
         due = int((now - started) * settings.rate) - sent
         if due > 0:
-            batch = []
+            batch: list[Any] = []
             for _ in range(due):
                 key = rng.choice(keys)
                 version = source.write(key)
