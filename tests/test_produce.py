@@ -1,0 +1,134 @@
+"""Producing: concurrent callers, misuse that sends nothing, and a broker that cannot be reached."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from support import Collector, closed_port
+from testevents_pb2 import Invalidate, Unrelated
+
+import eventstream
+from eventstream import EventTypeError, ProduceError, ProduceTimeoutError, SerializationError
+
+THREADS = 8
+CALLS = 10
+PER_CALL = 25
+
+
+@pytest.mark.timeout(120)
+def test_threads_producing_at_once(make_topic, collector: Collector) -> None:
+    topic = make_topic(partitions=3)
+    consumer = topic.new_consumer(start_from_beginning=True)
+    consumer.consume(collector)
+    producer = topic.new_producer(key=lambda e: e.key)
+    start = threading.Barrier(THREADS)
+    acknowledged: list[list[int]] = [[] for _ in range(THREADS)]
+    failures: list[BaseException] = []
+
+    def work(thread: int) -> None:
+        try:
+            start.wait()
+            for call in range(CALLS):
+                base = (thread * CALLS + call) * PER_CALL
+                seqs = list(range(base, base + PER_CALL))
+                producer.produce(*(Invalidate(key=f"t{thread}", seq=s) for s in seqs))
+                acknowledged[thread].extend(seqs)  # produce returned: all of them acknowledged
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(90)
+    assert not any(t.is_alive() for t in threads), "a produce call never returned"
+    assert not failures, failures
+    total = THREADS * CALLS * PER_CALL
+    assert sorted(s for seqs in acknowledged for s in seqs) == list(range(total))
+    assert producer.flush(10) == 0
+
+    received = collector.wait_for_count(total, timeout=60)
+    seqs = [r.event.seq for r in received]
+    assert sorted(seqs) == list(range(total)), "lost or duplicated events"
+    for thread in range(THREADS):  # one key per thread: its calls arrive in call order
+        mine = [r.event.seq for r in received if r.event.key == f"t{thread}"]
+        assert mine == sorted(mine)
+
+
+@pytest.mark.timeout(60)
+def test_wrong_event_type_raises_and_sends_nothing(make_topic, collector: Collector) -> None:
+    topic = make_topic()
+    consumer = topic.new_consumer(start_from_beginning=True)
+    consumer.consume(collector, with_metadata=True)
+    with topic.new_producer() as producer:
+        with pytest.raises(EventTypeError) as info:
+            producer.produce(Unrelated(note="x"))
+        assert isinstance(info.value, TypeError)
+        with pytest.raises(EventTypeError):  # a good event in the same call is not sent either
+            producer.produce(Invalidate(seq=100), Unrelated(note="x"), Invalidate(seq=101))
+        with pytest.raises(TypeError):
+            producer.produce("not an event")  # type: ignore[arg-type]
+
+        async def async_misuse() -> None:
+            with pytest.raises(EventTypeError):
+                await producer.produce_async(Invalidate(seq=102), Unrelated(note="x"))
+
+        asyncio.run(async_misuse())
+
+    with topic.new_producer(key=lambda e: 42) as bad_key:  # type: ignore[arg-type,return-value]
+        with pytest.raises(SerializationError) as key_info:
+            bad_key.produce(Invalidate(seq=103))
+        assert isinstance(key_info.value, ValueError)
+
+    with topic.new_producer() as producer:
+        producer.produce(Invalidate(seq=1))
+    [first] = collector.wait_for_seq(1)
+    assert first.metadata.offset == 0, "something was written before the good event"
+    assert collector.seqs == [1]
+
+
+def unreachable_topic(**fields) -> eventstream.Topic[Invalidate]:
+    config = eventstream.TopicConfig(
+        brokers=f"127.0.0.1:{closed_port()}", topic="nowhere", instance_id="svc-a", **fields
+    )
+    return eventstream.new_topic(Invalidate, config)
+
+
+def check_timeout_error(error: ProduceTimeoutError, events: int) -> None:
+    assert isinstance(error, ProduceError) and isinstance(error, TimeoutError)
+    assert error.retriable is True
+    assert error.fatal is False
+    assert error.failed == events
+    message = str(error)
+    # The message says why: the connection to the configured broker failed.
+    assert "Connection refused" in message or "_TRANSPORT" in message, message
+
+
+@pytest.mark.timeout(60)
+def test_unreachable_broker_raises_produce_timeout_error() -> None:
+    with unreachable_topic() as topic:
+        producer = topic.new_producer()
+        try:
+            with pytest.raises(ProduceTimeoutError) as info:
+                producer.produce(Invalidate(seq=1), Invalidate(seq=2), timeout=2)
+            check_timeout_error(info.value, 2)
+        finally:
+            producer.close(timeout=0.5)  # the events are in doubt: do not wait for them
+
+
+@pytest.mark.timeout(60)
+def test_unreachable_broker_produce_async_timeout_reports_like_produce() -> None:
+    with unreachable_topic() as topic:
+        producer = topic.new_producer()
+
+        async def main() -> ProduceTimeoutError:
+            with pytest.raises(ProduceTimeoutError) as info:
+                await producer.produce_async(Invalidate(seq=1), timeout=2)
+            return info.value
+
+        try:
+            check_timeout_error(asyncio.run(main()), 1)
+        finally:
+            producer.close(timeout=0.5)
