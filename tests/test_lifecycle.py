@@ -1,0 +1,204 @@
+"""Closing, context managers, misuse after close, and creating/inspecting the topic."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from support import Collector
+from testevents_pb2 import Invalidate
+
+import eventstream
+from eventstream import (
+    ClosedError,
+    ConsumerAlreadyStartedError,
+    EventStreamError,
+    TopicError,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Stop(BaseException):
+    """What a handler raises to stop its consumer (like KeyboardInterrupt, without the risk)."""
+
+
+def test_close_is_idempotent_and_use_after_close_raises(make_topic, collector: Collector) -> None:
+    topic = make_topic()
+    producer = topic.new_producer()
+    producer.produce(Invalidate(seq=1))
+    consumer = topic.new_consumer(start_from_beginning=True)
+    consumer.consume(collector)
+    collector.wait_for_seq(1)
+    idle_consumer = topic.new_consumer()  # never started
+
+    for _ in range(2):
+        producer.close()
+        consumer.close()
+        idle_consumer.close()
+    assert producer.closed and consumer.closed and idle_consumer.closed
+    with pytest.raises(ClosedError):
+        producer.produce(Invalidate(seq=2))
+    with pytest.raises(ClosedError):
+        asyncio.run(producer.produce_async(Invalidate(seq=2)))
+    with pytest.raises(ClosedError):
+        idle_consumer.consume(collector)
+    with pytest.raises(ClosedError):
+        consumer.wait_until_assigned(timeout=1)
+    assert consumer.assignment() == {}
+    assert issubclass(ClosedError, RuntimeError)
+
+    topic.close()
+    topic.close()
+    assert topic.closed
+    for use in (
+        topic.new_producer,
+        topic.new_consumer,
+        topic.ensure_exists,
+        topic.wait_until_ready,
+    ):
+        with pytest.raises(ClosedError):
+            use()
+
+
+def test_context_managers_close(make_config, collector: Collector) -> None:
+    with eventstream.new_topic(Invalidate, make_config()) as topic:
+        topic.ensure_exists()
+        with topic.new_consumer(start_from_beginning=True) as consumer:
+            consumer.consume(collector)
+            with topic.new_producer() as producer:
+                producer.produce(Invalidate(seq=1))
+            assert producer.closed
+            collector.wait_for_seq(1)
+        assert consumer.closed
+        assert not topic.closed
+    assert topic.closed
+
+
+def test_topic_close_closes_its_children(make_topic, collector: Collector) -> None:
+    topic = make_topic()
+    producer = topic.new_producer()
+    producer.produce(Invalidate(seq=1))
+    consumer = topic.new_consumer(start_from_beginning=True)
+    consumer.consume(collector)
+    collector.wait_for_seq(1)
+    idle = topic.new_consumer()
+    topic.close()
+    assert producer.closed and consumer.closed and idle.closed
+    with pytest.raises(ClosedError):
+        producer.produce(Invalidate(seq=2))
+
+
+def test_topic_close_reports_failures_and_still_closes_the_rest(
+    make_topic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topic = make_topic()
+    first = topic.new_producer()
+    broken = topic.new_producer()
+    last = topic.new_consumer()
+    really_close = broken.close
+
+    def failing_close(timeout: float = 30.0) -> None:
+        really_close(timeout)
+        raise RuntimeError("flush failed")
+
+    monkeypatch.setattr(broken, "close", failing_close)
+    with pytest.raises(EventStreamError) as info:
+        topic.close()
+    assert "flush failed" in str(info.value)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert [str(f) for f in info.value.failures] == ["flush failed"]  # type: ignore[attr-defined]
+    assert first.closed and last.closed
+    topic.close()  # closed: nothing is raised twice
+
+
+def test_handler_base_exception_stops_the_consumer_and_close_reraises_it(
+    make_topic, collector: Collector
+) -> None:
+    topic = make_topic(instance_id="svc-stop")
+    with topic.new_producer() as producer:
+        producer.produce(*(Invalidate(seq=i) for i in range(4)))
+
+    def handler(event: Invalidate) -> None:
+        collector(event)
+        if event.seq == 2:
+            raise Stop()
+
+    consumer = topic.new_consumer(start_from_beginning=True)
+    consumer.consume(handler)
+    collector.wait_for_seq(2)
+    with pytest.raises(Stop):
+        consumer.close()
+    assert collector.seqs == [0, 1, 2]
+    consumer.close()  # idempotent: raised once
+
+    # The interrupted event was not finished: the next consumer of the instance gets it again.
+    again = Collector()
+    topic.new_consumer(start_from_beginning=True).consume(again)
+    again.wait_for_seq(3)
+    assert again.seqs == [2, 3]
+
+
+def test_topic_close_closes_every_child_when_one_reraises_a_base_exception(
+    make_topic, collector: Collector
+) -> None:
+    topic = make_topic()
+    with topic.new_producer() as producer:
+        producer.produce(Invalidate(seq=1))
+
+    def handler(event: Invalidate) -> None:
+        collector(event)
+        raise Stop()
+
+    stopped = topic.new_consumer(start_from_beginning=True)
+    stopped.consume(handler)
+    collector.wait_for_seq(1)
+    producer = topic.new_producer()
+    other = topic.new_consumer()
+    with pytest.raises(Stop):
+        topic.close()
+    assert producer.closed, "topic.close() gave up on the producer after the consumer's Stop"
+    assert other.closed, "topic.close() gave up on a consumer after another consumer's Stop"
+
+
+def test_consume_twice_raises(make_topic, collector: Collector) -> None:
+    topic = make_topic()
+    consumer = topic.new_consumer()
+    with pytest.raises(EventStreamError):
+        consumer.wait_until_assigned(timeout=1)  # not consuming yet
+    consumer.consume(collector)
+    with pytest.raises(ConsumerAlreadyStartedError) as info:
+        consumer.consume(collector)
+    assert isinstance(info.value, RuntimeError)
+    with pytest.raises(TypeError):
+        topic.new_consumer().consume("not callable")  # type: ignore[arg-type]
+
+
+def test_ensure_exists(make_config) -> None:
+    topic = eventstream.new_topic(Invalidate, make_config())
+    try:
+        assert topic.ensure_exists(partitions=3) is True
+        assert topic.ensure_exists(partitions=3) is False
+        assert topic.ensure_exists(partitions=2) is False  # more than asked for is fine
+        with pytest.raises(TopicError) as info:
+            topic.ensure_exists(partitions=4)
+        assert info.value.retriable is False
+        assert "3 partitions" in str(info.value)
+        with pytest.raises(ValueError):
+            topic.ensure_exists(partitions=0)
+    finally:
+        topic.close()
+
+
+def test_wait_until_ready(make_config, topic_name: str) -> None:
+    missing = eventstream.new_topic(Invalidate, make_config(topic=topic_name + "-missing"))
+    topic = eventstream.new_topic(Invalidate, make_config())
+    try:
+        with pytest.raises(TopicError) as info:
+            missing.wait_until_ready(timeout=1)
+        assert info.value.retriable is True
+        topic.ensure_exists(partitions=2)
+        topic.wait_until_ready(timeout=30)
+    finally:
+        missing.close()
+        topic.close()
