@@ -32,7 +32,7 @@ def test_default_start_sees_only_events_produced_after_assignment(
     produce(topic, 0, 1, 2, 3, 4)
     consumer = topic.new_consumer()
     consumer.consume(collector)
-    assert consumer.wait_until_assigned() == {0: 5}  # the next offset it reads: the end
+    assert set(consumer.wait_until_assigned()) == {0}
     produce(topic, 5, 6, 7)
     collector.wait_for_seq(7)
     # One partition: an earlier event would have arrived before these.
