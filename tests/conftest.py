@@ -40,9 +40,10 @@ def _prepare_imports() -> None:
 
 _prepare_imports()
 
-import eventstream  # noqa: E402
 from support import Collector  # noqa: E402
 from testevents_pb2 import Invalidate  # noqa: E402
+
+import eventstream  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +74,9 @@ def topic_name(request: pytest.FixtureRequest) -> str:
 def make_config(kafka_bootstrap: str, topic_name: str) -> Callable[..., eventstream.TopicConfig]:
     """``make_config(instance_id="svc-a", topic=<this test's topic>, **TopicConfig fields)``."""
 
-    def make(instance_id: str = "svc-a", topic: str | None = None, **fields: Any) -> eventstream.TopicConfig:
+    def make(
+        instance_id: str = "svc-a", topic: str | None = None, **fields: Any
+    ) -> eventstream.TopicConfig:
         return eventstream.TopicConfig(
             brokers=kafka_bootstrap, topic=topic or topic_name, instance_id=instance_id, **fields
         )

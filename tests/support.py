@@ -142,7 +142,9 @@ def raw_produce(
 ) -> None:
     """Write ``(value, key, headers)`` records with a plain confluent-kafka producer, in order, to
     partition 0, and wait until all are acknowledged."""
-    producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    producer = confluent_kafka.Producer(
+        {"bootstrap.servers": bootstrap, "enable.idempotence": True}
+    )
     errors: list[Any] = []
     for value, key, headers in records:
         producer.produce(

@@ -55,7 +55,9 @@ def test_bad_delivery_timeout(timeout: Any) -> None:
     assert info.value.field == "delivery_timeout"
 
 
-@pytest.mark.parametrize("field", ["client_properties", "producer_properties", "consumer_properties"])
+@pytest.mark.parametrize(
+    "field", ["client_properties", "producer_properties", "consumer_properties"]
+)
 def test_unknown_librdkafka_property(field: str) -> None:
     with pytest.raises(ConfigError) as info:
         config(**{field: {"no.such.property": "1"}})

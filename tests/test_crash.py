@@ -29,7 +29,9 @@ def read_seqs(path: Path) -> list[int]:
     return [int(line) for line in complete.splitlines()]
 
 
-def spawn(kafka_bootstrap: str, topic: str, out: Path, log: Path, delay: float) -> subprocess.Popen[bytes]:
+def spawn(
+    kafka_bootstrap: str, topic: str, out: Path, log: Path, delay: float
+) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     package_root = str(Path(eventstream.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join([package_root, env.get("PYTHONPATH", "")])
@@ -38,11 +40,16 @@ def spawn(kafka_bootstrap: str, topic: str, out: Path, log: Path, delay: float) 
             [
                 sys.executable,
                 str(SCRIPT),
-                "--brokers", kafka_bootstrap,
-                "--topic", topic,
-                "--instance", "svc-crash",
-                "--out", str(out),
-                "--delay", str(delay),
+                "--brokers",
+                kafka_bootstrap,
+                "--topic",
+                topic,
+                "--instance",
+                "svc-crash",
+                "--out",
+                str(out),
+                "--delay",
+                str(delay),
             ],
             env=env,
             stdout=sink,

@@ -1,4 +1,5 @@
-"""Where a consumer starts: the oldest event, the latest one, or after its group's committed offsets."""
+"""Where a consumer starts: the oldest event, the latest one, or after its group's committed
+offsets."""
 
 from __future__ import annotations
 
@@ -40,7 +41,9 @@ def test_default_start_sees_only_events_produced_after_assignment(
 
 
 @pytest.mark.parametrize("start_from_beginning", [True, False], ids=["beginning", "latest"])
-def test_committed_offsets_win(make_topic, collector: Collector, start_from_beginning: bool) -> None:
+def test_committed_offsets_win(
+    make_topic, collector: Collector, start_from_beginning: bool
+) -> None:
     """A restarted instance resumes after what it handled, whatever start_from_beginning says:
     with True it would otherwise re-read old events, with False miss the new ones."""
     topic = make_topic(instance_id="svc-resume")

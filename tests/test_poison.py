@@ -124,8 +124,11 @@ def test_events_without_headers_are_accepted(
         topic.name,
         [
             (Invalidate(key="bare", seq=1).SerializeToString(), b"kb", None),
-            (Invalidate(key="alias", seq=2).SerializeToString(), None,
-             [("content-type", b"application/x-protobuf")]),
+            (
+                Invalidate(key="alias", seq=2).SerializeToString(),
+                None,
+                [("content-type", b"application/x-protobuf")],
+            ),
             (b"", None, None),  # the empty message is a valid Invalidate: all defaults
         ],
     )
@@ -133,7 +136,9 @@ def test_events_without_headers_are_accepted(
     consumer.consume(collector, with_metadata=True)
     received = collector.wait_for_count(3)
     assert [r.event for r in received] == [
-        Invalidate(key="bare", seq=1), Invalidate(key="alias", seq=2), Invalidate()
+        Invalidate(key="bare", seq=1),
+        Invalidate(key="alias", seq=2),
+        Invalidate(),
     ]
     first = received[0].metadata
     assert (first.key, first.source, first.event_id, first.offset) == (b"kb", None, None, 0)

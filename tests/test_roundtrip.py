@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from support import Collector
@@ -46,7 +46,7 @@ def test_typed_round_trip_with_metadata(make_topic, collector: Collector) -> Non
         # The record's timestamp is its create time: a wall clock time around the produce call
         # (seconds of slack for clock granularity; this is not a speed check).
         assert before_ms - 5000 <= meta.timestamp_ms <= after_ms + 5000
-        assert meta.timestamp == datetime.fromtimestamp(meta.timestamp_ms / 1000, tz=timezone.utc)
+        assert meta.timestamp == datetime.fromtimestamp(meta.timestamp_ms / 1000, tz=UTC)
         assert partition_of_key.setdefault(r.event.key, meta.partition) == meta.partition
         by_partition[meta.partition].append((meta.offset, r.event.seq))
     for partition, entries in by_partition.items():

@@ -38,7 +38,9 @@ def test_thousands_of_keyed_events_keep_per_key_order(make_topic, collector: Col
     for r in received:
         per_key[r.event.key].append(r.event.seq)
         per_partition[r.metadata.partition].append(r.metadata.offset)
-        assert partition_of_key.setdefault(r.event.key, r.metadata.partition) == r.metadata.partition
+        assert (
+            partition_of_key.setdefault(r.event.key, r.metadata.partition) == r.metadata.partition
+        )
     for key, key_seqs in per_key.items():
         assert key_seqs == sorted(key_seqs), f"{key} out of order"
     for partition, offsets in per_partition.items():
