@@ -1,0 +1,433 @@
+"""Turning measurements into the targets (ratios from one run), a Markdown report and a chart."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+ORDER = ("c", "compiled", "pure", "confluent", "aiokafka", "kafka-python")
+COLORS = {
+    "c": "#7f7f7f",
+    "compiled": "#d62728",
+    "pure": "#ff9896",
+    "confluent": "#1f77b4",
+    "aiokafka": "#2ca02c",
+    "kafka-python": "#9467bd",
+}
+
+
+def size_label(size: int) -> str:
+    return f"{size // 1024} KB" if size % 1024 == 0 else f"{size} B"
+
+
+def case_key(size: int, partitions: int) -> str:
+    return f"{size}B-{partitions}p"
+
+
+def case_label(size: int, partitions: int) -> str:
+    return f"{size_label(size)}, {partitions} partition{'s' if partitions != 1 else ''}"
+
+
+def _fmt_rate(rate: float) -> str:
+    return f"{rate / 1000:,.1f}k/s" if rate < 1e6 else f"{rate / 1e6:,.2f}M/s"
+
+
+def summary_of(scenario: str, result: dict[str, Any], size: int) -> str:
+    """One line for the progress display."""
+    if scenario in ("produce", "consume"):
+        rate = result["events"] / result["seconds"] if result.get("seconds") else 0.0
+        cpu = result.get("cpu_seconds")
+        per = f", client CPU {cpu / result['events'] * 1e6:.2f} µs/event" if cpu else ""
+        return f"{_fmt_rate(rate)} ({rate * size / 1e6:.1f} MB/s){per}"
+    lat = result.get("latency", {})
+    if not lat.get("samples"):
+        return "no samples"
+    return f"p50 {lat['p50_ms']:.3f} ms, p99 {lat['p99_ms']:.3f} ms ({lat['samples']:,} samples)"
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
+def _ok(measurements: Iterable[dict[str, Any]]) -> Iterable[dict[str, Any]]:
+    return (m for m in measurements if not m.get("error"))
+
+
+def metric(m: dict[str, Any], name: str) -> float | None:
+    r = m["result"]
+    if name == "rate":
+        return r["events"] / r["seconds"] if r.get("seconds") else None
+    if name == "cpu_us":
+        cpu = r.get("cpu_seconds")
+        return cpu / r["events"] * 1e6 if cpu and r.get("events") else None
+    if name == "achieved_rate":
+        p = r.get("producer", {})
+        return p["events"] / p["seconds"] if p.get("seconds") else None
+    if name == "calls":
+        return r.get("producer", {}).get("calls")
+    value = r.get("latency", {}).get(name)
+    return float(value) if value is not None else None
+
+
+def table(results: dict[str, Any], scenario: str, name: str) -> dict[tuple[str, str], float]:
+    """``{(case_key, contender): median of metric over repeats}``."""
+    groups: dict[tuple[str, str], list[float]] = {}
+    for m in _ok(results["measurements"]):
+        if m["scenario"] != scenario:
+            continue
+        value = metric(m, name)
+        if value is not None:
+            key = (case_key(m["size"], m["partitions"]), m["contender"])
+            groups.setdefault(key, []).append(value)
+    return {k: statistics.median(v) for k, v in groups.items()}
+
+
+def cases(results: dict[str, Any], scenario: str) -> list[tuple[int, int]]:
+    seen: list[tuple[int, int]] = []
+    for m in results["measurements"]:
+        if m["scenario"] == scenario and (m["size"], m["partitions"]) not in seen:
+            seen.append((m["size"], m["partitions"]))
+    return seen
+
+
+def contenders(results: dict[str, Any]) -> list[str]:
+    present = {m["contender"] for m in results["measurements"]}
+    return [c for c in ORDER if c in present]
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def _ratio_target(
+    results: dict[str, Any], scenario: str, other: str, need: float, text: str, tid: str
+) -> dict[str, Any]:
+    rates = table(results, scenario, "rate")
+    rows = []
+    for size, parts in cases(results, scenario):
+        key = case_key(size, parts)
+        mine, theirs = rates.get((key, "compiled")), rates.get((key, other))
+        if mine is None or theirs is None:
+            continue
+        ratio = mine / theirs
+        rows.append(
+            {
+                "case": case_label(size, parts),
+                "value": round(ratio, 3),
+                "display": f"{ratio:.2f}x ({_fmt_rate(mine)} vs {_fmt_rate(theirs)})",
+                "pass": ratio >= need,
+            }
+        )
+    return _target(tid, text, f">= {need}x", rows)
+
+
+def _latency_target(
+    results: dict[str, Any], scenario: str, name: str, below_ms: float, text: str, tid: str
+) -> dict[str, Any]:
+    values = table(results, scenario, name)
+    rows = []
+    for size, parts in cases(results, scenario):
+        value = values.get((case_key(size, parts), "compiled"))
+        if value is None:
+            continue
+        rows.append(
+            {
+                "case": case_label(size, parts),
+                "value": round(value, 4),
+                "display": f"{value:.3f} ms",
+                "pass": value < below_ms,
+            }
+        )
+    return _target(tid, text, f"< {below_ms:g} ms", rows)
+
+
+def _target(tid: str, text: str, need: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    status = "N/A" if not rows else "PASS" if all(r["pass"] for r in rows) else "MISS"
+    return {"id": tid, "target": text, "need": need, "status": status, "cases": rows}
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        _ratio_target(
+            results, "produce", "confluent", 2.5,
+            "compiled produce vs the confluent-kafka typed loop", "produce_vs_confluent",
+        ),
+        _ratio_target(
+            results, "produce", "c", 0.7, "compiled produce vs the C program", "produce_vs_c"
+        ),
+        _ratio_target(
+            results, "consume", "confluent", 1.5,
+            "compiled consume vs the confluent-kafka typed loop", "consume_vs_confluent",
+        ),
+        _latency_target(
+            results, "latency", "p50_ms", 1.0, "compiled single-event produce p50", "latency_p50"
+        ),
+        _latency_target(
+            results, "e2e", "p99_ms", 20.0, "compiled end-to-end p99 at 1,000 events/s", "e2e_p99"
+        ),
+    ]  # fmt: skip
+
+
+def targets_text(items: list[dict[str, Any]]) -> str:
+    lines = ["targets (ratios from this run):"]
+    for t in items:
+        lines.append(f"  {t['status']:<4}  {t['target']} {t['need']}")
+        for row in t["cases"]:
+            mark = "ok  " if row["pass"] else "miss"
+            lines.append(f"          {mark} {row['case']}: {row['display']}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def _cell(value: float | None, fmt: Callable[[float], str]) -> str:
+    return "—" if value is None else fmt(value)
+
+
+def _name(results: dict[str, Any], contender: str) -> str:
+    info = results.get("contenders", {}).get(contender, {})
+    return str(info.get("name", contender))
+
+
+def _throughput_section(results: dict[str, Any], scenario: str, what: str) -> list[str]:
+    rows = cases(results, scenario)
+    if not rows:
+        return []
+    rates = table(results, scenario, "rate")
+    cpu = table(results, scenario, "cpu_us")
+    keys = [case_key(s, p) for s, p in rows]
+    head = "| contender | " + " | ".join(case_label(s, p) for s, p in rows) + " |"
+    sep = "|---|" + "---:|" * len(rows)
+    out = [f"## {what}", ""]
+    out += [head, sep]
+    for c in contenders(results):
+        cells = [_cell(rates.get((k, c)), lambda v: f"{v:,.0f}") for k in keys]
+        out.append(f"| {_name(results, c)} | " + " | ".join(cells) + " |")
+    out += [
+        "",
+        "Events per second. Client CPU (all threads of the client process) per event, µs:",
+        "",
+    ]
+    out += [head, sep]
+    for c in contenders(results):
+        cells = [_cell(cpu.get((k, c)), lambda v: f"{v:.2f}") for k in keys]
+        out.append(f"| {_name(results, c)} | " + " | ".join(cells) + " |")
+    out.append("")
+    return out
+
+
+def _latency_section(results: dict[str, Any], scenario: str, what: str, extra: bool) -> list[str]:
+    if not cases(results, scenario):
+        return []
+    names = ["p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"]
+    values = {n: table(results, scenario, n) for n in names}
+    achieved = table(results, scenario, "achieved_rate")
+    calls = table(results, scenario, "calls")
+    size, parts = cases(results, scenario)[0]
+    key = case_key(size, parts)
+    out = [f"## {what} ({case_label(size, parts)})", ""]
+    head = "| contender | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms |"
+    sep = "|---|---:|---:|---:|---:|---:|"
+    if extra:
+        head += " produced/s | produce calls |"
+        sep += "---:|---:|"
+    out += [head, sep]
+    for c in contenders(results):
+        cells = [_cell(values[n].get((key, c)), lambda v: f"{v:.3f}") for n in names]
+        if extra:
+            cells.append(_cell(achieved.get((key, c)), lambda v: f"{v:,.0f}"))
+            cells.append(_cell(calls.get((key, c)), lambda v: f"{v:,.0f}"))
+        out.append(f"| {_name(results, c)} | " + " | ".join(cells) + " |")
+    out.append("")
+    return out
+
+
+def _kv(d: dict[str, Any]) -> str:
+    return ", ".join(f"`{k}={v}`" for k, v in d.items() if not isinstance(v, dict)) + "".join(
+        f"; {k}: " + ", ".join(f"`{a}={b}`" for a, b in v.items())
+        for k, v in d.items()
+        if isinstance(v, dict)
+    )
+
+
+def markdown(results: dict[str, Any]) -> str:
+    mach, sw, broker, st = (
+        results["machine"], results["software"], results["broker"], results["settings"]
+    )  # fmt: skip
+    out = [
+        "# eventstream benchmarks",
+        "",
+        f"`{results['command']}` — {results['started_utc']}, {results['duration_s']:.0f} s"
+        + (" (**quick**: small N, not for judging speed)" if results.get("quick") else ""),
+        "",
+        f"- **Machine**: {mach['cpu_model']}, {mach['cores']} cores"
+        f" ({mach.get('cores_usable')} usable), {mach['memory_gib']} GiB, {mach['os']}"
+        + (f", {mach['virtualization']}" if mach.get("virtualization") else "")
+        + f"; {mach['python']}",
+        f"- **Broker**: Apache Kafka {broker.get('kafka')} — {broker.get('kind')}"
+        + (
+            f", {broker['nodes']} node(s), heap {broker['heap']}, {broker.get('java')}, "
+            f"JVM flags `{' '.join(broker.get('jvm_opts', []))}`"
+            if "nodes" in broker
+            else ""
+        )
+        + f", on the same machine; replication factor {st['replication_factor']}",
+        "- **Software**: " + ", ".join(f"{k} {v}" for k, v in sw.items() if v),
+        f"- **Workload**: protobuf events of 100 B and 1 KB (encoded), {st['compression']}, "
+        f"{st['keys']}; produce in blocking calls of {st['batch_events_per_call']:,} events; "
+        "every contender in a fresh process, on a fresh topic, one after the other",
+        "",
+        "## Targets",
+        "",
+        "| target | need | case | measured | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for t in results["targets"]:
+        if not t["cases"]:
+            out.append(f"| {t['target']} | {t['need']} | — | not measured | N/A |")
+        for row in t["cases"]:
+            verdict = "PASS" if row["pass"] else "**MISS**"
+            out.append(
+                f"| {t['target']} | {t['need']} | {row['case']} | {row['display']} | {verdict} |"
+            )
+    out.append("")
+    out += _throughput_section(
+        results, "produce",
+        f"Produce throughput (blocking calls of {st['batch_events_per_call']:,} events, "
+        "acks=all)",
+    )  # fmt: skip
+    out += _throughput_section(
+        results, "consume", "Consume throughput (topic pre-filled; first to last event handled)"
+    )
+    out += _latency_section(
+        results, "latency",
+        f"Single-event produce latency ({st['latency_calls']:,} sequential calls)", extra=False,
+    )  # fmt: skip
+    out += _latency_section(
+        results, "e2e",
+        f"End-to-end latency, produce in one process to handler in another, at "
+        f"{st['e2e_rate_per_s']:,.0f} events/s ({st['e2e_events'] - st['e2e_warmup_events']:,} "
+        "events measured)",
+        extra=True,
+    )  # fmt: skip
+    errors = [m for m in results["measurements"] if m.get("error")]
+    if errors:
+        out += ["## Failed measurements", ""]
+        for m in errors:
+            first = m["error"].splitlines()[0]
+            out.append(
+                f"- {m['scenario']} {case_label(m['size'], m['partitions'])}, "
+                f"{_name(results, m['contender'])}: `{first}`"
+            )
+        out.append("")
+    out += ["## Settings of each contender", ""]
+    for info in results["contenders"].values():
+        out.append(f"- **{info['name']}** — {info.get('client', '')}")
+        out.append(f"  - produce: {info.get('produce call', '')}; {_kv(info.get('producer', {}))}")
+        out.append(f"  - consume: {info.get('consume', '')}; {_kv(info.get('consumer', {}))}")
+    out += [
+        "",
+        "## Load around each measurement",
+        "",
+        "The broker shares the machine with the clients. `busy` is the share of all cores in use "
+        "during the measurement (setup included), `broker` the broker JVM's CPU seconds, "
+        "`other` the share used by processes that were neither the client nor the broker.",
+        "",
+        "<details><summary>per measurement</summary>",
+        "",
+        "| scenario | case | contender | wall s | busy % | client CPU s | broker CPU s | other % |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for m in results["measurements"]:
+        ld = m.get("load") or {}
+        out.append(
+            f"| {m['scenario']} | {case_label(m['size'], m['partitions'])} | {m['contender']} | "
+            f"{ld.get('wall_s', '—')} | {ld.get('machine_busy_pct', '—')} | "
+            f"{ld.get('client_cpu_s', '—')} | {ld.get('broker_cpu_s', '—')} | "
+            f"{ld.get('other_cpu_pct', '—')} |"
+        )
+    out += ["", "</details>", ""]
+    if results.get("notes"):
+        out += ["## Notes", ""] + [f"- {n}" for n in results["notes"]] + [""]
+    out += [
+        "## Method",
+        "",
+        "- Produce: each contender publishes N events in blocking calls of a fixed batch size "
+        "and waits for every acknowledgement of a call before the next (eventstream: "
+        "`producer.produce(*batch)`; the peers: send the batch, then flush/await it); a "
+        "warm-up of a few batches is not timed. The same pre-built events are reused by every "
+        "call, but every call serializes them again (the C program sends a pre-serialized "
+        "payload). Every event carries the 5 CloudEvents headers with a unique `ce_id`.",
+        "- Consume: the topic is pre-filled with N events (by the C program), and the time runs "
+        "from the first to the last event handled by a no-op (counting) handler.",
+        "- Single-event latency: sequential `produce` of one event, each waited for.",
+        "- End-to-end: a consumer process of the contender is started and assigned first; a "
+        "producer process then publishes at a fixed rate (each call sends what is due, normally "
+        "one event, and waits for its acknowledgement); the event carries CLOCK_MONOTONIC at "
+        "the produce call, the handler subtracts it from the time it runs. The first events are "
+        "a warm-up and are not counted.",
+        "- Ratios in the targets are medians from this run only; never compare across runs.",
+        "",
+    ]
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- chart
+
+
+def chart(results: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    names = contenders(results)
+    fig, axes = plt.subplots(2, 2, figsize=(14, 9))
+    panels = [
+        (axes[0][0], "produce", "rate", "Produce throughput (events/s)"),
+        (axes[0][1], "consume", "rate", "Consume throughput (events/s)"),
+    ]
+    for ax, scenario, name, title in panels:
+        rows = cases(results, scenario)
+        values = table(results, scenario, name)
+        width = 0.8 / max(1, len(names))
+        for i, c in enumerate(names):
+            xs = [j + i * width for j in range(len(rows))]
+            ys = [values.get((case_key(s, p), c), 0.0) for s, p in rows]
+            ax.bar(xs, ys, width, label=_name(results, c), color=COLORS.get(c))
+        ax.set_xticks([j + width * (len(names) - 1) / 2 for j in range(len(rows))])
+        ax.set_xticklabels([case_label(s, p) for s, p in rows], fontsize=8)
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+    latency_panels = [
+        (axes[1][0], "latency", "Single-event produce latency (ms)"),
+        (axes[1][1], "e2e", "End-to-end latency at 1,000 events/s (ms)"),
+    ]
+    for ax, scenario, title in latency_panels:
+        p50, p99 = table(results, scenario, "p50_ms"), table(results, scenario, "p99_ms")
+        rows = cases(results, scenario)
+        if rows:
+            key = case_key(*rows[0])
+            xs = range(len(names))
+            ax.bar([x - 0.2 for x in xs], [p50.get((key, c), 0.0) for c in names], 0.4,
+                   label="p50", color=[COLORS.get(c) for c in names])  # fmt: skip
+            ax.bar([x + 0.2 for x in xs], [p99.get((key, c), 0.0) for c in names], 0.4,
+                   label="p99", color=[COLORS.get(c) for c in names], alpha=0.45)  # fmt: skip
+            ax.set_xticks(list(xs))
+            ax.set_xticklabels([_name(results, c) for c in names], fontsize=7, rotation=15)
+            ax.set_yscale("log")
+        ax.set_title(title + " — solid p50, light p99")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(
+        f"eventstream benchmarks — {results['started_utc']}"
+        + (" (quick)" if results.get("quick") else ""),
+        fontsize=11,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
