@@ -45,22 +45,45 @@ from testevents_pb2 import Invalidate  # noqa: E402
 
 import eventstream  # noqa: E402
 
+_cluster: Any = None  # the harness cluster of this session, if it started one
+_cluster_error: BaseException | None = None
 
-@pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
-    """Bootstrap servers of the session's broker."""
-    given = os.environ.get("EVENTSTREAM_TEST_BROKERS", "").strip()
-    if given:
-        yield given
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the harness broker once the selected tests are known and one of them needs it.
+
+    Started here rather than inside the fixture so that the start (about a minute on a machine
+    whose jar cache is cold) does not count against the first test's pytest-timeout.
+    """
+    global _cluster, _cluster_error
+    if os.environ.get("EVENTSTREAM_TEST_BROKERS", "").strip() or session.config.option.collectonly:
+        return
+    if not any("kafka_bootstrap" in getattr(item, "fixturenames", ()) for item in session.items):
         return
     from kafka_harness import KafkaCluster
 
-    cluster = KafkaCluster(nodes=1)
-    cluster.start()
     try:
-        yield cluster.bootstrap_servers
-    finally:
-        cluster.stop()
+        _cluster = KafkaCluster(nodes=1).start()
+    except Exception as exc:  # reported by every test that needs the broker
+        _cluster_error = exc
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _cluster is not None:
+        _cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    """Bootstrap servers of the session's broker: ``EVENTSTREAM_TEST_BROKERS`` if set, else the
+    single-node cluster this session started with scripts/kafka_harness.py."""
+    given = os.environ.get("EVENTSTREAM_TEST_BROKERS", "").strip()
+    if given:
+        return given
+    if _cluster_error is not None:
+        raise RuntimeError(f"the test broker did not start: {_cluster_error}") from _cluster_error
+    assert _cluster is not None, "no broker: pytest_collection_finish did not start one"
+    return str(_cluster.bootstrap_servers)
 
 
 @pytest.fixture
