@@ -230,7 +230,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=int, default=2000, help="events per second (default 2000)")
     demo.add_argument("--duration", type=float, default=10.0, help="seconds (default 10)")
     demo.add_argument("--keys", type=int, default=500, help="distinct cache keys (default 500)")
-    demo.add_argument("--partitions", type=int, default=6, help="partitions (default 6)")
+    demo.add_argument("--partitions", type=int, default=4, help="partitions (default 4)")
     demo.set_defaults(run=_demo)
 
     tail = commands.add_parser(
@@ -275,7 +275,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    # `bench` hands everything after it to the suite's own parser (including --help).
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        args.bench_args = [*rest, *args.bench_args]
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

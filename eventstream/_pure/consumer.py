@@ -34,6 +34,7 @@ class PureConsumer:
         self._closed = False
         self._failure: BaseException | None = None
         self._lock = threading.Lock()
+        self._positions: dict[int, int] = {}  # assigned partition -> next offset to handle
 
     def start(self, dispatch: Dispatch) -> None:
         with self._lock:
@@ -43,7 +44,14 @@ class PureConsumer:
             conf["error_cb"] = self._on_client_error
             conf["logger"] = ClientLog(self._spec.logger)
             client = confluent_kafka.Consumer(conf)
-            client.subscribe([self._spec.topic])
+            # confluent-kafka assigns (incrementally, for the cooperative protocol) after these
+            # callbacks return; they run on the poll thread.
+            client.subscribe(
+                [self._spec.topic],
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_revoke,
+            )
             self._client = client
             self._thread = threading.Thread(
                 target=self._run,
@@ -54,14 +62,22 @@ class PureConsumer:
             self._thread.start()
 
     def assignment(self) -> dict[int, int]:
-        client = self._client
-        if client is None or self._closed:
-            return {}
-        try:
-            assigned = client.assignment()
-            return {tp.partition: tp.offset for tp in client.position(assigned)}
-        except (RuntimeError, confluent_kafka.KafkaException):
-            return {}  # closed meanwhile
+        # Kept by the poll thread: asking confluent-kafka from another thread while its poll()
+        # runs a rebalance can block until that poll returns.
+        with self._lock:
+            if self._closed:
+                return {}
+            return dict(self._positions)
+
+    def _on_assign(self, _client: object, partitions: list[confluent_kafka.TopicPartition]) -> None:
+        with self._lock:
+            for tp in partitions:
+                self._positions.setdefault(tp.partition, confluent_kafka.OFFSET_INVALID)
+
+    def _on_revoke(self, _client: object, partitions: list[confluent_kafka.TopicPartition]) -> None:
+        with self._lock:
+            for tp in partitions:
+                self._positions.pop(tp.partition, None)
 
     def close(self, timeout: float) -> None:
         with self._lock:
@@ -275,6 +291,10 @@ class PureConsumer:
                 next_offsets[(topic, partition)] = offset + 1
         if not next_offsets:
             return
+        with self._lock:
+            for (_topic, partition), offset in next_offsets.items():
+                if partition in self._positions:
+                    self._positions[partition] = offset
         try:
             client.store_offsets(
                 offsets=[

@@ -34,7 +34,7 @@ class DemoSettings:
     rate: int = 2000  # events per second the writer publishes
     duration: float = 10.0  # seconds of writing
     keys: int = 500  # distinct cache keys
-    partitions: int = 6
+    partitions: int = 4
     batch_interval: float = 0.01  # the writer publishes one batch this often
     consumer_properties: Mapping[str, str] = field(default_factory=dict[str, str])
 

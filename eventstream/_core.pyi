@@ -1,0 +1,97 @@
+"""Typed face of eventstream's compiled backend (built from ext/ with Cython).
+
+The module resolves, at import, the librdkafka that confluent-kafka bundles and has loaded, and
+refuses librdkafka older than :data:`MIN_LIBRDKAFKA_VERSION` with an ``ImportError``.
+"""
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Final, final
+
+from google.protobuf.message import Message
+
+from eventstream.backend import BackendName, ConsumerSpec, Dispatch, ProducerSpec
+
+__all__ = [
+    "BACKEND",
+    "LIBRDKAFKA_PATH",
+    "LIBRDKAFKA_VERSION",
+    "MIN_LIBRDKAFKA_VERSION",
+    "CompiledBackend",
+    "Consumer",
+    "MockCluster",
+    "Producer",
+]
+
+#: The oldest librdkafka the module accepts.
+MIN_LIBRDKAFKA_VERSION: Final[str]
+#: Path of the librdkafka shared object in use (the one confluent-kafka loaded).
+LIBRDKAFKA_PATH: Final[str]
+#: Its version, e.g. ``"2.16.0"``.
+LIBRDKAFKA_VERSION: Final[str]
+
+@final
+class Producer:
+    """``eventstream.backend.ProducerBackend`` over librdkafka. Thread-safe."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def producer_id(self) -> str | None:
+        """The ``<producer id>`` part of this producer's ``ce_id`` headers."""
+    def __init__(self, spec: ProducerSpec) -> None: ...
+    def produce(self, events: Sequence[Message], timeout: float | None) -> None: ...
+    def produce_async(
+        self, events: Sequence[Message], loop: asyncio.AbstractEventLoop
+    ) -> asyncio.Future[None]: ...
+    def flush(self, timeout: float) -> int: ...
+    def close(self, timeout: float) -> None: ...
+
+@final
+class Consumer:
+    """``eventstream.backend.ConsumerBackend`` over librdkafka."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def closed(self) -> bool: ...
+    def __init__(self, spec: ConsumerSpec) -> None: ...
+    def start(self, dispatch: Dispatch) -> None: ...
+    def assignment(self) -> dict[int, int]: ...
+    def close(self, timeout: float) -> None: ...
+
+class CompiledBackend:
+    """``eventstream.backend.Backend`` over librdkafka's C API."""
+
+    name: BackendName
+    def check_properties(self, properties: Mapping[str, str]) -> None: ...
+    def new_producer(self, spec: ProducerSpec) -> Producer: ...
+    def new_consumer(self, spec: ConsumerSpec) -> Consumer: ...
+
+BACKEND: CompiledBackend
+
+@final
+class MockCluster:
+    """librdkafka's in-process mock cluster: real TCP brokers on 127.0.0.1 for any client.
+    Not Apache Kafka: see eventstream.testing for its limits."""
+
+    @property
+    def bootstrap_servers(self) -> str: ...
+    @property
+    def num_brokers(self) -> int: ...
+    @property
+    def closed(self) -> bool: ...
+    def __init__(self, num_brokers: int = 1) -> None: ...
+    def create_topic(self, name: str, partitions: int = 1, replication_factor: int = 1) -> None:
+        """Create ``name``; raises ``eventstream.errors.TopicError`` if the cluster refuses."""
+    def close(self) -> None: ...
+    def __enter__(self) -> MockCluster: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
