@@ -10,6 +10,7 @@ Layout: this file is the loader and the Backend object; producer.pxi, consumer.p
 hold the clients.
 """
 
+cimport cython
 from libc.stdint cimport int32_t, int64_t, uint64_t
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memcmp, strlen, strcmp

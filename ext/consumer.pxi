@@ -67,6 +67,7 @@ cdef void _on_consumer_error(rd_kafka_t *rk, int err, const char *reason,
         pass                    # never let an exception vanish into C: _client_error records
 
 
+@cython.final
 cdef class Consumer:
     """eventstream.backend.ConsumerBackend over librdkafka (see the module docstring)."""
 

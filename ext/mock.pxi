@@ -3,6 +3,7 @@
 # commits; not CreateTopics/DeleteTopics/configs. The mock API is outside librdkafka's ABI
 # promise, so its symbols are optional: MockCluster raises if this librdkafka lacks them.
 
+@cython.final
 cdef class MockCluster:
     """A librdkafka mock cluster with `num_brokers` brokers, hosted by a throwaway producer
     handle. Group joins are not delayed (initial rebalance delay 0)."""

@@ -40,6 +40,16 @@ cdef struct Tracker
 #      resolved (async).
 # So a caller that gives up (timeout, Ctrl+C) leaves a tracker that stays valid until librdkafka
 # has reported every message that points at it.
+#
+# Payloads are not copied (no RD_KAFKA_MSG_F_COPY): librdkafka points into the serialized bytes
+# objects, which `keep` (a list, owned reference) holds until every message of the call has been
+# reported. Releasing it needs the GIL, so:
+#   * the caller releases it when it leaves after completion (it waited, it holds the GIL);
+#   * a caller that leaves before completion marks the tracker `abandoned`; the completion then
+#     goes through ProducerState.completed like an async one, and _resolve_completed() (GIL)
+#     releases it;
+#   * async: _resolve_completed() releases it with the future.
+# `done` and `abandoned` are decided under `lock`, so exactly one side releases `keep`.
 cdef struct Tracker:
     int64_t remaining           # atomic
     int64_t failed              # atomic: failed deliveries + events never enqueued after a hard error
@@ -47,8 +57,10 @@ cdef struct Tracker:
     pthread_mutex_t lock        # guards: done, first_err, first_reason
     pthread_cond_t cond
     int done
+    int abandoned               # sync: the caller left before completion (see above)
     int first_err
     char first_reason[REASON_SIZE]
+    PyObject *keep              # owned: list of the bytes objects librdkafka points into
     # async calls only (owned references, released under the GIL by _resolve_completed):
     int is_async
     PyObject *future
@@ -141,23 +153,41 @@ cdef void _tracker_fail(Tracker *t, int err, const char *reason, int64_t count) 
 
 cdef void _tracker_complete(Tracker *t) noexcept nogil:
     """Every message of the call is accounted for. Consumes the completion reference."""
-    cdef ProducerState *st
-    if t.is_async:
-        # Resolving a future needs the GIL: hand the tracker (and its completion reference)
-        # to whoever next runs _resolve_completed(), normally the poll thread right after the
-        # rd_kafka_poll() call that got us here.
-        st = t.state
+    cdef ProducerState *st = t.state
+    cdef bint needs_gil = t.is_async
+    if not t.is_async:
+        pthread_mutex_lock(&t.lock)
+        t.done = 1
+        needs_gil = t.abandoned
+        if not needs_gil:
+            pthread_cond_broadcast(&t.cond)
+        pthread_mutex_unlock(&t.lock)
+    if needs_gil:
+        # Resolving a future / releasing `keep` needs the GIL: hand the tracker (and its
+        # completion reference) to whoever next runs _resolve_completed(), normally the poll
+        # thread right after the rd_kafka_poll() call that got us here.
         pthread_mutex_lock(&st.lock)
         t.next = st.completed
         st.completed = t
         esk_store_int(&st.has_completed, 1)
         pthread_mutex_unlock(&st.lock)
     else:
-        pthread_mutex_lock(&t.lock)
-        t.done = 1
-        pthread_cond_broadcast(&t.cond)
-        pthread_mutex_unlock(&t.lock)
-        _tracker_release(t)
+        _tracker_release(t)     # the waiting caller releases `keep`
+
+
+cdef void _tracker_leave(Tracker *t) noexcept:
+    """The synchronous caller leaves (GIL held): release `keep` if every message was reported,
+    else leave that to the completion (abandoned). Drops the caller's reference."""
+    cdef bint done
+    pthread_mutex_lock(&t.lock)
+    done = t.done
+    if not done:
+        t.abandoned = 1
+    pthread_mutex_unlock(&t.lock)
+    if done:
+        Py_XDECREF(t.keep)
+        t.keep = NULL
+    _tracker_release(t)
 
 
 cdef bint _tracker_wait(Tracker *t, int64_t until) noexcept nogil:
@@ -265,8 +295,9 @@ cdef object _tracker_error(ProducerState *st, Tracker *t, int64_t total):
 
 
 cdef void _resolve_completed(ProducerState *st) noexcept with gil:
-    """Resolve the futures of completed async trackers (one GIL acquisition for all of them)
-    and log a pending client error. Never raises: failures are logged."""
+    """Finish the trackers handed over by _tracker_complete (one GIL acquisition for all of
+    them): resolve async futures, release `keep` of async and abandoned sync calls. Then log a
+    pending client error. Never raises: failures are logged."""
     cdef Tracker *t
     cdef Tracker *nxt
     cdef char msg[ERRSTR_SIZE]
@@ -286,13 +317,14 @@ cdef void _resolve_completed(ProducerState *st) noexcept with gil:
     while t != NULL:
         nxt = t.next
         try:
-            fut = <object>t.future
-            loop = <object>t.loop
-            exc = _tracker_error(st, t, t.total)
-            try:
-                loop.call_soon_threadsafe(_settle_future, fut, exc)
-            except RuntimeError:
-                pass            # the loop is closed: nobody can await the future any more
+            if t.is_async:
+                fut = <object>t.future
+                loop = <object>t.loop
+                exc = _tracker_error(st, t, t.total)
+                try:
+                    loop.call_soon_threadsafe(_settle_future, fut, exc)
+                except RuntimeError:
+                    pass        # the loop is closed: nobody can await the future any more
         except BaseException as e:
             try:
                 logger.error("could not resolve a produce_async future", exc_info=e)
@@ -303,8 +335,10 @@ cdef void _resolve_completed(ProducerState *st) noexcept with gil:
             loop = None
             Py_XDECREF(t.future)
             Py_XDECREF(t.loop)
+            Py_XDECREF(t.keep)      # every message is reported: nothing points into it now
             t.future = NULL
             t.loop = NULL
+            t.keep = NULL
             _tracker_release(t)     # the completion reference
         t = nxt
     if log_it:
@@ -344,6 +378,7 @@ cdef inline str _type_label(object cls):
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+@cython.final
 cdef class Producer:
     """eventstream.backend.ProducerBackend over librdkafka (see the module docstring)."""
 
@@ -469,6 +504,7 @@ cdef class Producer:
             nxt = t.next
             Py_XDECREF(t.future)
             Py_XDECREF(t.loop)
+            Py_XDECREF(t.keep)
             _tracker_release(t)
             t = nxt
         Py_XDECREF(st.topic)
@@ -595,11 +631,11 @@ cdef class Producer:
         vus[0].u.rkt = st.rkt
         vus[1].vtype = RD_KAFKA_VTYPE_OPAQUE
         vus[1].u.ptr = t
-        # Payload and key are copied into librdkafka's own message allocation (one malloc for
-        # message + payload): the bytes objects can be released as soon as we return, and the
-        # delivery report never needs the GIL to drop them.
+        # No RD_KAFKA_MSG_F_COPY: librdkafka points into the serialized bytes objects, which
+        # the tracker keeps alive until every message is reported (see Tracker). The key and
+        # the headers are always copied by librdkafka.
         vus[2].vtype = RD_KAFKA_VTYPE_MSGFLAGS
-        vus[2].u.i = RD_KAFKA_MSG_F_COPY
+        vus[2].u.i = 0
         vus[3].vtype = RD_KAFKA_VTYPE_VALUE
         vus[4].vtype = RD_KAFKA_VTYPE_HEADERS
         vus[5].vtype = RD_KAFKA_VTYPE_KEY
@@ -687,6 +723,9 @@ cdef class Producer:
         t = NULL
         try:
             t = _tracker_new(n, False)
+            t.state = self._st
+            t.keep = <PyObject *>keep
+            Py_INCREF(keep)
             try:
                 enqueued = self._enqueue_all(msgs, n, t, deadline)
             finally:
@@ -713,7 +752,7 @@ cdef class Producer:
             )
         finally:
             if t != NULL:
-                _tracker_release(t)     # the caller's reference
+                _tracker_leave(t)       # `keep` and the caller's reference
             self._exit()
 
     def produce_async(self, events, loop):
@@ -745,6 +784,8 @@ cdef class Producer:
             Py_INCREF(fut)
             t.loop = <PyObject *>loop
             Py_INCREF(loop)
+            t.keep = <PyObject *>keep
+            Py_INCREF(keep)
             try:
                 # No timeout: a full queue empties as messages are delivered or time out
                 # (message.timeout.ms); signals are still checked between slices.
