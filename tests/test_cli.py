@@ -177,7 +177,7 @@ def test_demo_converges_on_a_real_broker(kafka_bootstrap: str, topic_name: str) 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "every instance converged" in result.stdout
     assert result.stdout.count("converged") >= 3  # one line per instance, and the verdict
-    assert "t= 1.0s" in result.stdout  # live progress was shown
+    assert "events published and acknowledged" in result.stdout
 
 
 def test_demo_on_the_embedded_cluster() -> None:
