@@ -38,12 +38,28 @@ RDK_CONSUMER = {
 # librdkafka defaults that bound a producer batch (not set, recorded for comparison).
 RDK_BATCH_DEFAULTS = {"batch.size": "1000000", "batch.num.messages": "10000"}
 
+# Peers that confirm a batch with rd_kafka_flush() (the confluent-kafka typed loop, and the C
+# program's "c-linger5" variant) keep librdkafka's default linger.ms=5: flush() sends at once
+# whatever lingers, so while a batch is being enqueued librdkafka gathers it into few requests,
+# where linger.ms=0 (eventstream's choice: its blocking produce waits for its own events, not a
+# flush, so lingering would add 5 ms to every call) sends many small ones. Measured on 2 cores:
+# linger.ms=5 + flush takes 30-45% less client CPU per event than linger.ms=0. A user of
+# confluent-kafka has the default; handicapping the peer with eventstream's setting would flatter
+# eventstream.
+FLUSHING_PRODUCER = {**RDK_PRODUCER, "linger.ms": "5"}
+
 # The pure-Python peers get the nearest equivalents: same acks, idempotence, linger, fetch wait
 # and a batch limit of librdkafka's size (their default, 16 KiB, would cap a batch at 16 events of
 # 1 KB; see the README of benchmarks/ for the measured effect).
 PEER_BATCH_BYTES = 1_000_000
 PEER_FETCH_WAIT_MS = 100
 PEER_COMMIT_INTERVAL_MS = 1000
+
+# kafka-python checks and computes CRC32C of every record batch in pure Python unless the optional
+# `crc32c` package is installed (it is not in eventstream's bench extra): ~150 µs per 100 B event,
+# ~400 µs per 1 KB event on this class of machine. Its throughput runs publish and read this
+# fraction of N so that the default run stays near 10 minutes; a rate does not depend on N.
+SLOW_CONTENDER_FRACTION = {"kafka-python": 0.2}
 
 
 def now_ns() -> int:

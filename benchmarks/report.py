@@ -7,9 +7,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-ORDER = ("c", "compiled", "pure", "confluent", "aiokafka", "kafka-python")
+ORDER = ("c", "c-linger5", "compiled", "pure", "confluent", "aiokafka", "kafka-python")
 COLORS = {
     "c": "#7f7f7f",
+    "c-linger5": "#c7c7c7",
     "compiled": "#d62728",
     "pure": "#ff9896",
     "confluent": "#1f77b4",
@@ -168,6 +169,34 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+def context(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Ratios that explain the targets (not targets themselves): against the other C variant,
+    against the pure backend, and client CPU per event, which the broker's share of the two
+    cores does not blur."""
+    rows: list[dict[str, Any]] = []
+
+    def ratio(a: dict[tuple[str, str], float], key: str, x: str, y: str) -> float | None:
+        vx, vy = a.get((key, x)), a.get((key, y))
+        return vx / vy if vx and vy else None
+
+    for scenario in ("produce", "consume"):
+        rates = table(results, scenario, "rate")
+        cpu = table(results, scenario, "cpu_us")
+        for size, parts in cases(results, scenario):
+            key = case_key(size, parts)
+            rows.append(
+                {
+                    "scenario": scenario,
+                    "case": case_label(size, parts),
+                    "rate compiled/c-linger5": ratio(rates, key, "compiled", "c-linger5"),
+                    "rate compiled/pure": ratio(rates, key, "compiled", "pure"),
+                    "CPU per event confluent/compiled": ratio(cpu, key, "confluent", "compiled"),
+                    "CPU per event compiled/c": ratio(cpu, key, "compiled", "c"),
+                }
+            )
+    return rows
+
+
 def targets_text(items: list[dict[str, Any]]) -> str:
     lines = ["targets (ratios from this run):"]
     for t in items:
@@ -292,6 +321,21 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {t['target']} | {t['need']} | {row['case']} | {row['display']} | {verdict} |"
             )
     out.append("")
+    ctx = context(results)
+    if ctx:
+        names = [k for k in ctx[0] if k not in ("scenario", "case")]
+        out += [
+            "Context (not targets): throughput ratios against the other C variant and the pure "
+            "backend, and the client CPU spent per event (all threads of the client process), "
+            "which the broker's share of the machine does not blur.",
+            "",
+            "| scenario | case | " + " | ".join(names) + " |",
+            "|---|---|" + "---:|" * len(names),
+        ]
+        for row in ctx:
+            cells = [_cell(row[n], lambda v: f"{v:.2f}x") for n in names]
+            out.append(f"| {row['scenario']} | {row['case']} | " + " | ".join(cells) + " |")
+        out.append("")
     out += _throughput_section(
         results, "produce",
         f"Produce throughput (blocking calls of {st['batch_events_per_call']:,} events, "

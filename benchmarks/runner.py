@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ DEFAULT_OUT = HERE / "results"
 
 CONTENDERS: dict[str, str] = {
     "c": "C over librdkafka",
+    "c-linger5": "C over librdkafka, linger.ms=5",
     "compiled": "eventstream compiled",
     "pure": "eventstream pure",
     "confluent": "confluent-kafka typed loop",
@@ -39,6 +40,9 @@ CONTENDERS: dict[str, str] = {
     "kafka-python": "kafka-python",
 }
 SCENARIOS = ("produce", "consume", "latency", "e2e")
+NATIVE = ("c", "c-linger5")
+# c-linger5 differs from c only in how a producer batches; elsewhere it would repeat c.
+ONLY_IN = {"c-linger5": ("produce",)}
 SCENARIO_TITLES = {
     "produce": "Produce throughput",
     "consume": "Consume throughput",
@@ -468,12 +472,14 @@ class Contenders:
         return env
 
     def command(self, contender: str, mode: str, spec: dict[str, Any]) -> list[str]:
-        if contender != "c":
+        if contender not in NATIVE:
             return [sys.executable, "-m", "benchmarks.worker", json.dumps(spec)]
         if self.native_bin is None:
             raise BenchError("the C contender is not built")
         producing = mode in ("produce", "latency", "e2e-produce")
-        props = common.RDK_PRODUCER if producing else common.RDK_CONSUMER
+        props = common.RDK_CONSUMER
+        if producing:
+            props = common.FLUSHING_PRODUCER if contender == "c-linger5" else common.RDK_PRODUCER
         cmd = [
             str(self.native_bin),
             mode,
@@ -498,16 +504,16 @@ class Contenders:
         return Proc(self.command(contender, mode, spec), self.env(contender), bar)
 
     def describe(self, contender: str, brokers: str) -> dict[str, Any]:
-        if contender == "c":
+        if contender in NATIVE:
             assert self.native_bin is not None
             res = subprocess.run(
                 [str(self.native_bin), "version"], capture_output=True, text=True, check=True
             )
             version = json.loads(res.stdout)["librdkafka"]
+            producer = common.FLUSHING_PRODUCER if contender == "c-linger5" else common.RDK_PRODUCER
             return {
                 "client": f"C program (benchmarks/native/esbench.c) over librdkafka {version}",
-                "producer": dict(common.RDK_PRODUCER)
-                | {"(librdkafka defaults)": common.RDK_BATCH_DEFAULTS},
+                "producer": dict(producer) | {"(librdkafka defaults)": common.RDK_BATCH_DEFAULTS},
                 "consumer": dict(common.RDK_CONSUMER),
                 "produce call": "per event: rd_kafka_produceva (5 headers, pre-serialized "
                 "payload, MSG_F_COPY); then rd_kafka_flush for the batch",
@@ -591,6 +597,9 @@ class Runner:
             self.admin.delete(topic)
 
     def run_case(self, case: Case, contender: str, round_: int) -> Measurement:
+        if case.scenario in ("produce", "consume") and not self.args.quick:
+            fraction = common.SLOW_CONTENDER_FRACTION.get(contender, 1.0)
+            case = replace(case, count=max(1, int(case.count * fraction)))
         topic = self.topic_name(case, contender, round_)
         m = Measurement(case.scenario, case.size, case.partitions, contender, case.count)
         m.topic = topic
@@ -639,6 +648,8 @@ class Runner:
             sys.stderr.write(f"\n{case.title} ({count} per contender)\n")
             for round_ in range(self.args.repeat):
                 for contender in self.contenders:
+                    if case.scenario not in ONLY_IN.get(contender, SCENARIOS):
+                        continue
                     self.measurements.append(self.run_case(case, contender, round_))
 
 
@@ -718,7 +729,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     contenders = list(args.contender_list)
     native_bin: Path | None = None
     notes: list[str] = []
-    if "c" in contenders or "consume" in args.scenarios:
+    if set(NATIVE) & set(contenders) or "consume" in args.scenarios:
         from benchmarks import native
 
         try:
@@ -727,8 +738,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except native.BuildError as exc:
             notes.append(f"C contender not built: {exc}")
             sys.stderr.write(f"benchmarks: {notes[-1]}\n")
-            if "c" in contenders:
-                contenders.remove("c")
+            contenders = [c for c in contenders if c not in NATIVE]
 
     broker = Broker(args.brokers, args.nodes)
     tmp = out / ".tmp"

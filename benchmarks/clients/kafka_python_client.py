@@ -29,9 +29,17 @@ CONSUMER = {
 logging.getLogger("kafka").setLevel(logging.ERROR)
 
 
+def _crc32c() -> str:
+    try:
+        import crc32c  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
+    except ImportError:
+        return "pure Python (the optional crc32c package is not installed)"
+    return "crc32c package (C)"
+
+
 def describe(spec: dict[str, Any]) -> dict[str, Any]:
     return {
-        "client": f"kafka-python {kafka.__version__}",
+        "client": f"kafka-python {kafka.__version__}, CRC32C: {_crc32c()}",
         "producer": PRODUCER,
         "consumer": CONSUMER,
         "produce call": "per event: SerializeToString + send(headers=5); then flush() and "
