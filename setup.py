@@ -34,7 +34,7 @@ def _cythonize(extensions: list[Extension]) -> list[Extension]:
     except ImportError as exc:
         raise BuildError(
             "eventstream: building the compiled backend (eventstream._core) needs Cython >= 3.0, "
-            f"which is not installed ({exc}). `pip install 'Cython>=3.0'`, or: {SKIP_HINT}"
+            f"which is not installed ({exc}). `pip install 'Cython>=3.0'`. {SKIP_HINT}"
         ) from exc
     major = int(Cython.__version__.split(".")[0])
     if major < 3:

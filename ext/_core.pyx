@@ -185,6 +185,8 @@ cdef rd_kafka_conf_t *_make_conf(object properties, str what) except NULL:
 cdef struct LogSink:
     PyObject *logger            # borrowed from the client object, which outlives its rk
     PyObject *owner             # consumer only: the Consumer (borrowed, same reason)
+    int rebalance_error_set     # consumer only (atomic): rebalance_error holds an unlogged error
+    char rebalance_error[ERRSTR_SIZE]
 
 
 cdef void _on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf) noexcept with gil:

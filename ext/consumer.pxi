@@ -3,10 +3,12 @@
 # after the handler returned for it (at-least-once: enable.auto.offset.store=false; the
 # auto-commit, and rd_kafka_consumer_close() when the poll thread ends, commit what was stored).
 #
-# Rebalancing: no rebalance callback is set, so librdkafka assigns and revokes by itself; with
-# the cooperative protocol it does the incremental assign/unassign internally (rdkafka_cgrp.c:
-# "No application rebalance callback ... do the assign/unassign ourselves"), and on revoke it
-# commits the stored offsets of the partitions being removed.
+# Rebalancing: librdkafka would assign and revoke by itself without a rebalance callback (for the
+# cooperative protocol too), but on that path rd_kafka_consumer_close() ends the group membership
+# without a LeaveGroup (seen with 2.16: "terminating, initiating full unassign" -> "term"), so the
+# next consumer of the group waits for the old session to time out. _on_rebalance therefore does
+# the (incremental, for COOPERATIVE) assign/unassign itself, as confluent-kafka does; librdkafka
+# commits the stored offsets of revoked partitions on unassign.
 #
 # Lifetime of the librdkafka handle: created by start(), used by the poll thread, closed and
 # destroyed by the poll thread itself when its loop ends (so close() never destroys it under a
@@ -68,6 +70,40 @@ cdef void _on_consumer_error(rd_kafka_t *rk, int err, const char *reason,
 
 
 @cython.final
+cdef void _on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                        rd_kafka_topic_partition_list_t *partitions,
+                        void *opaque) noexcept nogil:
+    # Served inside rd_kafka_consume_batch_queue()/rd_kafka_consumer_close(), GIL released.
+    cdef LogSink *sink = <LogSink *>opaque
+    cdef rd_kafka_error_t *error = NULL
+    cdef rd_kafka_resp_err_t code = RD_KAFKA_RESP_ERR_NO_ERROR
+    cdef const char *what
+    if strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0:
+        if err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS:
+            what = "incremental assign"
+            error = rd_kafka_incremental_assign(rk, partitions)
+        else:
+            what = "incremental unassign"
+            error = rd_kafka_incremental_unassign(rk, partitions)
+        if error != NULL:
+            code = rd_kafka_error_code(error)
+            snprintf(sink.rebalance_error, ERRSTR_SIZE, "%s failed: %s: %s", what,
+                     rd_kafka_err2name(code), rd_kafka_error_string(error))
+            rd_kafka_error_destroy(error)
+    else:
+        if err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS:
+            what = "assign"
+            code = rd_kafka_assign(rk, partitions)
+        else:
+            what = "unassign"
+            code = rd_kafka_assign(rk, NULL)
+        if code != RD_KAFKA_RESP_ERR_NO_ERROR:
+            snprintf(sink.rebalance_error, ERRSTR_SIZE, "%s failed: %s: %s", what,
+                     rd_kafka_err2name(code), rd_kafka_err2str(code))
+    if code != RD_KAFKA_RESP_ERR_NO_ERROR:
+        esk_store_int(&sink.rebalance_error_set, 1)    # logged by the poll thread
+
+
 cdef class Consumer:
     """eventstream.backend.ConsumerBackend over librdkafka (see the module docstring)."""
 
@@ -165,6 +201,7 @@ cdef class Consumer:
         cdef int err
         conf = _make_conf(self._spec.properties, "consumer")
         rd_kafka_conf_set_error_cb(conf, _on_consumer_error)
+        rd_kafka_conf_set_rebalance_cb(conf, _on_rebalance)
         _route_logs(conf)
         rd_kafka_conf_set_opaque(conf, &self._sink)
         rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr))
@@ -293,6 +330,8 @@ cdef class Consumer:
                         more = rd_kafka_consume_batch_queue(queue, 0, msgs + 1, BATCH_MAX - 1)
                         if more > 0:
                             n += more
+                if esk_load_int(&self._sink.rebalance_error_set):
+                    self._log_rebalance_error()
                 if n <= 0:
                     continue
                 try:
@@ -312,8 +351,18 @@ cdef class Consumer:
             free(msgs)
             try:
                 self._destroy_client()
+                if esk_load_int(&self._sink.rebalance_error_set):
+                    self._log_rebalance_error()
             except BaseException as exc:
                 self._record(exc)
+
+    cdef int _log_rebalance_error(self) except -1:
+        esk_store_int(&self._sink.rebalance_error_set, 0)
+        self._logger.warning(
+            "consumer of %r: rebalance %s", self.topic,
+            self._sink.rebalance_error.decode("utf-8", "replace"),
+        )
+        return 0
 
     cdef int _message_error(self, rd_kafka_message_t *m) except -1:
         """An error delivered as a message: fatal ones raise (ending the loop), others log."""

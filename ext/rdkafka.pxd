@@ -48,6 +48,8 @@ cdef extern from "rdkafka_abi.h" nogil:
         RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN
         RD_KAFKA_RESP_ERR__TIMED_OUT
         RD_KAFKA_RESP_ERR__QUEUE_FULL
+        RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS
+        RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS
         RD_KAFKA_RESP_ERR__NOENT
         RD_KAFKA_RESP_ERR__PURGE_QUEUE
         RD_KAFKA_RESP_ERR__PURGE_INFLIGHT
@@ -121,6 +123,9 @@ cdef extern from "rdkafka_abi.h" nogil:
                                     void *opaque) noexcept
     # The log callback runs on the thread that serves the queue given to rd_kafka_set_log_queue
     # (with "log.queue=true"); without a log queue, on librdkafka's internal threads.
+    ctypedef void (*esk_rebalance_cb_t)(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                                        rd_kafka_topic_partition_list_t *partitions,
+                                        void *opaque) noexcept
     ctypedef void (*esk_log_cb_t)(const rd_kafka_t *rk, int level, const char *fac,
                                   const char *buf) noexcept
 
@@ -215,6 +220,15 @@ cdef extern from "rdkafka_abi.h" nogil:
     rd_kafka_error_t *rd_kafka_offset_store_message "ESK_RDK(rd_kafka_offset_store_message)" (
         rd_kafka_message_t *rkmessage)
     rd_kafka_resp_err_t rd_kafka_consumer_close "ESK_RDK(rd_kafka_consumer_close)" (rd_kafka_t *rk)
+    # Served where the consumer queue is served (our poll thread, rd_kafka_consumer_close).
+    void rd_kafka_conf_set_rebalance_cb "ESK_RDK(rd_kafka_conf_set_rebalance_cb)" (
+        rd_kafka_conf_t *conf, esk_rebalance_cb_t cb)
+    rd_kafka_error_t *rd_kafka_incremental_assign "ESK_RDK(rd_kafka_incremental_assign)" (
+        rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *partitions)
+    rd_kafka_error_t *rd_kafka_incremental_unassign "ESK_RDK(rd_kafka_incremental_unassign)" (
+        rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *partitions)
+    rd_kafka_resp_err_t rd_kafka_assign "ESK_RDK(rd_kafka_assign)" (
+        rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *partitions)
     # A new list (ours to destroy) of the partitions assigned now.
     rd_kafka_resp_err_t rd_kafka_assignment "ESK_RDK(rd_kafka_assignment)" (
         rd_kafka_t *rk, rd_kafka_topic_partition_list_t **partitions)

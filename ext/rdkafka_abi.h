@@ -68,6 +68,8 @@ enum {
     RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN = -187,
     RD_KAFKA_RESP_ERR__TIMED_OUT = -185,
     RD_KAFKA_RESP_ERR__QUEUE_FULL = -184,
+    RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS = -175,
+    RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS = -174,
     RD_KAFKA_RESP_ERR__NOENT = -156,
     RD_KAFKA_RESP_ERR__PURGE_QUEUE = -152,
     RD_KAFKA_RESP_ERR__PURGE_INFLIGHT = -151,
@@ -160,6 +162,8 @@ typedef struct rd_kafka_vu_s {
 /* ---- callback types ------------------------------------------------------------------------ */
 typedef void (*esk_dr_msg_cb_t)(rd_kafka_t *rk, const rd_kafka_message_t *rkmessage, void *opaque);
 typedef void (*esk_error_cb_t)(rd_kafka_t *rk, int err, const char *reason, void *opaque);
+typedef void (*esk_rebalance_cb_t)(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                                   rd_kafka_topic_partition_list_t *partitions, void *opaque);
 typedef void (*esk_log_cb_t)(const rd_kafka_t *rk, int level, const char *fac, const char *buf);
 
 /* ---- the function table ------------------------------------------------------------------- */
@@ -224,6 +228,13 @@ typedef void (*esk_log_cb_t)(const rd_kafka_t *rk, int level, const char *fac, c
       (rd_kafka_t * rk, const rd_kafka_topic_partition_list_t *topics))                            \
     X(rd_kafka_error_t *, rd_kafka_offset_store_message, (rd_kafka_message_t * rkmessage))         \
     X(rd_kafka_resp_err_t, rd_kafka_consumer_close, (rd_kafka_t * rk))                             \
+    X(void, rd_kafka_conf_set_rebalance_cb, (rd_kafka_conf_t * conf, esk_rebalance_cb_t cb))       \
+    X(rd_kafka_error_t *, rd_kafka_incremental_assign,                                             \
+      (rd_kafka_t * rk, const rd_kafka_topic_partition_list_t *partitions))                        \
+    X(rd_kafka_error_t *, rd_kafka_incremental_unassign,                                           \
+      (rd_kafka_t * rk, const rd_kafka_topic_partition_list_t *partitions))                        \
+    X(rd_kafka_resp_err_t, rd_kafka_assign,                                                        \
+      (rd_kafka_t * rk, const rd_kafka_topic_partition_list_t *partitions))                        \
     X(rd_kafka_resp_err_t, rd_kafka_assignment,                                                    \
       (rd_kafka_t * rk, rd_kafka_topic_partition_list_t **partitions))                             \
     X(rd_kafka_resp_err_t, rd_kafka_position,                                                      \
