@@ -51,7 +51,7 @@ class _NoopConsumer:
         pass
 
     def assignment(self) -> dict[int, int]:
-        return {}
+        return {0: 0}  # a nominal partition at offset 0, so wait_until_assigned() returns
 
     def close(self, timeout: float) -> None:
         pass

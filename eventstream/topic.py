@@ -158,11 +158,17 @@ class Topic(Generic[E]):
             self._closed = True
             children, self._children = self._children, []
         failures: list[BaseException] = []
+        interrupt: BaseException | None = None
         for child in children:
             try:
                 child.close()
             except Exception as exc:
                 failures.append(exc)
+            except BaseException as exc:  # e.g. a handler's KeyboardInterrupt: close the rest first
+                if interrupt is None:
+                    interrupt = exc
+        if interrupt is not None:
+            raise interrupt
         if failures:
             error = EventStreamError(
                 f"closing topic {self.name!r}: {len(failures)} of {len(children)} clients failed "

@@ -35,6 +35,15 @@ class PureConsumer:
         self._failure: BaseException | None = None
         self._lock = threading.Lock()
         self._positions: dict[int, int] = {}  # assigned partition -> next offset to handle
+        props = spec.properties
+        self._cooperative = "cooperative" in props.get("partition.assignment.strategy", "") or (
+            props.get("group.protocol") == "consumer"
+        )
+        self._from_beginning = props.get("auto.offset.reset") in (
+            "earliest",
+            "smallest",
+            "beginning",
+        )
 
     def start(self, dispatch: Dispatch) -> None:
         with self._lock:
@@ -69,10 +78,42 @@ class PureConsumer:
                 return {}
             return dict(self._positions)
 
-    def _on_assign(self, _client: object, partitions: list[confluent_kafka.TopicPartition]) -> None:
+    def _on_assign(
+        self, client: confluent_kafka.Consumer, partitions: list[confluent_kafka.TopicPartition]
+    ) -> None:
+        # Resolve where each partition starts (its committed offset, else the end that
+        # auto.offset.reset names) and assign at exactly that offset: the position reported by
+        # assignment() is then where reading starts, and an event produced after
+        # wait_until_assigned() returns cannot fall before it.
+        try:
+            resolved = [
+                confluent_kafka.TopicPartition(
+                    tp.topic, tp.partition, self._start_offset(client, tp)
+                )
+                for tp in client.committed(partitions, timeout=10)
+            ]
+        except confluent_kafka.KafkaException as exc:
+            self._spec.logger.warning("could not resolve start offsets, librdkafka will: %s", exc)
+            resolved = partitions
+        if self._cooperative:
+            client.incremental_assign(resolved)
+        else:
+            client.assign(resolved)
         with self._lock:
-            for tp in partitions:
-                self._positions.setdefault(tp.partition, confluent_kafka.OFFSET_INVALID)
+            for tp in resolved:
+                self._positions[tp.partition] = tp.offset
+
+    def _start_offset(
+        self, client: confluent_kafka.Consumer, committed: confluent_kafka.TopicPartition
+    ) -> int:
+        if committed.offset >= 0:
+            return int(committed.offset)
+        low, high = client.get_watermark_offsets(
+            confluent_kafka.TopicPartition(committed.topic, committed.partition),
+            timeout=10,
+            cached=False,
+        )
+        return int(low if self._from_beginning else high)
 
     def _on_revoke(self, _client: object, partitions: list[confluent_kafka.TopicPartition]) -> None:
         with self._lock:
