@@ -111,11 +111,13 @@ class ProducerBackend(Protocol):
         ...
 
     def produce_async(
-        self, events: Sequence[Message], loop: asyncio.AbstractEventLoop
+        self, events: Sequence[Message], loop: asyncio.AbstractEventLoop, timeout: float | None
     ) -> asyncio.Future[None]:
         """Like :meth:`produce` but returns at once with a future of ``loop`` resolved (on ``loop``)
-        when every event of the call is acknowledged, or failed with the same errors. Type errors
-        are raised directly, before anything is sent."""
+        when every event of the call is acknowledged, or failed with the same errors, including
+        ``produce_timeout_error(...)`` (with the pending count and the client's last error) when
+        ``timeout`` passes first. Must be called on ``loop``'s thread. Type errors are raised
+        directly, before anything is sent."""
         ...
 
     def flush(self, timeout: float) -> int:

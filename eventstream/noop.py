@@ -32,7 +32,7 @@ class _NoopProducer:
         self._check(events)
 
     def produce_async(
-        self, events: Sequence[Message], loop: asyncio.AbstractEventLoop
+        self, events: Sequence[Message], loop: asyncio.AbstractEventLoop, timeout: float | None
     ) -> asyncio.Future[None]:
         self._check(events)
         future: asyncio.Future[None] = loop.create_future()

@@ -10,7 +10,7 @@ from typing import Generic, TypeVar
 from google.protobuf.message import Message
 
 from eventstream.backend import ProducerBackend
-from eventstream.errors import ClosedError, ProduceTimeoutError
+from eventstream.errors import ClosedError
 
 __all__ = ["Producer"]
 
@@ -59,20 +59,7 @@ class Producer(Generic[E]):
         """
         if self._closed:
             raise ClosedError(f"the producer of {self._topic!r} is closed")
-        future = self._backend.produce_async(events, asyncio.get_running_loop())
-        if timeout is None:
-            await future
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(future), timeout)
-        except TimeoutError:
-            raise ProduceTimeoutError(
-                f"events to topic {self._topic!r} were not acknowledged within {timeout:g} s; "
-                "they are in doubt: they may still be delivered",
-                code=-185,
-                name="_TIMED_OUT",
-                retriable=True,
-            ) from None
+        await self._backend.produce_async(events, asyncio.get_running_loop(), timeout)
 
     def flush(self, timeout: float = 30.0) -> int:
         """Block until everything produced so far is acknowledged or ``timeout`` passed; returns

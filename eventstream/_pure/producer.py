@@ -226,19 +226,13 @@ class PureProducer:
         if deadline is None:
             tracker.done.wait()
         elif not tracker.done.wait(max(0.0, deadline - time.monotonic())):
-            raise produce_timeout_error(
-                pending=tracker.remaining,
-                total=tracker.total,
-                topic=self._spec.topic,
-                timeout=timeout or 0.0,
-                last_error=self._last_error,
-            )
+            raise self._timeout_error(tracker, timeout or 0.0)
         error = tracker.error(self._spec.topic)
         if error is not None:
             raise error
 
     def produce_async(
-        self, events: Sequence[Message], loop: asyncio.AbstractEventLoop
+        self, events: Sequence[Message], loop: asyncio.AbstractEventLoop, timeout: float | None
     ) -> asyncio.Future[None]:
         future: asyncio.Future[None] = loop.create_future()
         if not events:
@@ -261,6 +255,22 @@ class PureProducer:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(settle)
 
+        def expire() -> None:
+            if not future.done():
+                future.set_exception(self._timeout_error(tracker, timeout or 0.0))
+
         tracker.on_done = on_done
         self._enqueue(events, tracker)
+        if timeout is not None and not future.done():
+            timer = loop.call_later(timeout, expire)
+            future.add_done_callback(lambda _: timer.cancel())
         return future
+
+    def _timeout_error(self, tracker: _Tracker, timeout: float) -> ProduceError:
+        return produce_timeout_error(
+            pending=tracker.remaining,
+            total=tracker.total,
+            topic=self._spec.topic,
+            timeout=timeout,
+            last_error=self._last_error,
+        )
