@@ -376,12 +376,15 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "The broker shares the machine with the clients. `busy` is the share of all cores in use "
         "during the measurement (setup included), `broker` the broker JVM's CPU seconds, "
-        "`other` the share used by processes that were neither the client nor the broker.",
+        "`other` the share used by processes that were neither the client nor the broker "
+        "(`before`: just before it started; a measurement waits up to 10 s, 90 s per run, for "
+        "that to drop below 20%).",
         "",
         "<details><summary>per measurement</summary>",
         "",
-        "| scenario | case | contender | wall s | busy % | client CPU s | broker CPU s | other % |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| scenario | case | contender | wall s | busy % | client CPU s | broker CPU s | other % "
+        "| other % before | waited s |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in results["measurements"]:
         ld = m.get("load") or {}
@@ -389,7 +392,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {m['scenario']} | {case_label(m['size'], m['partitions'])} | {m['contender']} | "
             f"{ld.get('wall_s', '—')} | {ld.get('machine_busy_pct', '—')} | "
             f"{ld.get('client_cpu_s', '—')} | {ld.get('broker_cpu_s', '—')} | "
-            f"{ld.get('other_cpu_pct', '—')} |"
+            f"{ld.get('other_cpu_pct', '—')} | {ld.get('other_cpu_pct_before', '—')} | "
+            f"{ld.get('waited_for_quiet_s', '—')} |"
         )
     out += ["", "</details>", ""]
     if results.get("notes"):
