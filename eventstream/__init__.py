@@ -11,6 +11,7 @@ from eventstream.consumer import Consumer
 from eventstream.errors import (
     BrokerError,
     ClosedError,
+    CloseError,
     ConfigError,
     ConsumerAlreadyStartedError,
     EventStreamError,
@@ -28,6 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BrokerError",
+    "CloseError",
     "ClosedError",
     "ConfigError",
     "Consumer",

@@ -10,12 +10,12 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from types import TracebackType
 from typing import Generic, Literal, TypeVar, overload
 
 from google.protobuf.message import Message
 
 from eventstream.backend import ConsumerBackend, Dispatch, DispatchAbandoned
+from eventstream.closing import Closeable
 from eventstream.errors import ClosedError, ConsumerAlreadyStartedError, EventStreamError
 from eventstream.metadata import EventMetadata
 
@@ -30,7 +30,7 @@ def _is_async(handler: Callable[..., object]) -> bool:
     )
 
 
-class Consumer(Generic[E]):
+class Consumer(Closeable, Generic[E]):
     """Receives every event of one topic for this instance's group. Create it with
     :meth:`Topic.new_consumer`; nothing connects until :meth:`consume`.
 
@@ -220,25 +220,3 @@ class Consumer(Generic[E]):
     async def aclose(self, timeout: float = 30.0) -> None:
         """:meth:`close` without blocking the event loop (needed when the handler is async)."""
         await asyncio.get_running_loop().run_in_executor(None, self.close, timeout)
-
-    def __enter__(self) -> Consumer[E]:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Consumer[E]:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "BrokerError",
+    "CloseError",
     "ClosedError",
     "ConfigError",
     "ConsumerAlreadyStartedError",
@@ -47,6 +48,15 @@ class ClosedError(EventStreamError, RuntimeError):
 
 class ConsumerAlreadyStartedError(EventStreamError, RuntimeError):
     """``consume()`` was called a second time on the same consumer."""
+
+
+class CloseError(EventStreamError):
+    """``Topic.close()`` could not close some of its producers and consumers; ``failures`` holds
+    what each of them raised (the first is also the ``__cause__``)."""
+
+    def __init__(self, message: str, failures: list[BaseException]) -> None:
+        super().__init__(message)
+        self.failures = failures
 
 
 class BrokerError(EventStreamError):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from types import TracebackType
 from typing import Generic, TypeVar
 
 from google.protobuf.message import Message
 
 from eventstream.backend import ProducerBackend
+from eventstream.closing import Closeable
 from eventstream.errors import ClosedError
 
 __all__ = ["Producer"]
@@ -17,7 +17,7 @@ __all__ = ["Producer"]
 E = TypeVar("E", bound=Message)
 
 
-class Producer(Generic[E]):
+class Producer(Closeable, Generic[E]):
     """Publishes events of one type to one topic. Create it with :meth:`Topic.new_producer`.
 
     Thread-safe: many threads may call :meth:`produce` at once; each waits for its own events only.
@@ -73,25 +73,3 @@ class Producer(Generic[E]):
                 return
             self._closed = True
         self._backend.close(timeout)
-
-    def __enter__(self) -> Producer[E]:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Producer[E]:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.close)

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from types import TracebackType
 from typing import Generic, TypeVar
 
 from google.protobuf.message import Message
 
 from eventstream.admin import TopicAdmin
 from eventstream.backend import Backend, ConsumerSpec, ProducerSpec, load_backend
+from eventstream.closing import Closeable
 from eventstream.config import TopicConfig
 from eventstream.consumer import Consumer
-from eventstream.errors import ClosedError, EventStreamError, EventTypeError
+from eventstream.errors import ClosedError, CloseError, EventTypeError
 from eventstream.metadata import EventMetadata
 from eventstream.noop import NOOP_BACKEND
 from eventstream.producer import Producer
@@ -25,7 +25,7 @@ E = TypeVar("E", bound=Message)
 KeyFunction = Callable[[E], "str | bytes | None"]
 
 
-class Topic(Generic[E]):
+class Topic(Closeable, Generic[E]):
     """A Kafka topic whose events are all of one protobuf class ``E``.
 
     Makes producers and consumers, creates the topic if asked, and closes everything it made.
@@ -150,7 +150,8 @@ class Topic(Generic[E]):
 
     def close(self) -> None:
         """Close every producer and consumer made by this topic, carrying on past failures, then
-        raise them together (an :class:`EventStreamError` whose ``__cause__`` is the first).
+        raise them together as a :class:`CloseError` (a ``BaseException`` such as
+        KeyboardInterrupt from a handler is re-raised as itself, after the rest are closed).
         Idempotent; blocks while producers flush and consumer handlers finish."""
         with self._lock:
             if self._closed:
@@ -170,23 +171,11 @@ class Topic(Generic[E]):
         if interrupt is not None:
             raise interrupt
         if failures:
-            error = EventStreamError(
+            raise CloseError(
                 f"closing topic {self.name!r}: {len(failures)} of {len(children)} clients failed "
-                "to close: " + "; ".join(f"{type(f).__name__}: {f}" for f in failures)
-            )
-            error.failures = failures  # type: ignore[attr-defined]
-            raise error from failures[0]
-
-    def __enter__(self) -> Topic[E]:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+                "to close: " + "; ".join(f"{type(f).__name__}: {f}" for f in failures),
+                failures,
+            ) from failures[0]
 
     def __repr__(self) -> str:
         return f"Topic({self.type_name}, {self.name!r}, instance_id={self.config.instance_id!r})"
