@@ -92,8 +92,12 @@ def cases(results: dict[str, Any], scenario: str) -> list[tuple[int, int]]:
     return seen
 
 
-def contenders(results: dict[str, Any]) -> list[str]:
-    present = {m["contender"] for m in results["measurements"]}
+def contenders(results: dict[str, Any], scenario: str | None = None) -> list[str]:
+    present = {
+        m["contender"]
+        for m in results["measurements"]
+        if scenario is None or m["scenario"] == scenario
+    }
     return [c for c in ORDER if c in present]
 
 
@@ -230,7 +234,7 @@ def _throughput_section(results: dict[str, Any], scenario: str, what: str) -> li
     sep = "|---|" + "---:|" * len(rows)
     out = [f"## {what}", ""]
     out += [head, sep]
-    for c in contenders(results):
+    for c in contenders(results, scenario):
         cells = [_cell(rates.get((k, c)), lambda v: f"{v:,.0f}") for k in keys]
         out.append(f"| {_name(results, c)} | " + " | ".join(cells) + " |")
     out += [
@@ -239,7 +243,7 @@ def _throughput_section(results: dict[str, Any], scenario: str, what: str) -> li
         "",
     ]
     out += [head, sep]
-    for c in contenders(results):
+    for c in contenders(results, scenario):
         cells = [_cell(cpu.get((k, c)), lambda v: f"{v:.2f}") for k in keys]
         out.append(f"| {_name(results, c)} | " + " | ".join(cells) + " |")
     out.append("")
@@ -262,7 +266,7 @@ def _latency_section(results: dict[str, Any], scenario: str, what: str, extra: b
         head += " produced/s | produce calls |"
         sep += "---:|---:|"
     out += [head, sep]
-    for c in contenders(results):
+    for c in contenders(results, scenario):
         cells = [_cell(values[n].get((key, c)), lambda v: f"{v:.3f}") for n in names]
         if extra:
             cells.append(_cell(achieved.get((key, c)), lambda v: f"{v:,.0f}"))
@@ -430,6 +434,7 @@ def chart(results: dict[str, Any], path: Path) -> bool:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return False
     names = contenders(results)
@@ -440,6 +445,7 @@ def chart(results: dict[str, Any], path: Path) -> bool:
     ]
     for ax, scenario, name, title in panels:
         rows = cases(results, scenario)
+        names = contenders(results, scenario)
         values = table(results, scenario, name)
         width = 0.8 / max(1, len(names))
         for i, c in enumerate(names):
@@ -457,6 +463,7 @@ def chart(results: dict[str, Any], path: Path) -> bool:
     for ax, scenario, title in latency_panels:
         p50, p99 = table(results, scenario, "p50_ms"), table(results, scenario, "p99_ms")
         rows = cases(results, scenario)
+        names = contenders(results, scenario)
         if rows:
             key = case_key(*rows[0])
             xs = range(len(names))
@@ -467,6 +474,10 @@ def chart(results: dict[str, Any], path: Path) -> bool:
             ax.set_xticks(list(xs))
             ax.set_xticklabels([_name(results, c) for c in names], fontsize=7, rotation=15)
             ax.set_yscale("log")
+            plain = matplotlib.ticker.FormatStrFormatter("%g")
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(plain)
+            ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.set_title(title + " — solid p50, light p99")
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].legend(fontsize=8)
