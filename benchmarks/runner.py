@@ -610,6 +610,8 @@ class Runner:
         """Before a measurement: wait (a few seconds at most, 90 s per run) while processes
         other than ours keep the machine busy, e.g. a test suite of someone else."""
         waited = 0.0
+        if self.args.quick:  # a smoke test: no waiting, nothing to judge
+            return {}
         other = self.other_load(0.5)
         while other > QUIET_OTHER_PCT and waited < 10 and self.wait_budget > 0:
             time.sleep(1.0)
@@ -724,9 +726,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--repeat",
         type=int,
-        default=3,
         help="rounds of each throughput case for the contenders the targets compare (c, "
-        "compiled, confluent; the others run once); the median is reported (default 3)",
+        "compiled, confluent; the others run once); the median is reported (default 3, "
+        "with --quick 1)",
     )
     parser.add_argument("--nodes", type=int, default=1, help="harness cluster size (default 1)")
     parser.add_argument(
@@ -734,6 +736,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="run the soak test instead (benchmarks/soak.py; see python -m benchmarks.soak -h)",
     )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.repeat is None:
+        args.repeat = 1 if args.quick else 3
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     scenarios = [s for item in (args.only or SCENARIOS) for s in item.split(",") if s]
