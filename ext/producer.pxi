@@ -22,6 +22,19 @@ cdef enum:
 
 cdef int64_t _NO_DEADLINE = 0x7FFFFFFFFFFFFFFF
 
+
+cdef int64_t _deadline_after(object timeout) except? -1:
+    """The esk_now_ns() time `timeout` seconds from now; _NO_DEADLINE for None, and for a
+    timeout too large for the clock (float('inf') included) rather than an overflow."""
+    cdef double ns
+    if timeout is None:
+        return _NO_DEADLINE
+    ns = max(<double>timeout, 0.0) * 1e9
+    if not ns < 1e18:           # ~31 years; also catches inf and nan
+        return _NO_DEADLINE
+    return esk_now_ns() + <int64_t>ns
+
+
 cdef struct ProducerState
 cdef struct Tracker
 
@@ -37,7 +50,10 @@ cdef struct Tracker
 #      every path (KeyboardInterrupt and timeouts included);
 #   2. the completion reference, owned by "the deliveries": dropped by whoever completes the
 #      tracker (sync), or moved onto ProducerState.completed and dropped after the future was
-#      resolved (async).
+#      resolved (async);
+#   3. produce_async() with a timeout only: the _AsyncDeadline's reference, so that its timer
+#      can read `remaining` after the call returned; dropped when the future is done (or when
+#      the _AsyncDeadline is freed, whichever comes first).
 # So a caller that gives up (timeout, Ctrl+C) leaves a tracker that stays valid until librdkafka
 # has reported every message that points at it.
 #
@@ -372,6 +388,68 @@ def _stop_poll_threads():
         (<Producer>p)._stop_thread()
 
 
+cdef object _state_last_error(ProducerState *st):
+    """The client's latest error_cb error ("NAME: reason"), or None."""
+    cdef char buf[ERRSTR_SIZE]
+    pthread_mutex_lock(&st.lock)
+    memcpy(buf, st.last_reason, ERRSTR_SIZE)
+    pthread_mutex_unlock(&st.lock)
+    text = buf.decode("utf-8", "replace")
+    return text or None
+
+
+@cython.final
+cdef class _AsyncDeadline:
+    """The `timeout` of one produce_async() call. produce_async() runs on the future's loop
+    thread, and so do the timer and the future's done callback: no lock is needed here.
+
+    Owns one reference to the call's tracker (taken by produce_async(), dropped by _release(),
+    at the latest in __dealloc__), so that the timer can read how many events of the call are
+    still unacknowledged; `_owner` (the Producer) keeps `_st` alive."""
+
+    cdef Tracker *_t
+    cdef ProducerState *_st
+    cdef object _owner
+    cdef object _future
+    cdef object _timer
+    cdef object _timeout
+
+    def __cinit__(self):
+        self._t = NULL
+        self._st = NULL
+
+    def __dealloc__(self):
+        self._release()
+
+    cdef void _release(self) noexcept:
+        if self._t != NULL:
+            _tracker_release(self._t)
+            self._t = NULL
+
+    def _expire(self):
+        """The timer: fail the future with the same error a blocking produce() raises."""
+        cdef int64_t pending
+        self._timer = None
+        fut = self._future
+        if fut is None or fut.done() or self._t == NULL:
+            return
+        pending = esk_load_i64(&self._t.remaining)
+        if pending == 0:
+            return      # every event was reported: the result is already on its way to the loop
+        fut.set_exception(_errors.produce_timeout_error(
+            pending=pending, total=self._t.total, topic=<object>self._st.topic,
+            timeout=self._timeout, last_error=_state_last_error(self._st),
+        ))
+
+    def _on_done(self, fut):
+        """The future's done callback (resolved, failed, timed out or cancelled)."""
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        self._future = None
+        self._release()
+
+
 # ---- the Producer --------------------------------------------------------------------------
 
 cdef inline str _type_label(object cls):
@@ -671,14 +749,17 @@ cdef class Producer:
         return n
 
     cdef Py_ssize_t _enqueue_all(self, OutMsg *msgs, Py_ssize_t n, Tracker *t,
-                                 int64_t deadline) except -1:
+                                 int64_t deadline, bint *timed_out) except -1:
         """Enqueue the whole call; on a hard error count the rest as failed. Returns how many
-        were enqueued. Raises KeyboardInterrupt & co. from signal checks; the caller hands the
-        tracker over in every case."""
+        were enqueued; *timed_out is set if `deadline` passed with librdkafka's queue still full
+        (the rest is then neither enqueued nor counted as failed: the caller reports a timeout).
+        Raises KeyboardInterrupt & co. from signal checks; the caller hands the tracker over in
+        every case."""
         cdef Py_ssize_t i = 0
         cdef int err = 0
         cdef int64_t slice_end
         cdef uint64_t id_base = <uint64_t>esk_fetch_add_u64(&self._st.counter, <uint64_t>n)
+        timed_out[0] = False
         while i < n:
             slice_end = min(esk_now_ns() + WAIT_SLICE_NS, deadline)
             with nogil:
@@ -687,7 +768,8 @@ cdef class Producer:
                 break
             if err == RD_KAFKA_RESP_ERR__QUEUE_FULL:
                 if esk_now_ns() >= deadline:
-                    break           # the caller reports a timeout
+                    timed_out[0] = True
+                    break
                 PyErr_CheckSignals()
                 continue
             # A hard error (message too large, fatal client error, ...): the rest is not sent.
@@ -707,6 +789,7 @@ cdef class Producer:
         cdef Tracker *t
         cdef int64_t deadline, now, pending
         cdef bint done = False
+        cdef bint timed_out = False
         if n == 0:
             return
         if timeout is not None and timeout < 0:
@@ -714,7 +797,7 @@ cdef class Producer:
         if self._closed:
             raise _errors.ClosedError(f"producer for topic {self.topic!r} is closed")
         msgs = self._prepare(evs, n, keep)
-        deadline = _NO_DEADLINE if timeout is None else esk_now_ns() + <int64_t>(timeout * 1e9)
+        deadline = _deadline_after(timeout)
         try:
             self._enter(True)
         except BaseException:
@@ -727,12 +810,14 @@ cdef class Producer:
             t.keep = <PyObject *>keep
             Py_INCREF(keep)
             try:
-                enqueued = self._enqueue_all(msgs, n, t, deadline)
+                enqueued = self._enqueue_all(msgs, n, t, deadline, &timed_out)
             finally:
                 free(msgs)
                 msgs = NULL
                 _tracker_hand_over(t, n - enqueued)
-            while True:
+            # Events never enqueued because the deadline passed first must not let the call
+            # succeed once the enqueued ones are acknowledged: that is a timeout, reported now.
+            while not timed_out:
                 now = esk_now_ns()
                 with nogil:
                     done = _tracker_wait(t, min(now + WAIT_SLICE_NS, deadline))
@@ -745,7 +830,7 @@ cdef class Producer:
                     raise exc
                 return
             # Timed out: the call's unreported events (and those never enqueued) are in doubt.
-            pending = esk_load_i64(&t.remaining) + (n - enqueued)
+            pending = esk_load_i64(&t.remaining) + (n - enqueued if timed_out else 0)
             raise _errors.produce_timeout_error(
                 pending=pending, total=n, topic=self.topic, timeout=timeout,
                 last_error=self._last_error(),
@@ -755,15 +840,21 @@ cdef class Producer:
                 _tracker_leave(t)       # `keep` and the caller's reference
             self._exit()
 
-    def produce_async(self, events, loop):
+    def produce_async(self, events, loop, timeout=None):
         """Enqueue like produce() and return a future of `loop`, resolved on `loop` when every
-        event of the call is acknowledged (or failed with the same errors)."""
+        event of the call is acknowledged, or failed with the same errors, including
+        produce_timeout_error() when `timeout` passes first. Called on `loop`'s thread."""
         cdef list evs = events if type(events) is list else list(events)
         cdef Py_ssize_t n = len(evs)
         cdef Py_ssize_t enqueued = 0
         cdef list keep = []
         cdef OutMsg *msgs
         cdef Tracker *t
+        cdef int64_t deadline
+        cdef bint timed_out = False
+        cdef _AsyncDeadline expiry
+        if timeout is not None and timeout < 0:
+            raise ValueError("timeout must be >= 0 or None")
         if self._closed:
             raise _errors.ClosedError(f"producer for topic {self.topic!r} is closed")
         fut = loop.create_future()
@@ -771,6 +862,7 @@ cdef class Producer:
             fut.set_result(None)
             return fut
         msgs = self._prepare(evs, n, keep)
+        deadline = _deadline_after(timeout)
         try:
             self._enter(True)
         except BaseException:
@@ -787,13 +879,32 @@ cdef class Producer:
             t.keep = <PyObject *>keep
             Py_INCREF(keep)
             try:
-                # No timeout: a full queue empties as messages are delivered or time out
-                # (message.timeout.ms); signals are still checked between slices.
-                enqueued = self._enqueue_all(msgs, n, t, _NO_DEADLINE)
+                # Without a timeout a full queue empties as messages are delivered or time out
+                # (message.timeout.ms); signals are still checked between slices. With one, the
+                # loop is blocked here at most until the deadline.
+                enqueued = self._enqueue_all(msgs, n, t, deadline, &timed_out)
             finally:
                 free(msgs)
                 msgs = NULL
                 _tracker_hand_over(t, n - enqueued)
+            if timed_out:
+                # As in produce(): the events never enqueued make this a timeout, reported now.
+                fut.set_exception(_errors.produce_timeout_error(
+                    pending=esk_load_i64(&t.remaining) + (n - enqueued), total=n,
+                    topic=self.topic, timeout=timeout, last_error=self._last_error(),
+                ))
+            elif deadline != _NO_DEADLINE:
+                expiry = _AsyncDeadline.__new__(_AsyncDeadline)
+                esk_add_int(&t.refs, 1)         # expiry's own, dropped by expiry._release()
+                expiry._t = t
+                expiry._st = self._st
+                expiry._owner = self
+                expiry._future = fut
+                expiry._timeout = timeout
+                expiry._timer = loop.call_later(
+                    max(0.0, (deadline - esk_now_ns()) / 1e9), expiry._expire
+                )
+                fut.add_done_callback(expiry._on_done)
             if esk_load_int(&self._st.has_completed):
                 _resolve_completed(self._st)    # completed here (e.g. enqueue failed)
             return fut
@@ -818,8 +929,7 @@ cdef class Producer:
 
     cdef int _flush(self, object timeout) except -1:
         cdef rd_kafka_t *rk = self._st.rk
-        cdef int64_t deadline = (_NO_DEADLINE if timeout is None
-                                 else esk_now_ns() + <int64_t>(max(timeout, 0) * 1e9))
+        cdef int64_t deadline = _deadline_after(timeout)
         cdef int64_t now
         cdef int slice_ms
         cdef int left
@@ -884,13 +994,7 @@ cdef class Producer:
             rd_kafka_destroy(rk)
 
     cdef object _last_error(self):
-        cdef ProducerState *st = self._st
-        cdef char buf[ERRSTR_SIZE]
-        pthread_mutex_lock(&st.lock)
-        memcpy(buf, st.last_reason, ERRSTR_SIZE)
-        pthread_mutex_unlock(&st.lock)
-        text = buf.decode("utf-8", "replace")
-        return text or None
+        return _state_last_error(self._st)
 
     @property
     def closed(self):
