@@ -168,12 +168,12 @@ class Consumer(Closeable, Generic[E]):
         return run_batch
 
     def wait_until_assigned(self, timeout: float = 30.0) -> dict[int, int]:
-        """Block until the group gave this consumer its partitions; return them as
-        ``{partition: position}`` (the next offset it reads, negative while not known yet).
+        """Block until the group gave this consumer its partitions and the position of each is
+        known; return them as ``{partition: position}`` (the next offset it reads).
 
-        A consumer that starts at the latest offset resolves that offset just after assignment:
-        an event produced in that instant may fall before it. To be sure a new consumer sees a
-        given event, start from the beginning, or produce until it saw a first one.
+        Each partition's start offset is pinned when it is assigned (the group's committed
+        offset, else the oldest or the latest one), so once this returns, the consumer reads
+        every event produced afterwards, whether it starts from the beginning or the latest.
         Raises ``TimeoutError``, :class:`ClosedError`, :class:`EventStreamError` before consume().
         """
         deadline = time.monotonic() + timeout
@@ -183,12 +183,12 @@ class Consumer(Closeable, Generic[E]):
             if not self._started:
                 raise EventStreamError("call consume() before wait_until_assigned()")
             positions = self._backend.assignment()
-            if positions:
+            if positions and all(offset >= 0 for offset in positions.values()):
                 return positions
             if time.monotonic() >= deadline:
                 raise TimeoutError(
-                    f"the consumer of {self._topic!r} was not assigned partitions within "
-                    f"{timeout:g} s (assigned now: {positions or 'none'})"
+                    f"the consumer of {self._topic!r} was not assigned partitions with known "
+                    f"positions within {timeout:g} s (assigned now: {positions or 'none'})"
                 )
             time.sleep(0.05)
 

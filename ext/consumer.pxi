@@ -10,15 +10,47 @@
 # the (incremental, for COOPERATIVE) assign/unassign itself, as confluent-kafka does; librdkafka
 # commits the stored offsets of revoked partitions on unassign.
 #
-# Lifetime of the librdkafka handle: created by start(), used by the poll thread, closed and
+# Start offsets are pinned at assignment (as in the pure backend): before assigning, the callback
+# resolves where each new partition starts (the group's committed offset, else the low or high
+# watermark as auto.offset.reset says) and assigns at exactly that offset. The consumer reports
+# that offset as the partition's position until it handles a record of it (then the next offset
+# to handle), so once every position is known (>= 0), an event produced afterwards cannot fall
+# before it. rd_kafka_position() is no use for this: it stays invalid until a record is read.
+# If resolution fails, a warning is logged and librdkafka resolves the start itself (position
+# RD_KAFKA_OFFSET_INVALID until a record is handled).
+#
+# Lifetime of the librdkafka handle: created by start(), used by the poll thread only, closed and
 # destroyed by the poll thread itself when its loop ends (so close() never destroys it under a
-# running handler). assignment() may run on any thread: it holds _rk_lock while it uses the
-# handle, and the poll thread takes the handle away under that lock before destroying it.
+# running handler). assignment() may run on any thread: it never touches the handle, it reads
+# the position table (ConsumerState) under its lock.
 
 cdef enum:
     FIRST_WAIT_MS = 100         # longest block for the first message: stop requests seen promptly
     BATCH_MAX = 500             # messages per round: the first one + drained with timeout 0
     ERR_UNKNOWN_TOPIC_OR_PART = 3
+    RESOLVE_TIMEOUT_MS = 10000  # longest the rebalance callback blocks resolving start offsets
+
+# A position-table entry of a partition not assigned to this consumer.
+cdef int64_t _NOT_ASSIGNED = INT64_MIN
+
+
+# What librdkafka's callbacks of one consumer reach through rd_kafka_opaque(): embedded in the
+# Consumer object (which outlives its handle).
+cdef struct ConsumerState:
+    LogSink sink                # first member: rd_kafka_opaque(rk) is read as a LogSink too
+    # Guards positions and npositions, nothing else. Held only around plain C reads and writes
+    # of the table: never while calling librdkafka or taking the GIL, so any thread may take it
+    # (with or without the GIL).
+    pthread_mutex_t lock
+    # Indexed by partition: the next offset to handle (the pinned start offset until a record of
+    # the partition was handled; RD_KAFKA_OFFSET_INVALID if it could not be resolved), or
+    # _NOT_ASSIGNED. Written by the rebalance callback and the poll thread (both on the poll
+    # thread), read by assignment() on any thread.
+    int64_t *positions
+    int32_t npositions          # length of positions (malloc'd; freed by Consumer.__dealloc__)
+    int from_beginning          # auto.offset.reset is earliest: unresolved starts at the low end
+    int resolve_warning_set     # atomic: resolve_warning holds an unlogged warning
+    char resolve_warning[ERRSTR_SIZE]
 
 
 cdef struct ParsedHeaders:
@@ -69,37 +101,175 @@ cdef void _on_consumer_error(rd_kafka_t *rk, int err, const char *reason,
         pass                    # never let an exception vanish into C: _client_error records
 
 
+# ---- the position table (see ConsumerState) -----------------------------------------------
+
+cdef int _positions_reserve(ConsumerState *st, int32_t partition) noexcept nogil:
+    """Make room for `partition` (st.lock held). 0, or -1 if out of memory."""
+    cdef int32_t n, i
+    cdef int64_t *grown
+    if partition < st.npositions:
+        return 0
+    n = max(partition + 1, 2 * st.npositions, 16)
+    grown = <int64_t *>realloc(st.positions, n * sizeof(int64_t))
+    if grown == NULL:
+        return -1
+    for i in range(st.npositions, n):
+        grown[i] = _NOT_ASSIGNED
+    st.positions = grown
+    st.npositions = n
+    return 0
+
+
+cdef void _positions_assign(ConsumerState *st, const rd_kafka_topic_partition_list_t *parts,
+                            bint replace) noexcept nogil:
+    """Record `parts` (at their offsets) as assigned; `replace`: they are the whole assignment."""
+    cdef int i
+    cdef int32_t p
+    pthread_mutex_lock(&st.lock)
+    if replace:
+        for i in range(st.npositions):
+            st.positions[i] = _NOT_ASSIGNED
+    for i in range(parts.cnt):
+        p = parts.elems[i].partition
+        if p >= 0 and _positions_reserve(st, p) == 0:
+            st.positions[p] = parts.elems[i].offset
+    pthread_mutex_unlock(&st.lock)
+
+
+cdef void _positions_revoke(ConsumerState *st, const rd_kafka_topic_partition_list_t *parts
+                            ) noexcept nogil:
+    """Forget `parts`, or every partition if `parts` is NULL."""
+    cdef int i
+    cdef int32_t p
+    pthread_mutex_lock(&st.lock)
+    if parts == NULL:
+        for i in range(st.npositions):
+            st.positions[i] = _NOT_ASSIGNED
+    else:
+        for i in range(parts.cnt):
+            p = parts.elems[i].partition
+            if 0 <= p < st.npositions:
+                st.positions[p] = _NOT_ASSIGNED
+    pthread_mutex_unlock(&st.lock)
+
+
+cdef inline void _positions_handled(ConsumerState *st, int32_t partition,
+                                    int64_t next_offset) noexcept nogil:
+    """A record of `partition` was handled: `next_offset` is the next one to handle."""
+    pthread_mutex_lock(&st.lock)
+    if 0 <= partition < st.npositions and st.positions[partition] != _NOT_ASSIGNED:
+        st.positions[partition] = next_offset
+    pthread_mutex_unlock(&st.lock)
+
+
+# ---- rebalancing ---------------------------------------------------------------------------
+
+cdef void _resolve_failed(ConsumerState *st, const char *what,
+                          const rd_kafka_topic_partition_t *tp, rd_kafka_resp_err_t code
+                          ) noexcept nogil:
+    if tp != NULL:
+        snprintf(st.resolve_warning, ERRSTR_SIZE, "%s of %s[%d]: %s: %s", what, tp.topic,
+                 <int>tp.partition, rd_kafka_err2name(code), rd_kafka_err2str(code))
+    else:
+        snprintf(st.resolve_warning, ERRSTR_SIZE, "%s: %s: %s", what, rd_kafka_err2name(code),
+                 rd_kafka_err2str(code))
+    esk_store_int(&st.resolve_warning_set, 1)      # logged by the poll thread
+
+
+cdef rd_kafka_topic_partition_list_t *_resolve_starts(
+        rd_kafka_t *rk, ConsumerState *st,
+        const rd_kafka_topic_partition_list_t *partitions) noexcept nogil:
+    """A new list (ours to destroy) of `partitions`, each at the offset it starts from: the
+    group's committed offset, else the low or high watermark (auto.offset.reset earliest or
+    latest, asked of the leader, not the cache). NULL if that is not known for every one within
+    RESOLVE_TIMEOUT_MS (a warning is recorded): librdkafka then resolves the starts itself."""
+    cdef int64_t deadline = esk_now_ns() + <int64_t>RESOLVE_TIMEOUT_MS * 1_000_000
+    cdef int64_t low, high
+    cdef int64_t left_ms
+    cdef int i
+    cdef rd_kafka_resp_err_t code
+    cdef rd_kafka_topic_partition_t *tp
+    cdef rd_kafka_topic_partition_list_t *resolved
+    resolved = rd_kafka_topic_partition_list_new(partitions.cnt)
+    if resolved == NULL:
+        return NULL
+    for i in range(partitions.cnt):
+        rd_kafka_topic_partition_list_add(resolved, partitions.elems[i].topic,
+                                          partitions.elems[i].partition)
+    code = rd_kafka_committed(rk, resolved, RESOLVE_TIMEOUT_MS)
+    if code != RD_KAFKA_RESP_ERR_NO_ERROR:
+        _resolve_failed(st, "committed offsets", NULL, code)
+        rd_kafka_topic_partition_list_destroy(resolved)
+        return NULL
+    for i in range(resolved.cnt):
+        tp = &resolved.elems[i]
+        if tp.err != RD_KAFKA_RESP_ERR_NO_ERROR:
+            _resolve_failed(st, "committed offset", tp, tp.err)
+            rd_kafka_topic_partition_list_destroy(resolved)
+            return NULL
+        if tp.offset >= 0:
+            continue            # the group's committed offset wins
+        left_ms = (deadline - esk_now_ns()) // 1_000_000
+        low = high = RD_KAFKA_OFFSET_INVALID
+        code = rd_kafka_query_watermark_offsets(rk, tp.topic, tp.partition, &low, &high,
+                                                <int>max(left_ms, 1))
+        if code != RD_KAFKA_RESP_ERR_NO_ERROR:
+            _resolve_failed(st, "watermark offsets", tp, code)
+            rd_kafka_topic_partition_list_destroy(resolved)
+            return NULL
+        tp.offset = low if st.from_beginning else high
+    return resolved
+
+
 @cython.final
 cdef void _on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                         rd_kafka_topic_partition_list_t *partitions,
                         void *opaque) noexcept nogil:
-    # Served inside rd_kafka_consume_batch_queue()/rd_kafka_consumer_close(), GIL released.
-    cdef LogSink *sink = <LogSink *>opaque
+    # Served inside rd_kafka_consume_batch_queue()/rd_kafka_consumer_close() on the poll thread,
+    # GIL released. May block up to RESOLVE_TIMEOUT_MS resolving start offsets.
+    cdef ConsumerState *st = <ConsumerState *>opaque
+    cdef LogSink *sink = &st.sink
     cdef rd_kafka_error_t *error = NULL
     cdef rd_kafka_resp_err_t code = RD_KAFKA_RESP_ERR_NO_ERROR
+    cdef rd_kafka_topic_partition_list_t *resolved = NULL
+    cdef const rd_kafka_topic_partition_list_t *target = partitions
     cdef const char *what
-    if strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0:
-        if err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS:
+    cdef bint cooperative = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0
+    if err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS:
+        # `partitions`: the new ones (COOPERATIVE; possibly none) or the whole assignment.
+        if partitions.cnt > 0:
+            resolved = _resolve_starts(rk, st, partitions)
+        if resolved != NULL:
+            target = resolved
+        if cooperative:
             what = "incremental assign"
-            error = rd_kafka_incremental_assign(rk, partitions)
+            error = rd_kafka_incremental_assign(rk, target)
         else:
+            what = "assign"
+            code = rd_kafka_assign(rk, target)
+        if error == NULL and code == RD_KAFKA_RESP_ERR_NO_ERROR:
+            _positions_assign(st, target, not cooperative)
+        if resolved != NULL:
+            rd_kafka_topic_partition_list_destroy(resolved)
+    else:
+        # Revoked or lost: the listed partitions (COOPERATIVE) or all of them (EAGER) go, even
+        # if the unassign call fails.
+        if cooperative:
             what = "incremental unassign"
             error = rd_kafka_incremental_unassign(rk, partitions)
-        if error != NULL:
-            code = rd_kafka_error_code(error)
-            snprintf(sink.rebalance_error, ERRSTR_SIZE, "%s failed: %s: %s", what,
-                     rd_kafka_err2name(code), rd_kafka_error_string(error))
-            rd_kafka_error_destroy(error)
-    else:
-        if err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS:
-            what = "assign"
-            code = rd_kafka_assign(rk, partitions)
+            _positions_revoke(st, partitions)
         else:
             what = "unassign"
             code = rd_kafka_assign(rk, NULL)
-        if code != RD_KAFKA_RESP_ERR_NO_ERROR:
-            snprintf(sink.rebalance_error, ERRSTR_SIZE, "%s failed: %s: %s", what,
-                     rd_kafka_err2name(code), rd_kafka_err2str(code))
+            _positions_revoke(st, NULL)
+    if error != NULL:
+        code = rd_kafka_error_code(error)
+        snprintf(sink.rebalance_error, ERRSTR_SIZE, "%s failed: %s: %s", what,
+                 rd_kafka_err2name(code), rd_kafka_error_string(error))
+        rd_kafka_error_destroy(error)
+    elif code != RD_KAFKA_RESP_ERR_NO_ERROR:
+        snprintf(sink.rebalance_error, ERRSTR_SIZE, "%s failed: %s: %s", what,
+                 rd_kafka_err2name(code), rd_kafka_err2str(code))
     if code != RD_KAFKA_RESP_ERR_NO_ERROR:
         esk_store_int(&sink.rebalance_error_set, 1)    # logged by the poll thread
 
@@ -109,8 +279,7 @@ cdef class Consumer:
 
     cdef rd_kafka_t *_rk                # see "Lifetime" above
     cdef rd_kafka_queue_t *_queue       # the consumer queue (a reference, destroyed with _rk)
-    cdef pthread_mutex_t _rk_lock
-    cdef LogSink _sink                  # rd_kafka_opaque(_rk)
+    cdef ConsumerState _st              # rd_kafka_opaque(_rk); its lock guards the positions
     cdef readonly str topic
     cdef bytes _btopic
     cdef object _spec
@@ -135,7 +304,10 @@ cdef class Consumer:
     def __cinit__(self):
         self._rk = NULL
         self._queue = NULL
-        pthread_mutex_init(&self._rk_lock, NULL)
+        self._st.positions = NULL
+        self._st.npositions = 0
+        if pthread_mutex_init(&self._st.lock, NULL) != 0:
+            raise MemoryError()
 
     def __init__(self, spec):
         self._spec = spec
@@ -153,10 +325,13 @@ cdef class Consumer:
         self._n_src = _wire.HEADER_SOURCE.encode()
         self._n_id = _wire.HEADER_ID.encode()
         self._lock = _threading.Lock()
+        self._st.from_beginning = spec.properties.get("auto.offset.reset") in (
+            "earliest", "smallest", "beginning",
+        )
         # Borrowed: the handle never outlives self (the poll thread holds a reference to self
         # and destroys the handle before it ends).
-        self._sink.logger = <PyObject *>self._client_logger
-        self._sink.owner = <PyObject *>self
+        self._st.sink.logger = <PyObject *>self._client_logger
+        self._st.sink.owner = <PyObject *>self
 
     def __dealloc__(self):
         # The poll thread references self while it runs, so it has ended by now and destroyed
@@ -165,12 +340,15 @@ cdef class Consumer:
             rd_kafka_queue_destroy(self._queue)
             self._queue = NULL
         if self._rk != NULL:
-            self._sink.owner = NULL
-            self._sink.logger = NULL
+            self._st.sink.owner = NULL
+            self._st.sink.logger = NULL
             with nogil:
                 rd_kafka_destroy(self._rk)
             self._rk = NULL
-        pthread_mutex_destroy(&self._rk_lock)
+        free(self._st.positions)
+        self._st.positions = NULL
+        self._st.npositions = 0
+        pthread_mutex_destroy(&self._st.lock)
 
     def start(self, dispatch):
         """Subscribe and start the poll thread (daemon). Returns at once."""
@@ -203,7 +381,7 @@ cdef class Consumer:
         rd_kafka_conf_set_error_cb(conf, _on_consumer_error)
         rd_kafka_conf_set_rebalance_cb(conf, _on_rebalance)
         _route_logs(conf)
-        rd_kafka_conf_set_opaque(conf, &self._sink)
+        rd_kafka_conf_set_opaque(conf, &self._st)
         rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr))
         if rk == NULL:
             rd_kafka_conf_destroy(conf)
@@ -231,43 +409,47 @@ cdef class Consumer:
         cdef rd_kafka_t *rk
         cdef rd_kafka_queue_t *queue
         cdef int err = 0
+        rk = self._rk
+        queue = self._queue
+        self._rk = NULL
+        self._queue = NULL
         with nogil:
-            # After this no assignment() call can reach the handle.
-            pthread_mutex_lock(&self._rk_lock)
-            rk = self._rk
-            queue = self._queue
-            self._rk = NULL
-            self._queue = NULL
-            pthread_mutex_unlock(&self._rk_lock)
             if rk != NULL:
                 if queue != NULL:
                     rd_kafka_queue_destroy(queue)
-                err = rd_kafka_consumer_close(rk)
+                err = rd_kafka_consumer_close(rk)   # serves the revoke: positions forgotten
                 rd_kafka_destroy(rk)
+            _positions_revoke(&self._st, NULL)      # also when close could not revoke
         if err != RD_KAFKA_RESP_ERR_NO_ERROR:
             self._logger.warning("consumer close failed: %s: %s", _err_name(err), _err_str(err))
         return 0
 
     def assignment(self):
-        """{partition: fetch position} of the partitions assigned now (position negative while
-        not yet known). Thread-safe; answered locally, no network."""
-        cdef rd_kafka_topic_partition_list_t *parts = NULL
-        cdef int err = 0
-        cdef int i
+        """{partition: position} of the partitions assigned now: the offset pinned at assignment
+        until a record of the partition was handled, then the next offset to handle (negative
+        while not known). Thread-safe; answered from the position table, no network."""
+        cdef int64_t *copy = NULL
+        cdef int32_t n = 0
+        cdef int32_t i
         if self._closed:
             return {}
         with nogil:
-            pthread_mutex_lock(&self._rk_lock)
-            if self._rk != NULL:
-                err = rd_kafka_assignment(self._rk, &parts)
-                if err == RD_KAFKA_RESP_ERR_NO_ERROR and parts != NULL:
-                    rd_kafka_position(self._rk, parts)
-            pthread_mutex_unlock(&self._rk_lock)
+            pthread_mutex_lock(&self._st.lock)
+            n = self._st.npositions
+            if n > 0:
+                copy = <int64_t *>malloc(n * sizeof(int64_t))
+                if copy != NULL:
+                    memcpy(copy, self._st.positions, n * sizeof(int64_t))
+            pthread_mutex_unlock(&self._st.lock)
+        if n > 0 and copy == NULL:
+            raise MemoryError()
         result = {}
-        if parts != NULL:
-            for i in range(parts.cnt):
-                result[parts.elems[i].partition] = parts.elems[i].offset
-            rd_kafka_topic_partition_list_destroy(parts)
+        try:
+            for i in range(n):
+                if copy[i] != _NOT_ASSIGNED:
+                    result[i] = copy[i]
+        finally:
+            free(copy)
         return result
 
     def close(self, timeout):
@@ -330,8 +512,9 @@ cdef class Consumer:
                         more = rd_kafka_consume_batch_queue(queue, 0, msgs + 1, BATCH_MAX - 1)
                         if more > 0:
                             n += more
-                if esk_load_int(&self._sink.rebalance_error_set):
-                    self._log_rebalance_error()
+                if (esk_load_int(&self._st.sink.rebalance_error_set)
+                        or esk_load_int(&self._st.resolve_warning_set)):
+                    self._log_rebalance_problems()
                 if n <= 0:
                     continue
                 try:
@@ -351,17 +534,25 @@ cdef class Consumer:
             free(msgs)
             try:
                 self._destroy_client()
-                if esk_load_int(&self._sink.rebalance_error_set):
-                    self._log_rebalance_error()
+                self._log_rebalance_problems()
             except BaseException as exc:
                 self._record(exc)
 
-    cdef int _log_rebalance_error(self) except -1:
-        esk_store_int(&self._sink.rebalance_error_set, 0)
-        self._logger.warning(
-            "consumer of %r: rebalance %s", self.topic,
-            self._sink.rebalance_error.decode("utf-8", "replace"),
-        )
+    cdef int _log_rebalance_problems(self) except -1:
+        """Log what the rebalance callback recorded (it runs without the GIL). The poll thread
+        reads the buffers only after the callback returned: both run on it."""
+        if esk_load_int(&self._st.resolve_warning_set):
+            esk_store_int(&self._st.resolve_warning_set, 0)
+            self._logger.warning(
+                "consumer of %r: could not resolve start offsets, librdkafka will: %s",
+                self.topic, self._st.resolve_warning.decode("utf-8", "replace"),
+            )
+        if esk_load_int(&self._st.sink.rebalance_error_set):
+            esk_store_int(&self._st.sink.rebalance_error_set, 0)
+            self._logger.warning(
+                "consumer of %r: rebalance %s", self.topic,
+                self._st.sink.rebalance_error.decode("utf-8", "replace"),
+            )
         return 0
 
     cdef int _message_error(self, rd_kafka_message_t *m) except -1:
@@ -446,6 +637,7 @@ cdef class Consumer:
         cdef rd_kafka_error_t *error = rd_kafka_offset_store_message(m)
         if error != NULL:
             rd_kafka_error_destroy(error)
+        _positions_handled(&self._st, m.partition, m.offset + 1)
 
     cdef int _dispatch_events(self, rd_kafka_message_t **msgs, ssize_t n) except -1:
         cdef ssize_t i

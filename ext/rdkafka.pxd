@@ -56,6 +56,7 @@ cdef extern from "rdkafka_abi.h" nogil:
         RD_KAFKA_RESP_ERR__FATAL
         RD_KAFKA_RESP_ERR_NO_ERROR
         RD_KAFKA_PARTITION_UA
+        RD_KAFKA_OFFSET_INVALID
         RD_KAFKA_MSG_F_COPY
         RD_KAFKA_PURGE_F_QUEUE
         RD_KAFKA_PURGE_F_INFLIGHT
@@ -229,12 +230,17 @@ cdef extern from "rdkafka_abi.h" nogil:
         rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *partitions)
     rd_kafka_resp_err_t rd_kafka_assign "ESK_RDK(rd_kafka_assign)" (
         rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *partitions)
-    # A new list (ours to destroy) of the partitions assigned now.
-    rd_kafka_resp_err_t rd_kafka_assignment "ESK_RDK(rd_kafka_assignment)" (
-        rd_kafka_t *rk, rd_kafka_topic_partition_list_t **partitions)
-    # Fills each element's offset with the consumer's fetch position (next offset to read).
-    rd_kafka_resp_err_t rd_kafka_position "ESK_RDK(rd_kafka_position)" (
-        rd_kafka_t *rk, rd_kafka_topic_partition_list_t *partitions)
+    # Fills each element's offset with the group's committed offset (RD_KAFKA_OFFSET_INVALID if
+    # none) and its err field; blocks up to timeout_ms (its own queue: callable in a rebalance
+    # callback).
+    rd_kafka_resp_err_t rd_kafka_committed "ESK_RDK(rd_kafka_committed)" (
+        rd_kafka_t *rk, rd_kafka_topic_partition_list_t *partitions, int timeout_ms)
+    # Asks the partition's leader for its low and high watermarks (no cache); blocks up to
+    # timeout_ms.
+    rd_kafka_resp_err_t rd_kafka_query_watermark_offsets \
+        "ESK_RDK(rd_kafka_query_watermark_offsets)" (
+        rd_kafka_t *rk, const char *topic, int32_t partition, int64_t *low, int64_t *high,
+        int timeout_ms)
     const char *rd_kafka_rebalance_protocol "ESK_RDK(rd_kafka_rebalance_protocol)" (
         rd_kafka_t *rk)
 

@@ -78,6 +78,7 @@ enum {
 };
 
 #define RD_KAFKA_PARTITION_UA ((int32_t)-1)
+#define RD_KAFKA_OFFSET_INVALID (-1001) /* no offset: committed none, or not known yet */
 #define RD_KAFKA_MSG_F_COPY 0x2
 #define RD_KAFKA_PURGE_F_QUEUE 0x1
 #define RD_KAFKA_PURGE_F_INFLIGHT 0x2
@@ -235,10 +236,11 @@ typedef void (*esk_log_cb_t)(const rd_kafka_t *rk, int level, const char *fac, c
       (rd_kafka_t * rk, const rd_kafka_topic_partition_list_t *partitions))                        \
     X(rd_kafka_resp_err_t, rd_kafka_assign,                                                        \
       (rd_kafka_t * rk, const rd_kafka_topic_partition_list_t *partitions))                        \
-    X(rd_kafka_resp_err_t, rd_kafka_assignment,                                                    \
-      (rd_kafka_t * rk, rd_kafka_topic_partition_list_t **partitions))                             \
-    X(rd_kafka_resp_err_t, rd_kafka_position,                                                      \
-      (rd_kafka_t * rk, rd_kafka_topic_partition_list_t *partitions))                              \
+    X(rd_kafka_resp_err_t, rd_kafka_committed,                                                     \
+      (rd_kafka_t * rk, rd_kafka_topic_partition_list_t *partitions, int timeout_ms))              \
+    X(rd_kafka_resp_err_t, rd_kafka_query_watermark_offsets,                                       \
+      (rd_kafka_t * rk, const char *topic, int32_t partition, int64_t *low, int64_t *high,         \
+       int timeout_ms))                                                                            \
     X(const char *, rd_kafka_rebalance_protocol, (rd_kafka_t * rk))
 
 /* The mock cluster (outside librdkafka's ABI promise): MockCluster is unavailable without them. */
