@@ -132,3 +132,17 @@ def test_unreachable_broker_produce_async_timeout_reports_like_produce() -> None
             check_timeout_error(asyncio.run(main()), 1)
         finally:
             producer.close(timeout=0.5)
+
+
+@pytest.mark.timeout(20)  # the call must end at its timeout, not when librdkafka gives up
+def test_timeout_also_bounds_waiting_for_room_in_a_full_queue() -> None:
+    # librdkafka's queue holds 10 events and the broker never takes any: 40 of the 50 events
+    # never even reach the queue before the deadline, and all 50 are reported pending.
+    with unreachable_topic(producer_properties={"queue.buffering.max.messages": 10}) as topic:
+        producer = topic.new_producer()
+        try:
+            with pytest.raises(ProduceTimeoutError) as info:
+                producer.produce(*(Invalidate(seq=i) for i in range(50)), timeout=1)
+            check_timeout_error(info.value, 50)
+        finally:
+            producer.close(timeout=0.5)

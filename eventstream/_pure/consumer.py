@@ -106,6 +106,9 @@ class PureConsumer:
     def _start_offset(
         self, client: confluent_kafka.Consumer, committed: confluent_kafka.TopicPartition
     ) -> int:
+        if committed.error is not None:
+            # Unknown whether an offset is committed: let librdkafka decide (caught by caller).
+            raise confluent_kafka.KafkaException(committed.error)
         if committed.offset >= 0:
             return int(committed.offset)
         low, high = client.get_watermark_offsets(

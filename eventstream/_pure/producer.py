@@ -193,7 +193,11 @@ class PureProducer:
 
     # -- producing -----------------------------------------------------------------------------
 
-    def _enqueue(self, events: Sequence[Message], tracker: _Tracker) -> None:
+    def _enqueue(
+        self, events: Sequence[Message], tracker: _Tracker, deadline: float | None
+    ) -> None:
+        """Hand every event to librdkafka. If its queue stays full until ``deadline``, the rest
+        are never sent and stay pending in ``tracker``, so the caller's wait times out."""
         records = prepare_records(self._spec, events)
         client = self._started()
         topic = self._spec.topic
@@ -211,7 +215,9 @@ class PureProducer:
                     client.produce(topic, value, key, headers=headers, on_delivery=report)
                     break
                 except BufferError:
-                    # librdkafka's queue is full: let the poll thread drain delivery reports.
+                    # librdkafka's queue is full: wait for delivery reports to make room.
+                    if deadline is not None and time.monotonic() >= deadline:
+                        return
                     client.poll(0.05)
                 except confluent_kafka.KafkaException as exc:
                     tracker.fail_unsent(len(records) - sent, exc.args[0])
@@ -222,7 +228,7 @@ class PureProducer:
             return
         tracker = _Tracker(len(events))
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._enqueue(events, tracker)
+        self._enqueue(events, tracker, deadline)
         if deadline is None:
             tracker.done.wait()
         elif not tracker.done.wait(max(0.0, deadline - time.monotonic())):
@@ -260,7 +266,7 @@ class PureProducer:
                 future.set_exception(self._timeout_error(tracker, timeout or 0.0))
 
         tracker.on_done = on_done
-        self._enqueue(events, tracker)
+        self._enqueue(events, tracker, None if timeout is None else time.monotonic() + timeout)
         if timeout is not None and not future.done():
             timer = loop.call_later(timeout, expire)
             future.add_done_callback(lambda _: timer.cancel())
