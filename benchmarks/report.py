@@ -284,6 +284,24 @@ def _kv(d: dict[str, Any]) -> str:
     )
 
 
+def _foreign_load_line(results: dict[str, Any]) -> str:
+    by_scenario: dict[str, list[float]] = {}
+    for m in results["measurements"]:
+        other = (m.get("load") or {}).get("other_cpu_pct")
+        if other is not None:
+            by_scenario.setdefault(m["scenario"], []).append(float(other))
+    if not by_scenario:
+        return "- **Foreign load**: not measured (external broker)"
+    parts = [
+        f"{scenario} median {statistics.median(v):.0f}% (max {max(v):.0f}%)"
+        for scenario, v in by_scenario.items()
+    ]
+    return (
+        "- **Foreign load** (share of the machine used by processes other than the client and "
+        "the broker during each measurement; see the end): " + ", ".join(parts)
+    )
+
+
 def markdown(results: dict[str, Any]) -> str:
     mach, sw, broker, st = (
         results["machine"], results["software"], results["broker"], results["settings"]
@@ -291,7 +309,7 @@ def markdown(results: dict[str, Any]) -> str:
     out = [
         "# eventstream benchmarks",
         "",
-        f"`{results['command']}` — {results['started_utc']}, {results['duration_s']:.0f} s"
+        f"`{results['command'].strip()}` — {results['started_utc']}, {results['duration_s']:.0f} s"
         + (" (**quick**: small N, not for judging speed)" if results.get("quick") else ""),
         "",
         f"- **Machine**: {mach['cpu_model']}, {mach['cores']} cores"
@@ -301,7 +319,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"- **Broker**: Apache Kafka {broker.get('kafka')} — {broker.get('kind')}"
         + (
             f", {broker['nodes']} node(s), heap {broker['heap']}, {broker.get('java')}, "
-            f"JVM flags `{' '.join(broker.get('jvm_opts', []))}`"
+            f"JVM flags `{' '.join(broker.get('jvm_opts', []))}` (a later flag wins)"
             if "nodes" in broker
             else ""
         )
@@ -309,7 +327,10 @@ def markdown(results: dict[str, Any]) -> str:
         "- **Software**: " + ", ".join(f"{k} {v}" for k, v in sw.items() if v),
         f"- **Workload**: protobuf events of 100 B and 1 KB (encoded), {st['compression']}, "
         f"{st['keys']}; produce in blocking calls of {st['batch_events_per_call']:,} events; "
-        "every contender in a fresh process, on a fresh topic, one after the other",
+        "every contender in a fresh process, on a fresh topic, one after the other; "
+        f"throughput figures of C, eventstream compiled and the confluent-kafka loop are medians "
+        f"of {st.get('repeat', 1)} rounds, the others ran once",
+        _foreign_load_line(results),
         "",
         "## Targets",
         "",
