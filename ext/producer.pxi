@@ -9,6 +9,17 @@
 #     only to resolve asyncio futures (once per poll round, not per event) and to log errors.
 # The poll thread never touches the Python Producer object: everything it needs is in the C
 # struct ProducerState, which the Producer owns and frees only after joining the thread.
+#
+# Sending: linger.ms (config.py, 5 ms) lets librdkafka gather a call's events into few requests
+# while the caller enqueues them; once a call has enqueued everything, nothing is gained by
+# lingering. So every call, once enqueued, counts in ProducerState.flushing and wakes the poll
+# thread (rd_kafka_queue_yield on the main queue), and while that count is > 0 the poll thread
+# serves with rd_kafka_flush() instead of rd_kafka_poll(): librdkafka then sends whatever lingers
+# at once (flush ignores linger.ms while it runs). The callers still wait on their own tracker
+# only: flush() waits for every message of the handle, and its return is not what ends a call.
+# Delivery reports are thus still served by the poll thread alone (and by callers of
+# flush()/close(), which call rd_kafka_flush() themselves); the callbacks touch trackers only
+# through atomics and their locks, so more than one serving thread is safe.
 
 from cpython.ref cimport Py_XDECREF
 
@@ -90,6 +101,8 @@ cdef struct ProducerState:
     LogSink sink                # first member: rd_kafka_opaque(rk) is read as a LogSink too
     rd_kafka_t *rk              # NULL until the first produce (created lazily), and after close
     rd_kafka_topic_t *rkt
+    rd_kafka_queue_t *mainq     # rk's main queue: yielded to wake the poll thread
+    int flushing                # atomic: calls enqueued and not yet complete (see "Sending")
     pthread_mutex_t lock        # guards: completed, last_err/last_reason, log_msg; never held
                                 # while taking the GIL
     Tracker *completed          # async trackers fully reported, waiting to be resolved
@@ -171,6 +184,7 @@ cdef void _tracker_complete(Tracker *t) noexcept nogil:
     """Every message of the call is accounted for. Consumes the completion reference."""
     cdef ProducerState *st = t.state
     cdef bint needs_gil = t.is_async
+    esk_add_int(&st.flushing, -1)       # taken by _tracker_hand_over, before any completion
     if not t.is_async:
         pthread_mutex_lock(&t.lock)
         t.done = 1
@@ -187,6 +201,10 @@ cdef void _tracker_complete(Tracker *t) noexcept nogil:
         st.completed = t
         esk_store_int(&st.has_completed, 1)
         pthread_mutex_unlock(&st.lock)
+        # If this runs in a delivery report inside rd_kafka_flush() (poll thread), make that
+        # flush return now rather than when every other call's messages are reported too, so
+        # the future is resolved without delay. (Thread-local; harmless anywhere else.)
+        rd_kafka_yield(st.rk)
     else:
         _tracker_release(t)     # the waiting caller releases `keep`
 
@@ -220,9 +238,15 @@ cdef bint _tracker_wait(Tracker *t, int64_t until) noexcept nogil:
 
 cdef void _tracker_hand_over(Tracker *t, int64_t not_enqueued) noexcept nogil:
     """The caller is done enqueueing: events never enqueued leave the count and the guard goes.
-    If that accounts for everything, the caller completes the tracker itself."""
+    If that accounts for everything, the caller completes the tracker itself; else the poll
+    thread is asked to send what lingers (see "Sending"). Counted in `flushing` before the
+    guard goes, so that the completion (which uncounts it) comes after."""
+    cdef ProducerState *st = t.state
+    esk_add_int(&st.flushing, 1)
     if esk_add_i64(&t.remaining, -(not_enqueued + 1)) == 0:
         _tracker_complete(t)
+    else:
+        rd_kafka_queue_yield(st.mainq)
 
 
 # ---- librdkafka callbacks (run on whichever thread calls rd_kafka_poll/flush; no GIL) --------
@@ -372,7 +396,14 @@ cdef void *_poll_main(void *arg) noexcept nogil:
     """The native poll thread: serves delivery reports and error callbacks until told to stop."""
     cdef ProducerState *st = <ProducerState *>arg
     while not esk_load_int(&st.stop):
-        rd_kafka_poll(st.rk, POLL_SLICE_MS)
+        if esk_load_int(&st.flushing) > 0 and rd_kafka_outq_len(st.rk) > 0:
+            # Calls are waiting: send what lingers now. Returns when every message of the
+            # handle is reported, when a callback yields (an async call completed), or after
+            # the slice.
+            rd_kafka_flush(st.rk, POLL_SLICE_MS)
+        else:
+            # Woken early by rd_kafka_queue_yield() when a call has enqueued its events.
+            rd_kafka_poll(st.rk, POLL_SLICE_MS)
         if esk_load_int(&st.has_completed) or esk_load_int(&st.log_pending):
             _resolve_completed(st)
     return NULL
@@ -549,8 +580,11 @@ cdef class Producer:
             rd_kafka_conf_destroy(conf)     # rd_kafka_new owns conf only on success
             raise _errors.ConfigError("properties", errstr.decode("utf-8", "replace"))
         rd_kafka_set_log_queue(st.rk, NULL)  # log lines are served by the poll thread
+        st.mainq = rd_kafka_queue_get_main(st.rk)
         st.rkt = rd_kafka_topic_new(st.rk, btopic, NULL)
         if st.rkt == NULL:
+            rd_kafka_queue_destroy(st.mainq)
+            st.mainq = NULL
             with nogil:
                 rd_kafka_destroy(st.rk)
             st.rk = NULL
@@ -573,6 +607,8 @@ cdef class Producer:
                 pthread_join(st.thread, NULL)
             st.thread_started = 0
         with nogil:
+            if st.mainq != NULL:
+                rd_kafka_queue_destroy(st.mainq)
             if st.rkt != NULL:
                 rd_kafka_topic_destroy(st.rkt)
             if st.rk != NULL:
@@ -990,6 +1026,8 @@ cdef class Producer:
         st.rk = NULL
         st.rkt = NULL
         with nogil:
+            rd_kafka_queue_destroy(st.mainq)
+            st.mainq = NULL
             rd_kafka_topic_destroy(rkt)
             rd_kafka_destroy(rk)
 

@@ -207,6 +207,10 @@ cdef extern from "rdkafka_abi.h" nogil:
     rd_kafka_queue_t *rd_kafka_queue_get_consumer "ESK_RDK(rd_kafka_queue_get_consumer)" (
         rd_kafka_t *rk)
     void rd_kafka_queue_destroy "ESK_RDK(rd_kafka_queue_destroy)" (rd_kafka_queue_t *rkqu)
+    # The main queue (delivery reports, errors, logs: what rd_kafka_poll/rd_kafka_flush serve).
+    rd_kafka_queue_t *rd_kafka_queue_get_main "ESK_RDK(rd_kafka_queue_get_main)" (rd_kafka_t *rk)
+    # Wakes a thread blocked serving the queue (rd_kafka_poll included); from any thread.
+    void rd_kafka_queue_yield "ESK_RDK(rd_kafka_queue_yield)" (rd_kafka_queue_t *rkqu)
     ssize_t rd_kafka_consume_batch_queue "ESK_RDK(rd_kafka_consume_batch_queue)" (
         rd_kafka_queue_t *rkqu, int timeout_ms, rd_kafka_message_t **rkmessages, size_t size)
     rd_kafka_topic_partition_list_t *rd_kafka_topic_partition_list_new \

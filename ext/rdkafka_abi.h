@@ -219,6 +219,8 @@ typedef void (*esk_log_cb_t)(const rd_kafka_t *rk, int level, const char *fac, c
     X(rd_kafka_resp_err_t, rd_kafka_poll_set_consumer, (rd_kafka_t * rk))                          \
     X(rd_kafka_queue_t *, rd_kafka_queue_get_consumer, (rd_kafka_t * rk))                          \
     X(void, rd_kafka_queue_destroy, (rd_kafka_queue_t * rkqu))                                     \
+    X(rd_kafka_queue_t *, rd_kafka_queue_get_main, (rd_kafka_t * rk))                              \
+    X(void, rd_kafka_queue_yield, (rd_kafka_queue_t * rkqu))                                       \
     X(ssize_t, rd_kafka_consume_batch_queue,                                                       \
       (rd_kafka_queue_t * rkqu, int timeout_ms, rd_kafka_message_t **rkmessages, size_t size))     \
     X(rd_kafka_topic_partition_list_t *, rd_kafka_topic_partition_list_new, (int size))            \

@@ -26,6 +26,13 @@ from eventstream.librdkafka_log import ClientLog
 
 __all__ = ["PureProducer", "prepare_records"]
 
+# A blocking produce() serves delivery reports itself with client.flush() in slices this long (s),
+# until its own events are reported: flush ignores linger.ms while it runs, so the call's events
+# are sent at once, and the slices bound the wait for other threads' events.
+_FLUSH_SLICE = 0.002
+# The poll thread's longest wait between two rounds (s).
+_POLL_SLICE = 0.1
+
 Record = tuple[bytes, bytes | None]
 
 
@@ -111,7 +118,15 @@ class _Tracker:
 
 
 class PureProducer:
-    """Thread-safe. The confluent-kafka client and its poll thread start at the first produce."""
+    """Thread-safe. The confluent-kafka client and its poll thread start at the first produce.
+
+    linger.ms (5 ms by default) lets librdkafka gather a call's events while they are enqueued;
+    after that nobody should wait it out. A blocking produce() therefore serves with
+    client.flush() in short slices until its own tracker is done (flush() sends whatever
+    lingers), and the poll thread stays out of librdkafka meanwhile, so that it cannot take a
+    delivery report a flushing caller is waiting for. While produce_async() calls are pending and
+    no blocking caller flushes, the poll thread flushes for them; otherwise it polls without
+    blocking every _POLL_SLICE (errors, logs, reports of abandoned calls)."""
 
     def __init__(self, spec: ProducerSpec) -> None:
         self._spec = spec
@@ -119,6 +134,10 @@ class PureProducer:
         self._client: confluent_kafka.Producer | None = None
         self._poller: threading.Thread | None = None
         self._stopping = threading.Event()
+        # Guards the two counts; notified when the poll thread has work (see the class doc).
+        self._state = threading.Condition(threading.Lock())
+        self._flushers = 0  # blocking produce() calls flushing right now
+        self._async_pending = 0  # produce_async() calls enqueued and not yet complete
         self._closed = False
         self._last_error: str | None = None
         self._ids = itertools.count(1)
@@ -155,8 +174,26 @@ class PureProducer:
     def _poll_loop(self) -> None:
         client = self._client
         assert client is not None
+        state = self._state
         while not self._stopping.is_set():
-            client.poll(0.1)
+            with state:
+                if not self._should_flush(client):
+                    state.wait(_POLL_SLICE)
+                flush = self._should_flush(client)
+                serve = not self._flushers
+            if flush:
+                client.flush(_POLL_SLICE)
+            elif serve:
+                client.poll(0)
+
+    def _should_flush(self, client: confluent_kafka.Producer) -> bool:
+        """Called with _state held: async calls wait, no blocking caller serves, and there is
+        something to send or report (so the poll thread never spins on an empty flush)."""
+        return not self._flushers and self._async_pending > 0 and len(client) > 0
+
+    def _async_done(self) -> None:
+        with self._state:
+            self._async_pending -= 1
 
     def _on_client_error(self, err: confluent_kafka.KafkaError) -> None:
         # Connection trouble is remembered for the timeout message rather than logged each retry.
@@ -180,6 +217,8 @@ class PureProducer:
             return
         remaining = client.flush(timeout)
         self._stopping.set()
+        with self._state:
+            self._state.notify_all()
         if self._poller is not None:
             self._poller.join()
         client.poll(0)
@@ -229,10 +268,28 @@ class PureProducer:
         tracker = _Tracker(len(events))
         deadline = None if timeout is None else time.monotonic() + timeout
         self._enqueue(events, tracker, deadline)
-        if deadline is None:
-            tracker.done.wait()
-        elif not tracker.done.wait(max(0.0, deadline - time.monotonic())):
-            raise self._timeout_error(tracker, timeout or 0.0)
+        client = self._client
+        assert client is not None
+        state = self._state
+        with state:
+            self._flushers += 1
+        try:
+            # Serve delivery reports here (see the class doc) until this call's are all in.
+            while not tracker.done.is_set():
+                if deadline is None:
+                    client.flush(_FLUSH_SLICE)
+                    continue
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    if tracker.done.is_set():
+                        break
+                    raise self._timeout_error(tracker, timeout or 0.0)
+                client.flush(min(_FLUSH_SLICE, left))
+        finally:
+            with state:
+                self._flushers -= 1
+                if not self._flushers:
+                    state.notify_all()
         error = tracker.error(self._spec.topic)
         if error is not None:
             raise error
@@ -257,6 +314,7 @@ class PureProducer:
                 future.set_exception(error)
 
         def on_done() -> None:
+            self._async_done()
             # A closed loop raises RuntimeError: nobody is waiting any more.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(settle)
@@ -266,7 +324,20 @@ class PureProducer:
                 future.set_exception(self._timeout_error(tracker, timeout or 0.0))
 
         tracker.on_done = on_done
-        self._enqueue(events, tracker, None if timeout is None else time.monotonic() + timeout)
+        tracker.remaining += 1  # guard: on_done cannot run before the hand-over below
+        try:
+            self._enqueue(events, tracker, None if timeout is None else time.monotonic() + timeout)
+        except BaseException:
+            tracker.on_done = None  # no future is returned: nothing to settle or count
+            raise
+        else:
+            # Counted once every event is enqueued (the poll thread would flush earlier events
+            # before the rest are gathered), before the guard goes (on_done uncounts it).
+            with self._state:
+                self._async_pending += 1
+                self._state.notify_all()
+        finally:
+            tracker.report(None)  # drop the guard (not a delivery: counts no failure)
         if timeout is not None and not future.done():
             timer = loop.call_later(timeout, expire)
             future.add_done_callback(lambda _: timer.cancel())
