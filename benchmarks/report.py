@@ -7,10 +7,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-ORDER = ("c", "c-linger5", "compiled", "pure", "confluent", "aiokafka", "kafka-python")
+ORDER = ("c", "compiled", "pure", "confluent", "aiokafka", "kafka-python")
 COLORS = {
     "c": "#7f7f7f",
-    "c-linger5": "#c7c7c7",
     "compiled": "#d62728",
     "pure": "#ff9896",
     "confluent": "#1f77b4",
@@ -192,7 +191,6 @@ def context(results: dict[str, Any]) -> list[dict[str, Any]]:
                 {
                     "scenario": scenario,
                     "case": case_label(size, parts),
-                    "rate compiled/c-linger5": ratio(rates, key, "compiled", "c-linger5"),
                     "rate compiled/pure": ratio(rates, key, "compiled", "pure"),
                     "CPU per event confluent/compiled": ratio(cpu, key, "confluent", "compiled"),
                     "CPU per event compiled/c": ratio(cpu, key, "compiled", "c"),
@@ -350,8 +348,8 @@ def markdown(results: dict[str, Any]) -> str:
     if ctx:
         names = [k for k in ctx[0] if k not in ("scenario", "case")]
         out += [
-            "Context (not targets): throughput ratios against the other C variant and the pure "
-            "backend, and the client CPU spent per event (all threads of the client process), "
+            "Context (not targets): throughput ratios against the pure backend, and the client "
+            "CPU spent per event (all threads of the client process), "
             "which the broker's share of the machine does not blur.",
             "",
             "| scenario | case | " + " | ".join(names) + " |",

@@ -32,7 +32,6 @@ DEFAULT_OUT = HERE / "results"
 
 CONTENDERS: dict[str, str] = {
     "c": "C over librdkafka",
-    "c-linger5": "C over librdkafka, linger.ms=5",
     "compiled": "eventstream compiled",
     "pure": "eventstream pure",
     "confluent": "confluent-kafka typed loop",
@@ -40,9 +39,9 @@ CONTENDERS: dict[str, str] = {
     "kafka-python": "kafka-python",
 }
 SCENARIOS = ("produce", "consume", "latency", "e2e")
-NATIVE = ("c", "c-linger5")
-# c-linger5 differs from c only in how a producer batches; elsewhere it would repeat c.
-ONLY_IN = {"c-linger5": ("produce",)}
+NATIVE = ("c",)
+# Contenders measured in some scenarios only (none at present).
+ONLY_IN: dict[str, tuple[str, ...]] = {}
 # The contenders that the targets compare: measured in every round of a throughput scenario (the
 # median counts), the others once. Rounds run one after the other in time, so a burst of load
 # from elsewhere on the machine hits one round, not all of them.
@@ -488,7 +487,7 @@ class Contenders:
         producing = mode in ("produce", "latency", "e2e-produce")
         props = common.RDK_CONSUMER
         if producing:
-            props = common.FLUSHING_PRODUCER if contender == "c-linger5" else common.RDK_PRODUCER
+            props = common.RDK_PRODUCER
         cmd = [
             str(self.native_bin),
             mode,
@@ -519,7 +518,7 @@ class Contenders:
                 [str(self.native_bin), "version"], capture_output=True, text=True, check=True
             )
             version = json.loads(res.stdout)["librdkafka"]
-            producer = common.FLUSHING_PRODUCER if contender == "c-linger5" else common.RDK_PRODUCER
+            producer = common.RDK_PRODUCER
             return {
                 "client": f"C program (benchmarks/native/esbench.c) over librdkafka {version}",
                 "producer": dict(producer) | {"(librdkafka defaults)": common.RDK_BATCH_DEFAULTS},

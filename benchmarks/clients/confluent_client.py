@@ -4,8 +4,7 @@ Produce: ``SerializeToString``, ``produce`` with eventstream's five CloudEvents 
 ``on_delivery`` callback per event, then ``flush()`` to confirm the batch. Consume: drain
 ``consume()`` (block for one event, then take what is buffered), look up ``ce_type``,
 ``FromString``, call the handler, store the offsets of the batch after it was handled (the same
-at-least-once discipline as eventstream). Same librdkafka properties as eventstream, except
-linger.ms, which keeps librdkafka's default for this flush-per-batch loop (see common.py).
+at-least-once discipline as eventstream). The same librdkafka properties as eventstream.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ def describe(spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "client": f"confluent-kafka {confluent_kafka.version()[0]} "
         f"(librdkafka {confluent_kafka.libversion()[0]})",
-        "producer": dict(common.FLUSHING_PRODUCER)
+        "producer": dict(common.RDK_PRODUCER)
         | {"(librdkafka defaults)": common.RDK_BATCH_DEFAULTS},
         "consumer": dict(common.RDK_CONSUMER),
         "produce call": "per event: SerializeToString + produce(headers=5, on_delivery=cb); "
@@ -39,7 +38,7 @@ class _Sender:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.topic = spec["topic"]
         self.client = confluent_kafka.Producer(
-            {"bootstrap.servers": spec["brokers"], **common.FLUSHING_PRODUCER}
+            {"bootstrap.servers": spec["brokers"], **common.RDK_PRODUCER}
         )
         self.prefix = common.producer_id() + "-"
         self.ids = itertools.count(1)
