@@ -15,7 +15,7 @@ from typing import Any
 
 import confluent_kafka
 
-from benchmarks import common, payload
+from benchmarks import common, payload, scenarios
 
 
 def describe(spec: dict[str, Any]) -> dict[str, Any]:
@@ -73,40 +73,8 @@ class _Sender:
         if self.failed:
             raise RuntimeError(f"{len(self.failed)} events failed: {self.failed[0]}")
 
-
-def produce(spec: dict[str, Any], progress: common.Progress) -> dict[str, Any]:
-    cls = payload.event_class()
-    body = payload.make_body(spec["size"])
-    size, total = spec["batch"], spec["count"]
-    batch = [payload.make_event(cls, body, seq=i + 1) for i in range(size)]
-    sender = _Sender(spec)
-    for start in range(0, spec["warmup"], size):
-        sender.send(batch[: min(size, spec["warmup"] - start)])
-    done = 0
-    timer = common.Timer()
-    while done < total:
-        n = min(size, total - done)
-        sender.send(batch if n == size else batch[:n])
-        done += n
-        progress.update(done)
-    result = timer.result(total)
-    return result
-
-
-def latency(spec: dict[str, Any], progress: common.Progress) -> dict[str, Any]:
-    cls = payload.event_class()
-    one = [payload.make_event(cls, payload.make_body(spec["size"]), seq=1)]
-    sender = _Sender(spec)
-    for _ in range(spec["warmup"]):
-        sender.send(one)
-    samples = []
-    clock = time.perf_counter_ns
-    for i in range(spec["count"]):
-        t0 = clock()
-        sender.send(one)
-        samples.append(clock() - t0)
-        progress.update(i + 1)
-    return {"samples_ns": samples}
+    def close(self) -> None:
+        self.client.flush()
 
 
 def _consume_loop(spec: dict[str, Any], handler: Any, done: Any) -> None:
@@ -149,30 +117,21 @@ def _consume_loop(spec: dict[str, Any], handler: Any, done: Any) -> None:
         consumer.close()
 
 
-def consume(spec: dict[str, Any], progress: common.Progress) -> dict[str, Any]:
-    counting = common.Counting(spec["count"])
-    common.watch(progress, lambda: counting.count, counting.done)
-    _consume_loop(spec, counting.handler, counting.done)
-    return counting.result()
+def produce(spec: dict[str, Any], progress: common.Progress) -> dict[str, Any]:
+    return scenarios.produce(_Sender(spec), spec, progress)
 
 
-def e2e_consume(spec: dict[str, Any], progress: common.Progress) -> dict[str, Any]:
-    lat = common.Latencies(spec["count"], spec["warmup"])
-    common.watch(progress, lambda: lat.count, lat.done)
-    _consume_loop(spec, lat.handler, lat.done)
-    return {"samples_ns": lat.samples}
+def latency(spec: dict[str, Any], progress: common.Progress) -> dict[str, Any]:
+    return scenarios.latency(_Sender(spec), spec, progress)
 
 
 def e2e_produce(spec: dict[str, Any], progress: common.Progress) -> dict[str, Any]:
-    cls = payload.event_class()
-    body = payload.make_body(spec["size"])
-    sender = _Sender(spec)
-    clock = time.monotonic_ns
+    return scenarios.e2e_produce(_Sender(spec), spec, progress)
 
-    def send(first: int, count: int) -> None:
-        t = clock()
-        sender.send([cls(sent_ns=t, seq=first + i, body=body) for i in range(count)])
 
-    t0 = time.monotonic()
-    calls = common.pace(spec["rate"], spec["count"], send, progress)
-    return {"events": spec["count"], "calls": calls, "seconds": time.monotonic() - t0}
+def consume(spec: dict[str, Any], progress: common.Progress) -> dict[str, Any]:
+    return scenarios.consume(_consume_loop, spec, progress)
+
+
+def e2e_consume(spec: dict[str, Any], progress: common.Progress) -> dict[str, Any]:
+    return scenarios.e2e_consume(_consume_loop, spec, progress)
