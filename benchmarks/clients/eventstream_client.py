@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-import time
+import threading
 from typing import Any
 
-from benchmarks import common, payload
+from benchmarks import common, payload, scenarios
 
 
 def _topic(spec: dict[str, Any], instance_id: str) -> Any:
@@ -36,82 +36,46 @@ def describe(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+class _Sender:
+    """``send(events)`` is one blocking ``producer.produce(*events)``: the call users make."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.topic = _topic(spec, common.SOURCE)
+        self.producer = self.topic.new_producer()
+
+    def send(self, events: Any) -> None:
+        self.producer.produce(*events)
+
+    def close(self) -> None:
+        self.topic.close()
+
+
+def _consume_loop(spec: dict[str, Any], handler: Any, done: threading.Event) -> None:
+    topic = _topic(spec, spec["group"])
+    consumer = topic.new_consumer(start_from_beginning=True)
+    consumer.consume(handler)
+    try:
+        if not done.wait(spec["timeout"]):
+            raise TimeoutError(f"the consumer did not get all {spec['count']} events in time")
+    finally:
+        topic.close()
+
+
 def produce(spec: dict[str, Any], progress: common.Progress) -> dict[str, Any]:
-    cls = payload.event_class()
-    body = payload.make_body(spec["size"])
-    size, total = spec["batch"], spec["count"]
-    batch = [payload.make_event(cls, body, seq=i + 1) for i in range(size)]
-    topic = _topic(spec, common.SOURCE)
-    producer = topic.new_producer()
-    for start in range(0, spec["warmup"], size):  # connect, producer id, metadata: not timed
-        producer.produce(*batch[: min(size, spec["warmup"] - start)])
-    done = 0
-    timer = common.Timer()
-    while done < total:
-        n = min(size, total - done)
-        producer.produce(*(batch if n == size else batch[:n]))
-        done += n
-        progress.update(done)
-    result = timer.result(total)
-    topic.close()
-    return result
+    return scenarios.produce(_Sender(spec), spec, progress)
 
 
 def latency(spec: dict[str, Any], progress: common.Progress) -> dict[str, Any]:
-    cls = payload.event_class()
-    event = payload.make_event(cls, payload.make_body(spec["size"]), seq=1)
-    topic = _topic(spec, common.SOURCE)
-    producer = topic.new_producer()
-    for _ in range(spec["warmup"]):
-        producer.produce(event)
-    samples = []
-    clock = time.perf_counter_ns
-    for i in range(spec["count"]):
-        t0 = clock()
-        producer.produce(event)
-        samples.append(clock() - t0)
-        progress.update(i + 1)
-    topic.close()
-    return {"samples_ns": samples}
-
-
-def consume(spec: dict[str, Any], progress: common.Progress) -> dict[str, Any]:
-    counting = common.Counting(spec["count"])
-    topic = _topic(spec, spec["group"])
-    consumer = topic.new_consumer(start_from_beginning=True)
-    common.watch(progress, lambda: counting.count, counting.done)
-    consumer.consume(counting.handler)
-    if not counting.done.wait(spec["timeout"]):
-        raise TimeoutError(f"consumed {counting.count} of {spec['count']} events")
-    topic.close()
-    return counting.result()
-
-
-def e2e_consume(spec: dict[str, Any], progress: common.Progress) -> dict[str, Any]:
-    lat = common.Latencies(spec["count"], spec["warmup"])
-    topic = _topic(spec, spec["group"])
-    consumer = topic.new_consumer(start_from_beginning=True)
-    common.watch(progress, lambda: lat.count, lat.done)
-    consumer.consume(lat.handler)
-    if not lat.done.wait(spec["timeout"]):
-        raise TimeoutError(f"received {lat.count} of {spec['count']} events")
-    topic.close()
-    return {"samples_ns": lat.samples}
+    return scenarios.latency(_Sender(spec), spec, progress)
 
 
 def e2e_produce(spec: dict[str, Any], progress: common.Progress) -> dict[str, Any]:
-    cls = payload.event_class()
-    body = payload.make_body(spec["size"])
-    topic = _topic(spec, common.SOURCE)
-    producer = topic.new_producer()
-    clock = time.monotonic_ns
+    return scenarios.e2e_produce(_Sender(spec), spec, progress)
 
-    def send(first: int, count: int) -> None:
-        t = clock()
-        producer.produce(*[cls(sent_ns=t, seq=first + i, body=body) for i in range(count)])
 
-    t0 = time.monotonic()
-    calls = common.pace(spec["rate"], spec["count"], send, progress)
-    seconds = time.monotonic() - t0
-    topic.close()
-    return {"events": spec["count"], "calls": calls, "seconds": seconds}
+def consume(spec: dict[str, Any], progress: common.Progress) -> dict[str, Any]:
+    return scenarios.consume(_consume_loop, spec, progress)
+
+
+def e2e_consume(spec: dict[str, Any], progress: common.Progress) -> dict[str, Any]:
+    return scenarios.e2e_consume(_consume_loop, spec, progress)
