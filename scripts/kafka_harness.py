@@ -93,7 +93,19 @@ DEFAULT_READY_TIMEOUT = 90.0
 DEFAULT_STOP_TIMEOUT = 10.0
 DEFAULT_HEAP = "512m"
 STATE_FILE = "cluster.json"
-_STATE_FORMAT = 1
+_STATE_FORMAT = 1  # security adds optional keys only: older harnesses still read the file
+
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+SECURITY_USERS: Mapping[str, str] = {
+    "admin": "admin-secret",  # a super user, like ANONYMOUS on the PLAINTEXT listeners
+    "alice": "alice-secret",  # ALL on every topic, group, transactional id and the cluster
+    "mallory": "mallory-secret",  # authenticates, has no ACL: every request is denied
+}
+"""The SCRAM users of a ``security=True`` cluster and their passwords (throw-away values)."""
+SUPER_USERS = ("User:ANONYMOUS", "User:admin")
+ALLOWED_USER = "alice"
+TLS_DIR = "tls"
+"""Under the state dir: ``ca.pem``, ``wrong-ca.pem``, ``broker.pem`` (key + chain), keys."""
 
 # Measured on 2 cores (1 node, time to a metadata answer): plain 4.4 s, +SerialGC 3.9 s,
 # +TieredStopAtLevel=1 3.3 s, + the AppCDS archive 1.6 s. C1-only code is slower at peak,
@@ -278,8 +290,25 @@ def _mvn_copy_dependencies(home: Path, version: str) -> tuple[Path, ...]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _scram_args(users: Mapping[str, str]) -> list[str]:
+    """StorageTool's ``--add-scram 'SCRAM-SHA-512=[name=alice,password=alice-secret]'``, one per
+    user (syntax as ``kafka-storage format --help`` of 4.3.1 shows it)."""
+    args: list[str] = []
+    for name, password in sorted(users.items()):
+        for value in (name, password):
+            if not value or not all(c.isalnum() or c in "._-" for c in value):
+                raise ValueError(f"SCRAM user names and passwords are [A-Za-z0-9._-]+: {value!r}")
+        args += ["--add-scram", f"{SCRAM_MECHANISM}=[name={name},password={password}]"]
+    return args
+
+
 def _storage_format(
-    java: str, classpath: str, config: Path, cluster_id: str, jvm_opts: Sequence[str]
+    java: str,
+    classpath: str,
+    config: Path,
+    cluster_id: str,
+    jvm_opts: Sequence[str],
+    extra_args: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
     out = open(config.parent / "format.log", "wb")  # noqa: SIM115 - handed to the child
     try:
@@ -295,6 +324,7 @@ def _storage_format(
                 cluster_id,
                 "--config",
                 str(config),
+                *extra_args,
             ],
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -304,7 +334,15 @@ def _storage_format(
         out.close()
 
 
-def _build_format_template(home: Path, java: str, classpath: str) -> Path:
+def _scram_template_path(home: Path, users: Mapping[str, str]) -> Path:
+    """Where the format template with these SCRAM users goes (one per set of credentials)."""
+    key = hashlib.sha256(json.dumps(_scram_args(users)).encode()).hexdigest()[:12]
+    return home / "format-template" / f"scram-{key}" / "bootstrap.checkpoint"
+
+
+def _build_format_template(
+    home: Path, java: str, classpath: str, *, scram_users: Mapping[str, str] | None = None
+) -> Path:
     """Format one throw-away node with StorageTool and keep its ``bootstrap.checkpoint``.
 
     With static ``controller.quorum.voters`` (kraft.version 0) StorageTool writes exactly two
@@ -312,13 +350,24 @@ def _build_format_template(home: Path, java: str, classpath: str) -> Path:
     ``bootstrap.checkpoint`` (feature levels of this release: no ids, no ports). Copying the
     latter and writing the former saves one JVM start (~1.2 s) per node and start; any other
     layout makes us fall back to running StorageTool for every node.
+
+    With ``scram_users`` the checkpoint also holds their ``UserScramCredentialRecord``s
+    (``--add-scram``: name, salt, salted password, iterations; no cluster id either), so a
+    node formatted from it starts with those users; it is kept beside the plain one.
     """
-    target = home / "format-template" / "bootstrap.checkpoint"
+    if scram_users:
+        target = _scram_template_path(home, scram_users)
+        extra_args = _scram_args(scram_users)
+    else:
+        target = home / "format-template" / "bootstrap.checkpoint"
+        extra_args = []
     with tempfile.TemporaryDirectory(prefix="format-", dir=home) as tmp:
         node = _NodeSpec(node_id=1, port=1, controller_port=2, dir=Path(tmp))
         node.dir.mkdir(parents=True, exist_ok=True)
         node.config_path.write_text(_server_properties(node, [node], extra={}), encoding="utf-8")
-        proc = _storage_format(java, classpath, node.config_path, _random_kafka_uuid(), _JVM_TUNING)
+        proc = _storage_format(
+            java, classpath, node.config_path, _random_kafka_uuid(), _JVM_TUNING, extra_args
+        )
         if proc.wait(120) != 0:
             raise KafkaHarnessError(
                 "StorageTool format failed:\n" + _tail_file(node.dir / "format.log", 30)
@@ -428,6 +477,146 @@ def fetch(
         )
 
 
+# --------------------------------------------------------------------------- security
+
+
+def scram_format_template(dist: KafkaDist, users: Mapping[str, str]) -> Path | None:
+    """The cached format template that also holds ``users``' SCRAM credentials, made on first
+    use (one StorageTool run, ~1.3 s). None where the plain template is unavailable or this
+    one cannot be made: then StorageTool formats every node with ``--add-scram`` instead."""
+    if dist.bootstrap_checkpoint is None:
+        return None
+    target = _scram_template_path(dist.home, users)
+    if target.is_file():
+        return target
+    with _file_lock(dist.home.parent / f".kafka-{dist.version}.lock"):
+        if target.is_file():
+            return target
+        try:
+            return _build_format_template(dist.home, dist.java, dist.classpath, scram_users=users)
+        except KafkaHarnessError as exc:
+            _log(f"no SCRAM format template ({exc}); StorageTool will format every node")
+            return None
+
+
+_EC_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+_CA_EXTENSIONS = (
+    "-addext",
+    "basicConstraints=critical,CA:TRUE",
+    "-addext",
+    "keyUsage=critical,keyCertSign,cRLSign",
+)
+
+
+def make_tls_files(tls_dir: Path) -> None:
+    """Write a throw-away CA (``ca.pem``, ``ca.key``), a broker certificate it signs (SAN
+    ``IP:127.0.0.1``, ``DNS:localhost``) together with its key and the CA as Kafka's PEM
+    keystore (``broker.pem``), and a second, unrelated CA (``wrong-ca.pem``) for tests of a
+    client that trusts the wrong CA. EC P-256 keys, ``openssl req -x509`` (OpenSSL 3): three
+    openssl runs, ~40 ms in all. Valid for 30 days from now."""
+    openssl = shutil.which("openssl")
+    if not openssl:
+        raise KafkaHarnessError("security=True needs openssl (OpenSSL 3) on PATH")
+    tls_dir.mkdir(parents=True, exist_ok=True)
+    tls_dir.chmod(0o700)
+
+    def req(*args: str | Path) -> None:
+        cmd = [openssl, "req", "-x509", "-days", "30", *_EC_KEY, *map(str, args)]
+        res = subprocess.run(
+            cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
+        )
+        if res.returncode != 0:
+            raise KafkaHarnessError(
+                f"{' '.join(cmd)} failed ({res.returncode}):\n{_tail_text(res.stderr, 10)}"
+            )
+
+    ca, ca_key = tls_dir / "ca.pem", tls_dir / "ca.key"
+    broker_crt, broker_key = tls_dir / "broker.crt", tls_dir / "broker.key"
+    req("-keyout", ca_key, "-out", ca, "-subj", "/CN=eventstream harness CA", *_CA_EXTENSIONS)
+    req(
+        "-CA",
+        ca,
+        "-CAkey",
+        ca_key,
+        "-keyout",
+        broker_key,
+        "-out",
+        broker_crt,
+        "-subj",
+        "/CN=localhost",
+        "-addext",
+        "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        "-addext",
+        "basicConstraints=critical,CA:FALSE",
+        "-addext",
+        "extendedKeyUsage=serverAuth",
+    )
+    req(
+        "-keyout",
+        tls_dir / "wrong-ca.key",
+        "-out",
+        tls_dir / "wrong-ca.pem",
+        "-subj",
+        "/CN=eventstream harness wrong CA",
+        *_CA_EXTENSIONS,
+    )
+    # Kafka's PEM keystore file: an unencrypted PKCS#8 key, then the chain (leaf first).
+    keystore = tls_dir / "broker.pem"
+    keystore.write_text(
+        broker_key.read_text() + broker_crt.read_text() + ca.read_text(), encoding="ascii"
+    )
+    keystore.chmod(0o600)
+
+
+@dataclass(frozen=True)
+class ClusterSecurity:
+    """How to reach the SASL_SSL listeners of a ``security=True`` cluster.
+
+    ``client_properties(user, password, ca_location=...)`` gives librdkafka (confluent-kafka)
+    settings for a SCRAM user over SASL_SSL, ``bootstrap.servers`` included; merge your own
+    (``error_cb``, ``group.id``, ...) into them.
+    """
+
+    bootstrap_servers: str
+    """``127.0.0.1:PORT[,...]``: the SASL_SSL listener of every node."""
+    ca_location: Path
+    """PEM of the CA that signed the brokers' certificate."""
+    wrong_ca_location: Path
+    """PEM of an unrelated CA: a client that trusts only it fails the TLS handshake."""
+    users: Mapping[str, str] = field(default_factory=lambda: dict(SECURITY_USERS))
+    """SCRAM user name -> password."""
+    mechanism: str = SCRAM_MECHANISM
+
+    def client_properties(
+        self,
+        user: str = ALLOWED_USER,
+        password: str | None = None,
+        *,
+        ca_location: str | os.PathLike[str] | None = None,
+    ) -> dict[str, str]:
+        """librdkafka properties for ``user`` over SASL_SSL with SCRAM-SHA-512: the user's
+        real password unless ``password`` is given (any user name works then), the cluster's
+        CA unless ``ca_location`` is given. Host names are verified (``https``): the broker
+        certificate's SAN holds 127.0.0.1 and localhost."""
+        if password is None:
+            try:
+                password = self.users[user]
+            except KeyError:
+                raise KeyError(
+                    f"no SCRAM user {user!r} (users: {', '.join(sorted(self.users))}); "
+                    "pass password= for a user that does not exist"
+                ) from None
+        return {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanisms": self.mechanism,
+            "sasl.username": user,
+            "sasl.password": password,
+            "ssl.ca.location": str(ca_location if ca_location is not None else self.ca_location),
+            "ssl.endpoint.identification.algorithm": "https",
+        }
+
+
 # --------------------------------------------------------------------------- cluster
 
 
@@ -519,6 +708,7 @@ class _NodeSpec:
     controller_port: int
     dir: Path
     pid: int | None = None
+    sasl_ssl_port: int | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -541,18 +731,55 @@ class _NodeSpec:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def sasl_ssl_address(self) -> str:
+        if self.sasl_ssl_port is None:
+            raise KafkaHarnessError(f"node {self.node_id} has no SASL_SSL listener")
+        return f"127.0.0.1:{self.sasl_ssl_port}"
+
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "node_id": self.node_id,
             "port": self.port,
             "controller_port": self.controller_port,
             "dir": str(self.dir),
             "pid": self.pid,
         }
+        if self.sasl_ssl_port is not None:
+            data["sasl_ssl_port"] = self.sasl_ssl_port
+        return data
+
+
+def _security_properties(node: _NodeSpec, tls_dir: Path) -> dict[str, str]:
+    """A SASL_SSL listener (SCRAM-SHA-512 over TLS) beside PLAINTEXT, which stays the
+    inter-broker listener and, with the controller listener, keeps User:ANONYMOUS, a super
+    user; everyone else needs an ACL (StandardAuthorizer, no ACL means deny)."""
+    return {
+        "listeners": f"PLAINTEXT://127.0.0.1:{node.port},"
+        f"SASL_SSL://127.0.0.1:{node.sasl_ssl_port},"
+        f"CONTROLLER://127.0.0.1:{node.controller_port}",
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node.port},"
+        f"SASL_SSL://127.0.0.1:{node.sasl_ssl_port}",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,"
+        "CONTROLLER:PLAINTEXT",
+        "sasl.enabled.mechanisms": SCRAM_MECHANISM,
+        f"listener.name.sasl_ssl.{SCRAM_MECHANISM.lower()}.sasl.jaas.config": (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        ),
+        "listener.name.sasl_ssl.ssl.keystore.type": "PEM",
+        "listener.name.sasl_ssl.ssl.keystore.location": str(tls_dir / "broker.pem"),
+        "listener.name.sasl_ssl.ssl.client.auth": "none",
+        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "allow.everyone.if.no.acl.found": "false",
+        "super.users": ";".join(SUPER_USERS),
+    }
 
 
 def _server_properties(
-    node: _NodeSpec, all_nodes: Sequence[_NodeSpec], extra: Mapping[str, str]
+    node: _NodeSpec,
+    all_nodes: Sequence[_NodeSpec],
+    extra: Mapping[str, str],
+    tls_dir: Path | None = None,
 ) -> str:
     n = len(all_nodes)
     rf = min(3, n)
@@ -588,6 +815,8 @@ def _server_properties(
         "num.recovery.threads.per.data.dir": "1",
         "background.threads": "4",
     }
+    if node.sasl_ssl_port is not None and tls_dir is not None:
+        props.update(_security_properties(node, tls_dir))
     props.update(extra)
     body = "".join(f"{k}={v}\n" for k, v in props.items())
     return f"# Written by scripts/kafka_harness.py for node {node.node_id} of {n}.\n{body}"
@@ -654,7 +883,9 @@ class KafkaCluster:
     ``state_dir=None`` uses a fresh temp dir. ``die_with_parent`` (default True) makes the
     kernel kill the JVMs when the starting thread dies. ``use_cds`` / ``format_with_tool``
     turn the two start-up shortcuts off; ``warm_group_coordinator=False`` skips the offset
-    commit of the readiness probe.
+    commit of the readiness probe. ``security=True`` adds a SASL_SSL listener to every node
+    (SCRAM users, TLS files, ACLs: see the module docstring); ``cluster.security`` then
+    says how to reach it.
     """
 
     def __init__(
@@ -671,6 +902,7 @@ class KafkaCluster:
         use_cds: bool = True,
         format_with_tool: bool = False,
         warm_group_coordinator: bool = True,
+        security: bool = False,
         dist: KafkaDist | None = None,
     ) -> None:
         if nodes < 1:
@@ -685,6 +917,10 @@ class KafkaCluster:
         self.use_cds = use_cds
         self.format_with_tool = format_with_tool
         self.warm_group_coordinator = warm_group_coordinator
+        self.with_security = security
+        """True if the nodes have a SASL_SSL listener (``security=True`` or the attached
+        cluster's state says so)."""
+        self._security: ClusterSecurity | None = None
         self._dist = dist
         self._given_state_dir = Path(state_dir).resolve() if state_dir is not None else None
         self._state_dir: Path | None = None
@@ -707,6 +943,42 @@ class KafkaCluster:
         if not self._nodes:
             raise KafkaHarnessError("cluster not started")
         return ",".join(n.address for n in self._nodes)
+
+    @property
+    def security(self) -> ClusterSecurity:
+        """The SASL_SSL address, CA files, users and ``client_properties()`` of a cluster
+        started with ``security=True``."""
+        if self._security is None:
+            raise KafkaHarnessError(
+                "cluster not started" if not self._nodes else "cluster started without security"
+            )
+        return self._security
+
+    @property
+    def sasl_ssl_bootstrap_servers(self) -> str:
+        """``127.0.0.1:PORT[,...]`` of every node's SASL_SSL listener."""
+        return self.security.bootstrap_servers
+
+    @property
+    def ca_location(self) -> Path:
+        """PEM file of the CA that signed the brokers' certificate."""
+        return self.security.ca_location
+
+    @property
+    def wrong_ca_location(self) -> Path:
+        """PEM file of an unrelated CA (a client trusting it fails the TLS handshake)."""
+        return self.security.wrong_ca_location
+
+    def client_properties(
+        self,
+        user: str = ALLOWED_USER,
+        password: str | None = None,
+        *,
+        ca_location: str | os.PathLike[str] | None = None,
+    ) -> dict[str, str]:
+        """``self.security.client_properties(...)``: librdkafka settings for a SCRAM user
+        over SASL_SSL (see ClusterSecurity.client_properties)."""
+        return self.security.client_properties(user, password, ca_location=ca_location)
 
     @property
     def state_dir(self) -> Path:
@@ -835,9 +1107,16 @@ class KafkaCluster:
                 controller_port=n["controller_port"],
                 dir=Path(n["dir"]),
                 pid=n["pid"],
+                sasl_ssl_port=n.get("sasl_ssl_port"),
             )
             for n in data["nodes"]
         ]
+        security = data.get("security")
+        if security:
+            self.with_security = True
+            self._security = self._security_info(
+                Path(security["tls_dir"]), dict(security["users"]), security["mechanism"]
+            )
         self._started = True
         return self
 
@@ -888,23 +1167,34 @@ class KafkaCluster:
             self._owns_state_dir = True
         self._state_dir = sd
         (sd / "log4j2.properties").write_text(_LOG4J2_PROPERTIES, encoding="utf-8")
-        ports = _free_ports(2 * self.nodes)
+        per_node = 3 if self.with_security else 2
+        ports = _free_ports(per_node * self.nodes)
         self._cluster_id = _random_kafka_uuid()
         self._nodes = [
             _NodeSpec(
                 node_id=i + 1,
-                port=ports[2 * i],
-                controller_port=ports[2 * i + 1],
+                port=ports[per_node * i],
+                controller_port=ports[per_node * i + 1],
                 dir=sd / f"node-{i + 1}",
+                sasl_ssl_port=ports[per_node * i + 2] if self.with_security else None,
             )
             for i in range(self.nodes)
         ]
+        tls_dir: Path | None = None
+        if self.with_security:
+            tls_dir = sd / TLS_DIR
+            if tls_dir.exists():  # never reuse a CA: every cluster gets its own
+                shutil.rmtree(tls_dir)
+            make_tls_files(tls_dir)
+            self._security = self._security_info(tls_dir, dict(SECURITY_USERS), SCRAM_MECHANISM)
+            self._mark("tls files")
         for node in self._nodes:
             if node.dir.exists():  # left by a cluster that died without its cluster.json
                 shutil.rmtree(node.dir)
             node.dir.mkdir(parents=True)
             node.config_path.write_text(
-                _server_properties(node, self._nodes, self.broker_config), encoding="utf-8"
+                _server_properties(node, self._nodes, self.broker_config, tls_dir),
+                encoding="utf-8",
             )
         self._write_state()
         self._format(dist)
@@ -916,11 +1206,27 @@ class KafkaCluster:
         self._wait_ready(self._nodes, deadline)
         self.start_seconds = time.monotonic() - t0
 
+    def _security_info(
+        self, tls_dir: Path, users: dict[str, str], mechanism: str
+    ) -> ClusterSecurity:
+        return ClusterSecurity(
+            bootstrap_servers=",".join(n.sasl_ssl_address for n in self._nodes),
+            ca_location=tls_dir / "ca.pem",
+            wrong_ca_location=tls_dir / "wrong-ca.pem",
+            users=users,
+            mechanism=mechanism,
+        )
+
     def _format(self, dist: KafkaDist) -> None:
-        if dist.bootstrap_checkpoint is not None and not self.format_with_tool:
+        # SCRAM users go into the bootstrap metadata either way: from a template made with
+        # --add-scram, or by running StorageTool with --add-scram for every node.
+        checkpoint = None if self.format_with_tool else dist.bootstrap_checkpoint
+        if checkpoint is not None and self.with_security:
+            checkpoint = scram_format_template(dist, SECURITY_USERS)
+        if checkpoint is not None:
             for node in self._nodes:
                 node.data_dir.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(dist.bootstrap_checkpoint, node.data_dir / "bootstrap.checkpoint")
+                shutil.copyfile(checkpoint, node.data_dir / "bootstrap.checkpoint")
                 (node.data_dir / "meta.properties").write_text(
                     "#\n#Written by scripts/kafka_harness.py\n"
                     f"node.id={node.node_id}\n"
@@ -937,7 +1243,12 @@ class KafkaCluster:
             (
                 node,
                 _storage_format(
-                    dist.java, dist.classpath, node.config_path, self._cluster_id, flags
+                    dist.java,
+                    dist.classpath,
+                    node.config_path,
+                    self._cluster_id,
+                    flags,
+                    _scram_args(SECURITY_USERS) if self.with_security else (),
                 ),
             )
             for node in self._nodes
@@ -999,6 +1310,13 @@ class KafkaCluster:
             "owner_pid": os.getpid() if self.die_with_parent else None,
             "nodes": [n.to_json() for n in self._nodes],
         }
+        if self._security is not None:
+            data["security"] = {
+                "tls_dir": str(self._security.ca_location.parent),
+                "users": dict(self._security.users),
+                "mechanism": self._security.mechanism,
+                "sasl_ssl_bootstrap_servers": self._security.bootstrap_servers,
+            }
         tmp = self._state_dir / (STATE_FILE + ".tmp")
         tmp.write_text(json.dumps(data, indent=1) + "\n")
         tmp.rename(self._state_dir / STATE_FILE)
@@ -1049,8 +1367,11 @@ class KafkaCluster:
                     shutil.rmtree(n.dir, ignore_errors=True)
                 for name in (STATE_FILE, "log4j2.properties"):
                     (sd / name).unlink(missing_ok=True)
+                if self.with_security:
+                    shutil.rmtree(sd / TLS_DIR, ignore_errors=True)
         self._nodes = []
         self._state_dir = None
+        self._security = None
 
     def _check_alive(self, nodes: Sequence[_NodeSpec]) -> None:
         for n in nodes:
@@ -1086,6 +1407,8 @@ class KafkaCluster:
             return
         self._mark("listening")
         self._probe(nodes, deadline)
+        if self._security is not None:
+            self._probe_security(nodes, deadline)
 
     def _client_conf(self, nodes: Sequence[_NodeSpec]) -> dict[str, Any]:
         return {
@@ -1224,6 +1547,123 @@ class KafkaCluster:
             if consumer is not None and commit_done.wait(5):
                 consumer.close()
 
+    def _probe_security(self, nodes: Sequence[_NodeSpec], deadline: float) -> None:
+        """6. alice's ACLs exist (created as User:ANONYMOUS, a super user, through the
+        PLAINTEXT listener; creating an existing ACL again is a no-op); 7. every SCRAM user
+        has a credential; 8. through each running node's own SASL_SSL listener, alice gets
+        metadata that shows her the probe topic: TLS, SCRAM and her ACLs work on that node."""
+        from confluent_kafka import KafkaError, KafkaException
+        from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported
+            AclBinding,
+            AclOperation,
+            AclPermissionType,
+            AdminClient,
+            ResourcePatternType,
+            ResourceType,
+        )
+
+        sec = self.security
+        last = "creating ACLs"
+
+        def remaining() -> float:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise self._timeout(nodes, last)
+            return left
+
+        admin = AdminClient(self._client_conf(nodes))
+        principal = f"User:{ALLOWED_USER}"
+        bindings = [
+            AclBinding(
+                rtype,
+                name,
+                ResourcePatternType.LITERAL,
+                principal,
+                "*",
+                AclOperation.ALL,
+                AclPermissionType.ALLOW,
+            )
+            for rtype, name in (
+                (ResourceType.TOPIC, "*"),
+                (ResourceType.GROUP, "*"),
+                (ResourceType.TRANSACTIONAL_ID, "*"),
+                (ResourceType.BROKER, "kafka-cluster"),  # BROKER is Kafka's CLUSTER type
+            )
+        ]
+        pending = list(bindings)
+        while pending:
+            self._check_alive(nodes)
+            futures = admin.create_acls(pending, request_timeout=min(10.0, remaining()))
+            failed = []
+            for binding, fut in futures.items():
+                try:
+                    fut.result()
+                except KafkaException as exc:
+                    failed.append(binding)
+                    last = f"create ACL {binding}: {exc}"
+            if failed:
+                time.sleep(0.1)
+            pending = failed
+        self._mark("acls")
+
+        users = sorted(sec.users)
+        while True:
+            self._check_alive(nodes)
+            futs: dict[str, Any] = admin.describe_user_scram_credentials(  # type: ignore[assignment]
+                users, request_timeout=min(10.0, remaining())
+            )
+            missing: list[str] = []
+            retry: list[str] = []
+            for user, fut in futs.items():
+                try:
+                    desc = fut.result()
+                except KafkaException as exc:
+                    err = exc.args[0]
+                    bad = missing if err.code() == KafkaError.RESOURCE_NOT_FOUND else retry
+                    bad.append(f"{user} ({err.name()}: {err.str()})")
+                    continue
+                mechanisms = {i.mechanism.name for i in desc.scram_credential_infos}
+                if sec.mechanism.replace("-", "_") not in mechanisms:
+                    missing.append(f"{user} (has {sorted(mechanisms)})")
+            if missing:  # a harness bug, not a slow broker
+                raise KafkaHarnessError(
+                    f"no {sec.mechanism} credential after the storage format for "
+                    + ", ".join(missing)
+                )
+            if not retry:
+                break
+            last = f"describe SCRAM credentials: {', '.join(retry)}"
+            time.sleep(0.1)
+        self._mark("scram users")
+
+        for n in nodes:
+            errors: list[str] = []
+            conf: dict[str, Any] = {
+                **self._client_conf([n]),
+                **sec.client_properties(),
+                "bootstrap.servers": n.sasl_ssl_address,  # only this node's listener
+                "error_cb": lambda err, errors=errors: errors.append(str(err)),
+            }
+            client = AdminClient(conf)
+            while True:
+                self._check_alive(nodes)
+                try:
+                    md = client.list_topics(PROBE_TOPIC, timeout=min(2.0, remaining()))
+                except KafkaException as exc:
+                    last = f"{ALLOWED_USER} over SASL_SSL {n.sasl_ssl_address}: {exc}"
+                    if errors:
+                        last += f" (last client error: {errors[-1]})"
+                    continue
+                topic = md.topics.get(PROBE_TOPIC)
+                if topic is not None and topic.error is None:
+                    break
+                last = (
+                    f"{ALLOWED_USER} over SASL_SSL {n.sasl_ssl_address} sees {PROBE_TOPIC}: "
+                    f"{topic.error if topic is not None else 'missing'}"
+                )
+                time.sleep(0.05)
+        self._mark("sasl_ssl metadata")
+
     def _exercise(self) -> None:
         """Drive the common client paths once (used to train the CDS archive)."""
         from confluent_kafka import Consumer, Producer
@@ -1278,6 +1718,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
         version=args.version,
         ready_timeout=args.timeout,
         die_with_parent=False,
+        security=args.security,
     )
     try:
         cluster.start()
@@ -1286,8 +1727,21 @@ def _cmd_start(args: argparse.Namespace) -> int:
         return 1
     cluster.detach()
     _log(f"{args.nodes} node(s) ready in {cluster.start_seconds:.1f} s; state in {state_dir}")
+    _print_security(cluster)
     print(cluster.bootstrap_servers, flush=True)
     return 0
+
+
+def _print_security(cluster: KafkaCluster) -> None:
+    """The SASL_SSL lines of ``start``/``status`` (before the plaintext bootstrap line)."""
+    if not cluster.with_security:
+        return
+    sec = cluster.security
+    print(f"sasl_ssl: {sec.bootstrap_servers}")
+    print(f"ca: {sec.ca_location}")
+    print(f"wrong_ca: {sec.wrong_ca_location}")
+    users = ", ".join(f"{u}/{p}" for u, p in sorted(sec.users.items()))
+    print(f"users ({sec.mechanism}): {users}")
 
 
 def _cmd_stop(args: argparse.Namespace) -> int:
@@ -1315,6 +1769,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     down = sorted(set(cluster.node_ids) - set(running))
     word = "running" if not down else f"degraded (nodes {down} down)"
     print(f"{word}: {len(cluster.node_ids)} node(s), state {state_dir}")
+    _print_security(cluster)
     print(cluster.bootstrap_servers)
     return 0 if not down else 2
 
@@ -1336,6 +1791,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--state-dir", help=f"default: {default_state_dir()}")
     p.add_argument(
         "--timeout", type=float, default=DEFAULT_READY_TIMEOUT, help="readiness deadline, s"
+    )
+    p.add_argument(
+        "--security",
+        action="store_true",
+        help="add a SASL_SSL listener (SCRAM users alice/mallory/admin, TLS, ACLs) to every node",
     )
     p.set_defaults(func=_cmd_start)
     p = sub.add_parser("stop", help="stop the cluster and delete its data")
