@@ -63,7 +63,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     from kafka_harness import KafkaCluster
 
     try:
-        _cluster = KafkaCluster(nodes=1).start()
+        _cluster = KafkaCluster(nodes=1, security=True).start()  # see kafka_security
     except Exception as exc:  # reported by every test that needs the broker
         _cluster_error = exc
 
@@ -137,3 +137,52 @@ def make_topic(
 @pytest.fixture
 def collector() -> Collector:
     return Collector()
+
+
+# ================================================================ harness security (begin)
+# The SASL_SSL side of the session's harness cluster for tests of bad credentials, wrong
+# CAs and missing permissions (tests/test_harness_security.py). The cluster comes from
+# scripts/test (``start --security``, found through EVENTSTREAM_TEST_KAFKA_STATE) or from
+# pytest_collection_finish above (security=True); see scripts/kafka_harness.py.
+
+from kafka_harness import ClusterSecurity, KafkaCluster, KafkaHarnessError  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def kafka_security(kafka_bootstrap: str) -> ClusterSecurity:
+    """The session cluster's SASL_SSL listener: ``bootstrap_servers``, ``ca_location``,
+    ``wrong_ca_location``, ``users`` (alice: ALL through ACLs, mallory: no ACL, admin: super
+    user) and ``client_properties(user="alice", password=None, *, ca_location=None)``, the
+    librdkafka settings for a SCRAM-SHA-512 user over SASL_SSL.
+
+    Skipped only when the session runs against an external ``EVENTSTREAM_TEST_BROKERS``
+    cluster without a harness state dir (``EVENTSTREAM_TEST_KAFKA_STATE``); a harness
+    cluster started without ``--security`` is an error."""
+    if _cluster is not None:
+        cluster: KafkaCluster = _cluster
+    else:
+        state = os.environ.get("EVENTSTREAM_TEST_KAFKA_STATE", "").strip()
+        if not state:
+            pytest.skip(
+                "EVENTSTREAM_TEST_BROKERS names an external cluster and no harness state dir "
+                "(EVENTSTREAM_TEST_KAFKA_STATE) says where its SASL_SSL listener, users and CA "
+                "are: start it with 'scripts/kafka_harness.py start --security' and export that"
+            )
+        try:
+            cluster = KafkaCluster.attach(state)
+        except KafkaHarnessError as exc:
+            raise RuntimeError(f"EVENTSTREAM_TEST_KAFKA_STATE={state}: {exc}") from exc
+        if set(cluster.bootstrap_servers.split(",")) != set(kafka_bootstrap.split(",")):
+            raise RuntimeError(
+                f"EVENTSTREAM_TEST_KAFKA_STATE={state} holds the cluster at "
+                f"{cluster.bootstrap_servers}, not EVENTSTREAM_TEST_BROKERS={kafka_bootstrap}"
+            )
+    if not cluster.with_security:
+        raise RuntimeError(
+            f"the harness cluster at {cluster.bootstrap_servers} runs without a SASL_SSL "
+            "listener: start it with 'scripts/kafka_harness.py start --security'"
+        )
+    return cluster.security
+
+
+# ================================================================== harness security (end)
