@@ -5,10 +5,10 @@ No Kafka distribution, no Docker: ``fetch`` resolves ``org.apache.kafka:kafka_2.
 runtime class path (plus an SLF4J 2 -> log4j2 binding) with Maven into a cache outside the
 repository, and the nodes run as ``java -cp <jars> kafka.Kafka server.properties``.
 
-CLI (the bootstrap address is always the LAST line of stdout of ``start``/``status``)::
+CLI (the plaintext bootstrap address is always the LAST line of stdout of ``start``/``status``)::
 
     python3 scripts/kafka_harness.py fetch  [--no-cds]
-    python3 scripts/kafka_harness.py start  [--nodes N] [--state-dir DIR] [--timeout S]
+    python3 scripts/kafka_harness.py start  [--nodes N] [--state-dir DIR] [--timeout S] [--security]
     python3 scripts/kafka_harness.py status [--state-dir DIR]
     python3 scripts/kafka_harness.py stop   [--state-dir DIR] [--timeout S]
 
@@ -20,12 +20,52 @@ Python API (what a pytest session fixture uses)::
         cluster.stop_node(2); cluster.start_node(2)   # node ids are 1..nodes
 
     cluster = KafkaCluster(nodes=3).start()  # or without ``with``; ``cluster.stop()`` later
+    cluster = KafkaCluster.attach(state_dir)  # a cluster the CLI started (security included)
+
+Security (``KafkaCluster(security=True)``, ``start --security``), for tests of bad
+credentials, wrong CAs and missing permissions. Every node gets a ``SASL_SSL`` listener next
+to ``PLAINTEXT``, which stays ``bootstrap_servers``, the inter-broker and (with CONTROLLER)
+the controller listener, so plaintext clients see no difference::
+
+    cluster.sasl_ssl_bootstrap_servers   # "127.0.0.1:PORT[,...]", one SASL_SSL port per node
+    cluster.ca_location                  # Path: PEM of the CA that signed the brokers' cert
+    cluster.wrong_ca_location            # Path: PEM of an unrelated CA (TLS handshake fails)
+    cluster.client_properties(user="alice", password=None, *, ca_location=None)
+        # -> dict[str, str] for librdkafka: bootstrap.servers (SASL_SSL), security.protocol,
+        #    sasl.mechanisms=SCRAM-SHA-512, sasl.username/password (the real one unless
+        #    given), ssl.ca.location, ssl.endpoint.identification.algorithm=https
+    cluster.security                     # all of the above as one ClusterSecurity object
+
+* SCRAM-SHA-512 users (``SECURITY_USERS``) are in the metadata from the storage format on:
+  ``alice``/``alice-secret`` (ACLs: ALL on topic ``*``, group ``*``, transactional id ``*``
+  and the cluster), ``mallory``/``mallory-secret`` (no ACL: produce gets
+  TOPIC_AUTHORIZATION_FAILED, a consumer GROUP_AUTHORIZATION_FAILED) and ``admin``/
+  ``admin-secret`` (a super user). They come from ``StorageTool format --add-scram
+  'SCRAM-SHA-512=[name=alice,password=alice-secret]'``, run once into a second cached format
+  template (or for every node with ``format_with_tool=True``); readiness checks they exist.
+* TLS: at every start, ``openssl`` writes a fresh throw-away CA, a broker certificate (EC
+  P-256, SAN ``IP:127.0.0.1``, ``DNS:localhost``; one for all nodes) and an unrelated second
+  CA into ``<state dir>/tls/`` (~40 ms); the broker reads it as a PEM keystore. No client
+  certificates (``ssl.client.auth=none``).
+* Authorization: ``StandardAuthorizer``, ``allow.everyone.if.no.acl.found=false``,
+  ``super.users=User:ANONYMOUS;User:admin`` (ANONYMOUS is every PLAINTEXT and controller
+  connection: plaintext clients may still do anything). alice's ACLs are created after the
+  probe, through the PLAINTEXT listener with AdminClient.create_acls.
+* CLI: ``start --security`` and ``status`` print ``sasl_ssl: ADDR``, ``ca: PATH``,
+  ``wrong_ca: PATH`` and ``users (SCRAM-SHA-512): name/password, ...`` lines before the
+  plaintext bootstrap line; ``attach`` restores all of it from ``cluster.json``.
+* What librdkafka 2.16 reports: see tests/test_harness_security.py (a wrong password is
+  ``_AUTHENTICATION``, the wrong CA ``_SSL`` "certificate verify failed", both through
+  error_cb and retried forever).
 
 Ready means: every node answers metadata, a probe topic (``__eventstream_harness_probe``,
 replication factor min(3, nodes)) is in sync and takes an idempotent acks=all write, and
 an offset commit works (so the first consumer group of a test does not wait for
-__consumer_offsets). Broker defaults: auto-created topics have 1 partition and replication
-factor min(3, nodes); internal topics have 3 partitions; group.initial.rebalance.delay.ms=0.
+__consumer_offsets); with security also: alice's ACLs are created, every SCRAM user has a
+credential, and alice gets metadata showing the probe topic through each node's SASL_SSL
+listener (TLS, SCRAM and ACLs work on every node). Broker defaults: auto-created topics
+have 1 partition and replication factor min(3, nodes); internal topics have 3 partitions;
+group.initial.rebalance.delay.ms=0.
 ``broker_config={...}`` adds or overrides server.properties keys, e.g. for outage tests
 ``{"broker.session.timeout.ms": "3000", "broker.heartbeat.interval.ms": "500"}`` (a killed
 node is noticed after 3 s instead of 9 s).
@@ -33,16 +73,23 @@ node is noticed after 3 s instead of 9 s).
 Times measured on 2 shared cores: warm ``fetch`` 0.3 s; cold ``fetch`` ~55 s (Maven ~30 s
 with an empty ~/.m2, then ~20 s for the one-off CDS archive); ``start`` 1 node ~3-5 s,
 3 nodes ~7-9 s; ``stop`` 1 node ~0.7 s, 3 nodes ~6 s (the last nodes lose their quorum
-and wait for it before giving up).
+and wait for it before giving up). ``--security`` adds ~0.3 s to a start (1 node, median
+of 4: 2.7 s plain, 3.0 s secure): TLS files 0.03 s, ACLs 0.05 s, and the first SASL_SSL metadata
+request 0.17-0.26 s (TLS and SCRAM classes are not in the CDS archive); a fresh client's first
+SASL_SSL metadata request to a warm broker takes ~0.1 s (plaintext ~0.06 s). The SCRAM
+format template costs one StorageTool run (~1.2 s) the first time.
 
 Files and environment:
 
 * ``EVENTSTREAM_KAFKA_CACHE``: cache root (default ``$XDG_CACHE_HOME/eventstream`` or
   ``~/.cache/eventstream``). Jars go to ``<root>/kafka-<version>/lib`` (complete once
-  ``lib/.complete`` exists); ``<root>/kafka-<version>/`` also keeps a storage-format template
-  and a class-data-sharing (AppCDS) archive that halves JVM start-up.
+  ``lib/.complete`` exists); ``<root>/kafka-<version>/`` also keeps storage-format templates
+  (``format-template/``: plain, and ``scram-<digest>/`` with the SCRAM users) and a
+  class-data-sharing (AppCDS) archive that halves JVM start-up.
 * ``EVENTSTREAM_KAFKA_STATE``: the CLI's default state dir (default ``<root>/run/default``).
-  The Python API uses a fresh temporary dir unless given one. ``stop`` removes it.
+  The Python API uses a fresh temporary dir unless given one. ``stop`` removes it. It holds
+  ``cluster.json`` (ports, pids and, with security, the SASL_SSL ports, users and TLS dir:
+  what ``attach`` reads), ``node-N/`` (config, data, logs) and, with security, ``tls/``.
 * ``EVENTSTREAM_KAFKA_JVM_OPTS``: extra JVM flags appended after the defaults (later wins,
   e.g. ``-XX:TieredStopAtLevel=4`` to get the C2 compiler back for throughput benchmarks).
 * ``JAVA_HOME``: the JVM to use (default: ``java`` on PATH). Kafka 4 needs Java 17+.
