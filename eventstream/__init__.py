@@ -9,6 +9,8 @@ from eventstream.backend import backend
 from eventstream.config import TopicConfig
 from eventstream.consumer import Consumer
 from eventstream.errors import (
+    AuthenticationError,
+    AuthorizationError,
     BrokerError,
     ClosedError,
     CloseError,
@@ -16,19 +18,27 @@ from eventstream.errors import (
     ConsumerAlreadyStartedError,
     EventStreamError,
     EventTypeError,
+    GapError,
     ProduceError,
     ProduceTimeoutError,
     SerializationError,
     TopicError,
+    WaitTimeoutError,
 )
 from eventstream.metadata import EventMetadata
+from eventstream.partitions import PartitionChange
 from eventstream.producer import Producer
+from eventstream.status import ClientState, ClientStatus
 from eventstream.topic import Topic, new_noop_topic, new_topic
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuthenticationError",
+    "AuthorizationError",
     "BrokerError",
+    "ClientState",
+    "ClientStatus",
     "CloseError",
     "ClosedError",
     "ConfigError",
@@ -37,6 +47,8 @@ __all__ = [
     "EventMetadata",
     "EventStreamError",
     "EventTypeError",
+    "GapError",
+    "PartitionChange",
     "ProduceError",
     "ProduceTimeoutError",
     "Producer",
@@ -44,6 +56,7 @@ __all__ = [
     "Topic",
     "TopicConfig",
     "TopicError",
+    "WaitTimeoutError",
     "__version__",
     "backend",
     "new_noop_topic",

@@ -7,7 +7,7 @@ refuses librdkafka older than :data:`MIN_LIBRDKAFKA_VERSION` with an ``ImportErr
 import asyncio
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Final, final
+from typing import Final, Literal, final
 
 from google.protobuf.message import Message
 
@@ -70,7 +70,9 @@ class CompiledBackend:
     """``eventstream.backend.Backend`` over librdkafka's C API."""
 
     name: BackendName
-    def check_properties(self, properties: Mapping[str, str]) -> None: ...
+    def check_properties(
+        self, properties: Mapping[str, str], kind: Literal["producer", "consumer"]
+    ) -> str | None: ...
     def new_producer(self, spec: ProducerSpec) -> Producer: ...
     def new_consumer(self, spec: ConsumerSpec) -> Consumer: ...
 

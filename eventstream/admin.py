@@ -12,12 +12,23 @@ import confluent_kafka
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from eventstream.errors import TopicError, is_retriable
+from eventstream.errors import (
+    BrokerError,
+    TopicError,
+    client_error,
+    fresh,
+    is_authentication,
+    is_authorization,
+    is_retriable,
+)
 from eventstream.librdkafka_log import ClientLog
 
 __all__ = ["TopicAdmin", "register_topic_creator", "unregister_topic_creator"]
 
 _POLL_INTERVAL = 0.1
+# Longest single metadata request or wait for a CreateTopics answer: between two, the client's
+# errors are served, so refused credentials end a wait within about this long.
+_SLICE = 1.0
 
 #: Clusters that cannot serve CreateTopics (the embedded mock cluster), by bootstrap string:
 #: a function ``(topic, partitions, replication_factor) -> None`` that creates the topic instead.
@@ -42,9 +53,40 @@ class TopicAdmin:
     ) -> None:
         self._properties: dict[str, object] = dict(properties)
         self._properties["logger"] = ClientLog(logger or logging.getLogger("eventstream"))
+        self._properties["error_cb"] = self._on_client_error
         self._bootstrap = properties.get("bootstrap.servers", "")
         self._topic = topic
         self._client: AdminClient | None = None
+        self._failure: BrokerError | None = None  # refused credentials, a fatal error
+        self._last_error: str | None = None
+
+    def _on_client_error(self, err: confluent_kafka.KafkaError) -> None:
+        self._last_error = f"{err.name()}: {err.str()}"
+        if err.fatal() or is_authentication(err.code(), err.str()):
+            self._failure = client_error(
+                err.code(),
+                err.name(),
+                err.str(),
+                what=f"admin client of topic {self._topic!r}",
+                fatal=err.fatal(),
+            )
+
+    def _check_failed(self) -> None:
+        """Serve the client's errors; raise a failure (authentication, fatal) they reported."""
+        if self._client is not None:
+            self._client.poll(0)
+        if self._failure is not None:
+            raise fresh(self._failure)
+
+    def _error(self, what: str, err: confluent_kafka.KafkaError) -> BrokerError:
+        if is_authentication(err.code(), err.str()) or is_authorization(err.code()):
+            return client_error(err.code(), err.name(), err.str(), what=what)
+        return TopicError(
+            f"{what}: {err.str()}",
+            code=err.code(),
+            name=err.name(),
+            retriable=is_retriable(err.code()),
+        )
 
     def _admin(self) -> AdminClient:
         if self._client is None:
@@ -55,18 +97,28 @@ class TopicAdmin:
     def partitions(self, timeout: float) -> dict[int, int] | None:
         """``{partition: leader}`` of the topic, or ``None`` if it does not exist.
         Lists all topics so that the request can never auto-create this one."""
-        try:
-            metadata = self._admin().list_topics(timeout=timeout)
-        except confluent_kafka.KafkaException as exc:
-            err = exc.args[0]
-            raise TopicError(
-                f"cannot read metadata of topic {self._topic!r}: {err.str()}",
-                code=err.code(),
-                name=err.name(),
-                retriable=is_retriable(err.code()),
-            ) from None
+        admin = self._admin()
+        deadline = time.monotonic() + timeout
+        while True:
+            self._check_failed()
+            try:
+                metadata = admin.list_topics(
+                    timeout=max(0.1, min(_SLICE, deadline - time.monotonic()))
+                )
+                break
+            except confluent_kafka.KafkaException as exc:
+                err = exc.args[0]
+                if time.monotonic() >= deadline or not is_retriable(err.code()):
+                    self._check_failed()
+                    raise self._error(
+                        f"cannot read metadata of topic {self._topic!r}", err
+                    ) from None
         found = metadata.topics.get(self._topic)
-        if found is None or found.error is not None:
+        if found is None:
+            return None
+        if found.error is not None:
+            if is_authorization(found.error.code()):
+                raise self._error(f"cannot describe topic {self._topic!r}", found.error)
             return None
         return {p.id: p.leader for p in found.partitions.values()}
 
@@ -76,15 +128,16 @@ class TopicAdmin:
         while True:
             remaining = deadline - time.monotonic()
             try:
-                partitions = self.partitions(max(0.1, min(remaining, 5.0)))
+                partitions = self.partitions(max(0.1, min(remaining, _SLICE)))
                 if partitions and all(leader >= 0 for leader in partitions.values()):
                     return
                 last = "topic does not exist" if partitions is None else "partitions without leader"
             except TopicError as exc:
                 last = str(exc)
             if time.monotonic() + _POLL_INTERVAL > deadline:
+                cause = f"; last client error: {self._last_error}" if self._last_error else ""
                 raise TopicError(
-                    f"topic {self._topic!r} is not ready after {timeout:g} s: {last}",
+                    f"topic {self._topic!r} is not ready after {timeout:g} s: {last}{cause}",
                     code=-185,
                     name="_TIMED_OUT",
                     retriable=True,
@@ -103,24 +156,31 @@ class TopicAdmin:
             self._admin().create_topics(new, operation_timeout=timeout),  # pyright: ignore[reportUnknownMemberType]
         )
         created = True
+        deadline = time.monotonic() + timeout
+        future = futures[self._topic]
         try:
-            futures[self._topic].result(timeout)
-        except TimeoutError:
-            raise TopicError(
-                f"creating topic {self._topic!r} got no answer within {timeout:g} s",
-                code=-185,
-                name="_TIMED_OUT",
-                retriable=True,
-            ) from None
+            while True:
+                self._check_failed()
+                try:
+                    future.result(max(0.0, min(_SLICE, deadline - time.monotonic())))
+                    break
+                except TimeoutError:
+                    if time.monotonic() < deadline:
+                        continue
+                    cause = f"; last client error: {self._last_error}" if self._last_error else ""
+                    raise TopicError(
+                        f"creating topic {self._topic!r} got no answer within {timeout:g} s{cause}",
+                        code=-185,
+                        name="_TIMED_OUT",
+                        retriable=True,
+                    ) from None
         except confluent_kafka.KafkaException as exc:
             err = exc.args[0]
             if err.code() != confluent_kafka.KafkaError.TOPIC_ALREADY_EXISTS:
-                raise TopicError(
+                raise self._error(
                     f"cannot create topic {self._topic!r} with {partitions} partitions and "
-                    f"replication factor {replication_factor}: {err.str()}",
-                    code=err.code(),
-                    name=err.name(),
-                    retriable=is_retriable(err.code()),
+                    f"replication factor {replication_factor}",
+                    err,
                 ) from None
             created = False
         self.wait_until_ready(timeout)

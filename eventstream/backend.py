@@ -19,6 +19,9 @@ from typing import Any, Literal, Protocol
 
 from google.protobuf.message import Message
 
+from eventstream.health import Health
+from eventstream.partitions import PartitionChange
+
 __all__ = [
     "Backend",
     "BackendName",
@@ -54,6 +57,8 @@ class ProducerSpec:
     #: Optional key function; ``None`` produces unkeyed events.
     key: KeyFunction | None
     logger: logging.Logger
+    #: Where the producer reports its connection state and errors (see eventstream.health).
+    health: Health
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +74,8 @@ class ConsumerSpec:
     #: Builds the metadata handed to handlers (``eventstream.EventMetadata``), called as
     #: ``metadata_factory(topic, partition, offset, key, timestamp_ms, source, event_id)``.
     metadata_factory: Callable[..., Any]
+    #: Where the consumer reports its connection state, failures and gaps.
+    health: Health
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +100,9 @@ class Dispatch:
     handler: Callable[..., object]
     mode: Literal["event", "batch"]
     with_metadata: bool
+    #: Called on the poll thread (never while a handler runs) after partitions were assigned,
+    #: revoked or lost, before any event of a newly assigned partition is handled.
+    on_rebalance: Callable[[PartitionChange], object] | None = None
 
 
 class DispatchAbandoned(BaseException):
@@ -148,9 +158,11 @@ class ConsumerBackend(Protocol):
 class Backend(Protocol):
     name: BackendName
 
-    def check_properties(self, properties: Mapping[str, str]) -> None:
-        """Raise ``ValueError`` naming the property if librdkafka rejects a name or value.
-        Makes no network call."""
+    def check_properties(
+        self, properties: Mapping[str, str], kind: Literal["producer", "consumer"]
+    ) -> str | None:
+        """librdkafka's complaint about a ``kind`` client built from ``properties`` (an unknown
+        name, a bad value or combination), or ``None``. Makes no network call."""
         ...
 
     def new_producer(self, spec: ProducerSpec) -> ProducerBackend: ...

@@ -5,36 +5,58 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Literal
 
-from eventstream.errors import ConfigError
+from eventstream.errors import ConfigError, EventStreamError
 
 __all__ = ["TopicConfig"]
 
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+# Kafka's rule for group.instance.id (and topic names); also a valid URI reference for ce_source.
+_INSTANCE_ID = re.compile(r"[A-Za-z0-9._-]{1,200}")
 _BROKER = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})")
+# librdkafka's message.timeout.ms is an int32 of milliseconds.
+_MAX_DELIVERY_TIMEOUT = 2_147_483.647
 
 #: librdkafka properties eventstream sets itself because its guarantees depend on them.
 RESERVED_PROPERTIES = MappingProxyType(
     {
         "bootstrap.servers": "set TopicConfig.brokers instead",
         "group.id": 'the group is always "{topic}::{instance_id}"',
+        "group.instance.id": (
+            "derived from instance_id and the consumer's index (static membership); use "
+            "new_consumer(shared=True) for consumers that share partitions across processes"
+        ),
         "enable.auto.offset.store": "offsets are stored after each handler returns (at-least-once)",
         "enable.auto.commit": "stored offsets are committed in the background and on close",
         "auto.offset.reset": "use new_consumer(start_from_beginning=...)",
     }
 )
 
+# Values that would silently end the promise of an acknowledged, ordered produce.
+_PROMISES = {
+    "acks": ({"all", "-1"}, "produce() waits until every in-sync replica has the event (acks=all)"),
+    "request.required.acks": ({"all", "-1"}, "produce() waits for every in-sync replica"),
+    "enable.idempotence": (
+        {"true"},
+        "idempotence keeps a partition in order across librdkafka's retries",
+    ),
+}
+
 PropertyValue = str | int | float | bool
 
+#: Where a property came from, in the order a later one wins.
+PropertyField = Literal["client_properties", "producer_properties", "consumer_properties"]
 
-def _property_map(field_name: str, value: Mapping[str, PropertyValue]) -> Mapping[str, str]:
+
+def _property_map(field_name: str, value: object) -> Mapping[str, str]:
     if not isinstance(value, Mapping):
         raise ConfigError(field_name, f"must be a mapping of librdkafka properties, got {value!r}")
     out: dict[str, str] = {}
-    for name, raw in value.items():
+    for name, raw in value.items():  # pyright: ignore[reportUnknownVariableType]
         if not isinstance(name, str) or not name:
             raise ConfigError(field_name, f"property names must be non-empty strings, got {name!r}")
         if name in RESERVED_PROPERTIES:
@@ -43,18 +65,36 @@ def _property_map(field_name: str, value: Mapping[str, PropertyValue]) -> Mappin
                 f"is managed by eventstream: {RESERVED_PROPERTIES[name]}",
             )
         if isinstance(raw, bool):
-            out[name] = "true" if raw else "false"
+            text = "true" if raw else "false"
         elif isinstance(raw, str | int | float):
-            out[name] = str(raw)
+            text = str(raw)
         else:
             raise ConfigError(
                 f"{field_name}[{name!r}]", f"must be a str, int, float or bool, got {raw!r}"
             )
+        promise = _PROMISES.get(name)
+        if promise is not None and field_name != "consumer_properties":
+            allowed, why = promise
+            if text.strip().lower() not in allowed:
+                raise ConfigError(
+                    f"{field_name}[{name!r}]",
+                    f"{text!r} is not supported: {why}; eventstream does not offer weaker "
+                    "delivery. Remove the property.",
+                )
+        out[name] = text
     return MappingProxyType(out)
 
 
-def _brokers(value: str | Sequence[str]) -> str:
-    items = value.split(",") if isinstance(value, str) else list(value)
+def _brokers(value: object) -> str:
+    if isinstance(value, str):
+        items: list[object] = list(value.split(","))
+    elif isinstance(value, Sequence):
+        items = list(value)  # pyright: ignore[reportUnknownArgumentType]
+    else:
+        raise ConfigError(
+            "brokers",
+            f"must be a comma-separated 'host:port' string or a sequence of them, got {value!r}",
+        )
     brokers = [b.strip() for b in items if isinstance(b, str) and b.strip()]
     if not brokers or len(brokers) != len(items):
         raise ConfigError(
@@ -70,6 +110,19 @@ def _brokers(value: str | Sequence[str]) -> str:
     return ",".join(brokers)
 
 
+def _seconds(name: str, value: object, low: float, high: float) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not low <= value <= high
+    ):
+        raise ConfigError(
+            name, f"must be a number of seconds from {low:g} to {high:g}, got {value!r}"
+        )
+    return float(value)
+
+
 def _strings(properties: Mapping[str, PropertyValue]) -> Mapping[str, str]:
     # After __post_init__ every value is a string; this narrows the declared type.
     return {k: str(v) for k, v in properties.items()}
@@ -80,12 +133,18 @@ class TopicConfig:
     """Where and as whom one topic is used. Immutable; validated at construction.
 
     ``brokers`` is a comma-separated ``host:port`` string or a sequence of them. ``instance_id``
-    names this service instance: it is the ``ce_source`` of what it produces and makes its consumer
-    group ``"{topic}::{instance_id}"``, so it should be stable across restarts.
+    names this service instance (1-200 letters, digits, ``.``, ``_``, ``-``): it is the
+    ``ce_source`` of what it produces and makes its consumer group ``"{topic}::{instance_id}"``.
+    Keep it stable across restarts and give every process that holds a cache its own.
 
     ``client_properties`` are librdkafka properties for both producers and consumers (TLS, SASL,
     tuning); ``producer_properties``/``consumer_properties`` apply to one side and win over
     ``client_properties``. ``delivery_timeout`` bounds how long librdkafka retries one event.
+
+    ``on_error(error)`` is called (on a background thread, once per occurrence) with every error
+    the application should know about: a client that failed (authentication, a fatal error), no
+    broker reachable for ``disconnected_after`` seconds, events skipped by retention, ... Its
+    exceptions are logged, never raised.
 
     Raises :class:`~eventstream.ConfigError` naming the field for any invalid value, including a
     property librdkafka does not know or a value it rejects. Makes no network call.
@@ -102,6 +161,8 @@ class TopicConfig:
         default_factory=dict[str, PropertyValue]
     )
     delivery_timeout: float = 30.0
+    disconnected_after: float = 5.0
+    on_error: Callable[[EventStreamError], object] | None = None
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("eventstream"))
 
     def __post_init__(self) -> None:
@@ -115,22 +176,27 @@ class TopicConfig:
             )
         if self.topic in (".", ".."):
             raise ConfigError("topic", f"{self.topic!r} is not a legal Kafka topic name")
-        if not isinstance(self.instance_id, str) or not self.instance_id.strip():
+        if not isinstance(self.instance_id, str) or not _INSTANCE_ID.fullmatch(self.instance_id):
+            shown = self.instance_id
+            if isinstance(shown, str) and len(shown) > 60:
+                shown = f"{shown[:60]}... ({len(shown)} characters)"
             raise ConfigError(
-                "instance_id", f"must be a non-empty string, got {self.instance_id!r}"
+                "instance_id",
+                f"must be 1-200 characters of letters, digits, '.', '_' and '-' (a host name or "
+                f"a pod name fits), got {shown!r}",
             )
-        if any(not ch.isprintable() for ch in self.instance_id):
-            raise ConfigError("instance_id", f"must be printable, got {self.instance_id!r}")
-        if (
-            isinstance(self.delivery_timeout, bool)
-            or not isinstance(self.delivery_timeout, int | float)
-            or not math.isfinite(self.delivery_timeout)
-            or self.delivery_timeout < 0.001
-        ):
-            raise ConfigError(
-                "delivery_timeout",
-                f"must be a positive number of seconds, got {self.delivery_timeout!r}",
-            )
+        set_(
+            self,
+            "delivery_timeout",
+            _seconds("delivery_timeout", self.delivery_timeout, 0.001, _MAX_DELIVERY_TIMEOUT),
+        )
+        set_(
+            self,
+            "disconnected_after",
+            _seconds("disconnected_after", self.disconnected_after, 0.0, 86_400.0),
+        )
+        if self.on_error is not None and not callable(self.on_error):
+            raise ConfigError("on_error", f"must be a callable or None, got {self.on_error!r}")
         if not isinstance(self.logger, logging.Logger):
             raise ConfigError("logger", f"must be a logging.Logger, got {self.logger!r}")
         for name in ("client_properties", "producer_properties", "consumer_properties"):
@@ -142,42 +208,66 @@ class TopicConfig:
         """The consumer group of this instance: ``"{topic}::{instance_id}"``."""
         return f"{self.topic}::{self.instance_id}"
 
-    def producer_settings(self) -> dict[str, str]:
-        """The complete librdkafka configuration of a producer of this topic."""
-        conf = {
+    @property
+    def uses_consumer_protocol(self) -> bool:
+        """Whether consumers use KIP-848's ``group.protocol=consumer`` (else the classic one)."""
+        conf = {**_strings(self.client_properties), **_strings(self.consumer_properties)}
+        return conf.get("group.protocol", "classic").strip().lower() == "consumer"
+
+    def _common_settings(self) -> dict[str, str]:
+        return {
             "bootstrap.servers": str(self.brokers),
             "client.id": f"eventstream-{self.instance_id}",
-            # Blocking produce waits for every in-sync replica; idempotence keeps a partition's
-            # order across librdkafka's internal retries.
-            "acks": "all",
-            "enable.idempotence": "true",
-            # librdkafka gathers a call's events into few requests while they are enqueued (at
-            # linger.ms=0 a call of 1000 goes out in ~16); once a call has enqueued everything,
-            # both backends make librdkafka send at once (flush), so no call waits out the linger.
-            "linger.ms": "5",
-            "message.timeout.ms": str(max(1, round(self.delivery_timeout * 1000))),
+            # Statistics about once a second tell the client's connection state (ClientStatus).
+            "statistics.interval.ms": "1000",
         }
+
+    def producer_settings(self) -> dict[str, str]:
+        """The complete librdkafka configuration of a producer of this topic."""
+        conf = self._common_settings()
+        conf.update(
+            {
+                # Blocking produce waits for every in-sync replica; idempotence keeps a
+                # partition's order across librdkafka's internal retries.
+                "acks": "all",
+                "enable.idempotence": "true",
+                # librdkafka gathers a call's events into few requests while they are enqueued
+                # (at linger.ms=0 a call of 1000 goes out in ~16); once a call has enqueued
+                # everything, both backends make librdkafka send at once (flush), so no call
+                # waits out the linger.
+                "linger.ms": "5",
+                "message.timeout.ms": str(max(1, round(self.delivery_timeout * 1000))),
+            }
+        )
         conf.update(_strings(self.client_properties))
         conf.update(_strings(self.producer_properties))
         return conf
 
-    def consumer_settings(self, *, start_from_beginning: bool) -> dict[str, str]:
-        """The complete librdkafka configuration of a consumer of this topic."""
-        conf = {
-            "bootstrap.servers": str(self.brokers),
-            "client.id": f"eventstream-{self.instance_id}",
-            "group.id": self.group_id,
-            # At-least-once: an offset is stored only after its handler returned, and librdkafka
-            # commits stored offsets in the background, on revoke and on close.
-            "enable.auto.offset.store": "false",
-            "enable.auto.commit": "true",
-            "auto.commit.interval.ms": "1000",
-            "auto.offset.reset": "earliest" if start_from_beginning else "latest",
-            "partition.assignment.strategy": "cooperative-sticky",
-            "enable.partition.eof": "false",
-            # Cache invalidation wants events promptly, not in large fetches.
-            "fetch.wait.max.ms": "100",
-        }
+    def consumer_settings(
+        self, *, start_from_beginning: bool, group_instance_id: str | None = None
+    ) -> dict[str, str]:
+        """The complete librdkafka configuration of a consumer of this topic;
+        ``group_instance_id`` makes it a static member of the group."""
+        conf = self._common_settings()
+        conf.update(
+            {
+                "group.id": self.group_id,
+                # At-least-once: an offset is stored only after its handler returned, and
+                # librdkafka commits stored offsets in the background, on revoke and on close.
+                "enable.auto.offset.store": "false",
+                "enable.auto.commit": "true",
+                "auto.commit.interval.ms": "1000",
+                "auto.offset.reset": "earliest" if start_from_beginning else "latest",
+                "enable.partition.eof": "false",
+                # Cache invalidation wants events promptly, not in large fetches.
+                "fetch.wait.max.ms": "100",
+            }
+        )
+        if not self.uses_consumer_protocol:
+            # KIP-848's protocol assigns on the broker and refuses this property.
+            conf["partition.assignment.strategy"] = "cooperative-sticky"
+        if group_instance_id is not None:
+            conf["group.instance.id"] = group_instance_id
         conf.update(_strings(self.client_properties))
         conf.update(_strings(self.consumer_properties))
         return conf
@@ -186,14 +276,40 @@ class TopicConfig:
         from eventstream.backend import load_backend
 
         check = load_backend().check_properties
-        for field_name, conf in (
-            ("producer_properties", self.producer_settings()),
-            ("consumer_properties", self.consumer_settings(start_from_beginning=False)),
-        ):
-            try:
-                check(conf)
-            except ValueError as exc:
-                name = str(exc).split(":", 1)[0]
-                where = field_name if name in self.__dict__[field_name] else "client_properties"
-                reason = str(exc).split(":", 1)[-1].strip()
-                raise ConfigError(f"{where}[{name!r}]", reason) from None
+        checks: tuple[tuple[Literal["producer", "consumer"], str, dict[str, str]], ...] = (
+            ("producer", "producer_properties", self.producer_settings()),
+            (
+                "consumer",
+                "consumer_properties",
+                self.consumer_settings(
+                    start_from_beginning=False, group_instance_id=f"{self.instance_id}-0"
+                ),
+            ),
+        )
+        for kind, field_name, conf in checks:
+            error = check(conf, kind)
+            if error is not None:
+                raise self._property_error(check, kind, field_name, conf, error)
+
+    def _property_error(
+        self,
+        check: Callable[[Mapping[str, str], Literal["producer", "consumer"]], str | None],
+        kind: Literal["producer", "consumer"],
+        field_name: str,
+        conf: dict[str, str],
+        error: str,
+    ) -> ConfigError:
+        """librdkafka rejected ``conf``: name the property (and the mapping it came from) that
+        fails on its own, else the combination."""
+        specific: Mapping[str, PropertyValue] = getattr(self, field_name)
+        user = {**_strings(self.client_properties), **_strings(specific)}
+        ours = {k: v for k, v in conf.items() if k not in user}
+        for name, value in user.items():
+            alone = check({**ours, name: value}, kind)
+            if alone is not None:
+                where = field_name if name in specific else "client_properties"
+                return ConfigError(f"{where}[{name!r}]", alone)
+        names = ", ".join(repr(n) for n in user) or "eventstream's defaults"
+        return ConfigError(
+            field_name, f"librdkafka rejects this {kind} configuration ({names}): {error}"
+        )

@@ -14,10 +14,21 @@ from typing import Generic, Literal, TypeVar, overload
 
 from google.protobuf.message import Message
 
+from eventstream import forks
 from eventstream.backend import ConsumerBackend, Dispatch, DispatchAbandoned
 from eventstream.closing import Closeable
-from eventstream.errors import ClosedError, ConsumerAlreadyStartedError, EventStreamError
+from eventstream.errors import (
+    ClosedError,
+    ConsumerAlreadyStartedError,
+    EventStreamError,
+    fresh,
+    wait_timeout_error,
+)
+from eventstream.health import Health
+from eventstream.membership import Membership
 from eventstream.metadata import EventMetadata
+from eventstream.partitions import PartitionChange
+from eventstream.status import ClientStatus
 
 __all__ = ["Consumer"]
 
@@ -37,21 +48,62 @@ class Consumer(Closeable, Generic[E]):
     Consumers of one ``instance_id`` share the topic's partitions; each instance id gets every
     event. Delivery is at least once: an event's offset is stored only after its handler returned,
     so events whose handler had not finished are delivered again after a crash or rebalance.
+
+    A consumer made before ``os.fork()`` cannot be used in the child (:class:`ClosedError`);
+    closing it there does nothing.
     """
 
-    def __init__(self, backend: ConsumerBackend, topic: str, logger: logging.Logger) -> None:
+    def __init__(
+        self,
+        backend: ConsumerBackend,
+        topic: str,
+        logger: logging.Logger,
+        health: Health,
+        membership: Membership | None = None,
+    ) -> None:
         self._backend = backend
         self._topic = topic
         self._logger = logger
+        self._health = health
+        self._membership = membership
         self._lock = threading.Lock()
         self._started = False
         self._closed = False
         self._abandon = False  # set when close() blocks the async handler's own loop
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._generation = forks.generation()
+        if membership is not None:
+            membership.release_with(self)
 
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def status(self) -> ClientStatus:
+        """The consumer's state (``connecting``, ``ready``, ``disconnected``, ``failed``,
+        ``closed``), its latest error and since when. Thread-safe; no network call.
+
+        ``failed`` means it stopped consuming (bad credentials, missing permissions, a fatal
+        error such as being fenced by a second process with the same instance id, or a handler
+        that raised a ``BaseException``); :meth:`close` raises that error.
+        """
+        return self._health.status
+
+    @property
+    def group_instance_id(self) -> str | None:
+        """This consumer's static membership id (``"{instance_id}-{n}"``), or ``None`` when it
+        was made with ``shared=True``."""
+        return None if self._membership is None else self._membership.group_instance_id
+
+    def _check_usable(self) -> None:
+        if self._generation != forks.generation():
+            raise ClosedError(
+                f"the consumer of {self._topic!r} was created in the parent of this forked "
+                "process; librdkafka clients cannot cross fork(): create a new Topic here"
+            )
+        if self._closed:
+            raise ClosedError(f"the consumer of {self._topic!r} is closed")
 
     @overload
     def consume(
@@ -60,6 +112,7 @@ class Consumer(Closeable, Generic[E]):
         *,
         with_metadata: Literal[False] = False,
         loop: asyncio.AbstractEventLoop | None = None,
+        on_rebalance: Callable[[PartitionChange], object] | None = None,
     ) -> None: ...
 
     @overload
@@ -69,6 +122,7 @@ class Consumer(Closeable, Generic[E]):
         *,
         with_metadata: Literal[True],
         loop: asyncio.AbstractEventLoop | None = None,
+        on_rebalance: Callable[[PartitionChange], object] | None = None,
     ) -> None: ...
 
     def consume(
@@ -77,6 +131,7 @@ class Consumer(Closeable, Generic[E]):
         *,
         with_metadata: bool = False,
         loop: asyncio.AbstractEventLoop | None = None,
+        on_rebalance: Callable[[PartitionChange], object] | None = None,
     ) -> None:
         """Start consuming in the background and return at once.
 
@@ -86,12 +141,20 @@ class Consumer(Closeable, Generic[E]):
         loop running when ``consume`` is called), still one event at a time in order.
         A handler exception is logged with the event's coordinates and consumption continues.
 
+        ``on_rebalance(change)`` (a :class:`PartitionChange`) is called on the poll thread, never
+        while a handler runs, whenever partitions are assigned, revoked or lost, before any event
+        of a newly assigned partition is handled. Its exceptions are logged.
+
         Raises :class:`ConsumerAlreadyStartedError` on a second call, :class:`ClosedError` after
         :meth:`close`, ``TypeError`` for a handler that is not callable, ``ValueError`` for an
-        async handler without an event loop.
+        async handler without an event loop; a failure to start (e.g. the client could not be
+        made) leaves the consumer unstarted, so ``consume()`` may be called again.
         """
+        self._check_usable()
         if not callable(handler):
             raise TypeError(f"handler must be callable, got {handler!r}")
+        if on_rebalance is not None and not callable(on_rebalance):
+            raise TypeError(f"on_rebalance must be callable, got {on_rebalance!r}")
         is_async = _is_async(handler)
         if is_async and loop is None:
             try:
@@ -118,10 +181,15 @@ class Consumer(Closeable, Generic[E]):
                 with_metadata,
                 loop,
             )
-            dispatch = Dispatch(runner, "batch", True)
+            dispatch = Dispatch(runner, "batch", True, on_rebalance)
         else:
-            dispatch = Dispatch(handler, "event", with_metadata)
-        self._backend.start(dispatch)
+            dispatch = Dispatch(handler, "event", with_metadata, on_rebalance)
+        try:
+            self._backend.start(dispatch)
+        except BaseException:
+            with self._lock:
+                self._started = False
+            raise
 
     def _async_batch_runner(
         self,
@@ -174,28 +242,38 @@ class Consumer(Closeable, Generic[E]):
         Each partition's start offset is pinned when it is assigned (the group's committed
         offset, else the oldest or the latest one), so once this returns, the consumer reads
         every event produced afterwards, whether it starts from the beginning or the latest.
-        Raises ``TimeoutError``, :class:`ClosedError`, :class:`EventStreamError` before consume().
+
+        Raises :class:`WaitTimeoutError` (also a ``TimeoutError``) naming the client's last
+        error, the consumer's failure if it failed meanwhile (e.g. :class:`AuthenticationError`),
+        :class:`ClosedError`, and :class:`EventStreamError` before ``consume()``.
         """
         deadline = time.monotonic() + timeout
         while True:
-            if self._closed:
-                raise ClosedError(f"the consumer of {self._topic!r} is closed")
+            self._check_usable()
             if not self._started:
                 raise EventStreamError("call consume() before wait_until_assigned()")
+            failure = self._health.failure
+            if failure is not None:
+                raise fresh(failure)
             positions = self._backend.assignment()
             if positions and all(offset >= 0 for offset in positions.values()):
                 return positions
             if time.monotonic() >= deadline:
-                raise TimeoutError(
+                raise wait_timeout_error(
                     f"the consumer of {self._topic!r} was not assigned partitions with known "
-                    f"positions within {timeout:g} s (assigned now: {positions or 'none'})"
+                    f"positions (assigned now: {positions or 'none'}; state "
+                    f"{self._health.status.state})",
+                    timeout,
+                    self._health.last_error,
                 )
             time.sleep(0.05)
 
     def assignment(self) -> dict[int, int]:
         """Partitions this consumer owns now, each with its next offset (negative: not known
         yet). Thread-safe; no network call."""
-        return {} if self._closed else self._backend.assignment()
+        if self._closed or self._generation != forks.generation():
+            return {}
+        return self._backend.assignment()
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop consuming: the running handler finishes, offsets of finished events are committed,
@@ -210,12 +288,19 @@ class Consumer(Closeable, Generic[E]):
             self._closed = True
             with contextlib.suppress(RuntimeError):  # not on any loop
                 self._abandon = asyncio.get_running_loop() is self._loop
+        if self._generation != forks.generation():
+            self._health.closed()  # the client belongs to the parent process: leave it alone
+            return
         if self._abandon:
             self._logger.warning(
                 "Consumer.close() was called on the event loop that runs its async handler; "
                 "the batch in progress is left for redelivery. Use `await consumer.aclose()`."
             )
-        self._backend.close(timeout)
+        try:
+            self._backend.close(timeout)
+        finally:
+            if self._membership is not None:
+                self._membership.release()
 
     async def aclose(self, timeout: float = 30.0) -> None:
         """:meth:`close` without blocking the event loop (needed when the handler is async)."""

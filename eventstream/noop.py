@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 from google.protobuf.message import Message
 
 from eventstream.backend import BackendName, ConsumerSpec, Dispatch, ProducerSpec
-from eventstream.errors import EventTypeError
+from eventstream.errors import event_type_error
 
 __all__ = ["NOOP_BACKEND"]
 
@@ -19,14 +20,12 @@ __all__ = ["NOOP_BACKEND"]
 class _NoopProducer:
     def __init__(self, spec: ProducerSpec) -> None:
         self._event_type = spec.event_type
+        self._type_name = spec.type_name
 
     def _check(self, events: Sequence[Message]) -> None:
         for index, event in enumerate(events):
             if type(event) is not self._event_type:
-                raise EventTypeError(
-                    f"event {index} of the call is a {type(event).__qualname__}, expected "
-                    f"{self._event_type.__qualname__}; nothing was sent"
-                )
+                raise event_type_error(index, type(event), self._event_type, self._type_name)
 
     def produce(self, events: Sequence[Message], timeout: float | None) -> None:
         self._check(events)
@@ -60,8 +59,10 @@ class _NoopConsumer:
 class _NoopBackend:
     name: BackendName = "pure"
 
-    def check_properties(self, properties: Mapping[str, str]) -> None:
-        pass
+    def check_properties(
+        self, properties: Mapping[str, str], kind: Literal["producer", "consumer"]
+    ) -> str | None:
+        return None
 
     def new_producer(self, spec: ProducerSpec) -> _NoopProducer:
         return _NoopProducer(spec)

@@ -3,51 +3,90 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 from typing import Generic, TypeVar
 
 from google.protobuf.message import Message
 
+from eventstream import forks
 from eventstream.backend import ProducerBackend
 from eventstream.closing import Closeable
-from eventstream.errors import ClosedError
+from eventstream.errors import ClosedError, ConfigError
+from eventstream.health import Health
+from eventstream.status import ClientStatus
 
 __all__ = ["Producer"]
 
 E = TypeVar("E", bound=Message)
 
 
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is None:
+        return
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or math.isnan(timeout)
+        or timeout < 0
+    ):
+        raise ConfigError("timeout", f"must be None or a number of seconds >= 0, got {timeout!r}")
+
+
 class Producer(Closeable, Generic[E]):
     """Publishes events of one type to one topic. Create it with :meth:`Topic.new_producer`.
 
     Thread-safe: many threads may call :meth:`produce` at once; each waits for its own events only.
-    Nothing connects until the first event is produced.
+    Nothing connects until the first event is produced. A producer made before ``os.fork()``
+    cannot be used in the child (:class:`ClosedError`); closing it there does nothing.
     """
 
-    def __init__(self, backend: ProducerBackend, topic: str) -> None:
+    def __init__(self, backend: ProducerBackend, topic: str, health: Health) -> None:
         self._backend = backend
         self._topic = topic
+        self._health = health
         self._closed = False
         self._lock = threading.Lock()
+        self._generation = forks.generation()
 
     @property
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def status(self) -> ClientStatus:
+        """The producer's state (``connecting``, ``ready``, ``disconnected``, ``failed``,
+        ``closed``), its latest error and since when. Thread-safe; no network call."""
+        return self._health.status
+
+    def _check_usable(self) -> None:
+        if self._generation != forks.generation():
+            raise ClosedError(
+                f"the producer of {self._topic!r} was created in the parent of this forked "
+                "process; librdkafka clients cannot cross fork(): create a new Topic here"
+            )
+        if self._closed:
+            raise ClosedError(f"the producer of {self._topic!r} is closed")
+
     def produce(self, *events: E, timeout: float | None = None) -> None:
         """Publish ``events`` and block until the broker acknowledged every one (acks=all).
 
         ``timeout`` (seconds) bounds the wait; ``None`` waits as long as librdkafka retries
-        (``TopicConfig.delivery_timeout``). The GIL is released while waiting; Ctrl+C interrupts.
+        (``TopicConfig.delivery_timeout``). The GIL is released while waiting; Ctrl+C interrupts
+        (the events already handed to librdkafka may still be written).
 
-        Raises :class:`EventTypeError` if any event is not of the topic's type (nothing is sent),
+        Raises :class:`EventTypeError` if any event is not of the topic's type and
         :class:`SerializationError` for an event or key that cannot be serialized (nothing is
-        sent), :class:`ProduceError` if an event was rejected (``.retriable`` says whether to try
-        again), :class:`ProduceTimeoutError` when ``timeout`` passed first, :class:`ClosedError`
-        after :meth:`close`.
+        sent in both cases); :class:`ProduceError` when events were not acknowledged (``failed``
+        counts those known not written, ``in_doubt`` those that may have been;
+        ``.retriable`` says whether trying again can help), :class:`ProduceTimeoutError` (a
+        ``ProduceError``) when a deadline passed, :class:`ProduceAuthenticationError` /
+        :class:`ProduceAuthorizationError` for refused credentials or permissions;
+        :class:`ClosedError` after :meth:`close`; :class:`ConfigError` for a bad ``timeout``.
+        Once the producer has failed (``status.state == "failed"``) every call raises its error.
         """
-        if self._closed:
-            raise ClosedError(f"the producer of {self._topic!r} is closed")
+        self._check_usable()
+        _check_timeout(timeout)
         self._backend.produce(events, timeout)
 
     async def produce_async(self, *events: E, timeout: float | None = None) -> None:
@@ -57,19 +96,25 @@ class Producer(Closeable, Generic[E]):
         :class:`ProduceTimeoutError` (the events are in doubt); cancelling the await does not
         recall events already handed to librdkafka.
         """
-        if self._closed:
-            raise ClosedError(f"the producer of {self._topic!r} is closed")
+        self._check_usable()
+        _check_timeout(timeout)
         await self._backend.produce_async(events, asyncio.get_running_loop(), timeout)
 
     def flush(self, timeout: float = 30.0) -> int:
         """Block until everything produced so far is acknowledged or ``timeout`` passed; returns
         how many events are still unacknowledged."""
+        self._check_usable()
         return self._backend.flush(timeout)
 
     def close(self, timeout: float = 30.0) -> None:
-        """Flush (up to ``timeout`` seconds) and release the client. Idempotent; blocks."""
+        """Flush (up to ``timeout`` seconds), fail what is still unacknowledged (the calls
+        waiting for it raise :class:`ProduceError`) and release the client. Idempotent; blocks.
+        """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+        if self._generation != forks.generation():
+            self._health.closed()  # the client belongs to the parent process: leave it alone
+            return
         self._backend.close(timeout)

@@ -14,6 +14,8 @@ from eventstream.closing import Closeable
 from eventstream.config import TopicConfig
 from eventstream.consumer import Consumer
 from eventstream.errors import ClosedError, CloseError, EventTypeError
+from eventstream.health import Health
+from eventstream.membership import Membership, claim
 from eventstream.metadata import EventMetadata
 from eventstream.noop import NOOP_BACKEND
 from eventstream.producer import Producer
@@ -83,6 +85,7 @@ class Topic(Closeable, Generic[E]):
         self._check_open()
         if key is not None and not callable(key):
             raise TypeError(f"key must be a function of the event, got {key!r}")
+        health = self._health(f"producer of topic {self.name!r}", fail_on_authorization=False)
         spec = ProducerSpec(
             properties=self.config.producer_settings(),
             topic=self.name,
@@ -91,32 +94,72 @@ class Topic(Closeable, Generic[E]):
             source=self.config.instance_id,
             key=key,
             logger=self.config.logger,
+            health=health,
         )
-        producer: Producer[E] = Producer(self._backend.new_producer(spec), self.name)
+        producer: Producer[E] = Producer(self._backend.new_producer(spec), self.name, health)
         self._adopt(producer)
         return producer
 
-    def new_consumer(self, *, start_from_beginning: bool = False) -> Consumer[E]:
+    def new_consumer(
+        self, *, start_from_beginning: bool = False, shared: bool = False
+    ) -> Consumer[E]:
         """A consumer in this instance's group ``"{topic}::{instance_id}"``.
 
         ``start_from_beginning`` decides where a group without committed offsets starts: the
         oldest retained event, or only events produced after it joined (the default). A group
         that has committed offsets always resumes after them.
+
+        By default the consumer is a *static member* of its group (``group.instance.id``
+        ``"{instance_id}-{n}"``, ``n`` the lowest index no open consumer of this instance in this
+        process holds): restarted with the same instance id it gets its partitions back at once,
+        and a second live process with the same instance id is reported as an error (one of them
+        is fenced and fails). ``shared=True`` makes a dynamic member instead, for processes that
+        share one instance id's partitions on purpose (each event is handled by one of them); a
+        restarted shared consumer waits for the old member's session to time out (45 s by
+        default) before it gets partitions.
         """
         self._check_open()
-        spec = ConsumerSpec(
-            properties=self.config.consumer_settings(start_from_beginning=start_from_beginning),
-            topic=self.name,
-            event_type=self.event_type,
-            type_name=self.type_name,
-            logger=self.config.logger,
-            metadata_factory=EventMetadata,
-        )
-        consumer: Consumer[E] = Consumer(
-            self._backend.new_consumer(spec), self.name, self.config.logger
-        )
+        membership: Membership | None = None
+        if not shared:
+            membership = claim(
+                str(self.config.brokers), self.config.group_id, self.config.instance_id
+            )
+        try:
+            health = self._health(
+                f"consumer of topic {self.name!r} (group {self.config.group_id!r})",
+                fail_on_authorization=True,
+            )
+            spec = ConsumerSpec(
+                properties=self.config.consumer_settings(
+                    start_from_beginning=start_from_beginning,
+                    group_instance_id=None if membership is None else membership.group_instance_id,
+                ),
+                topic=self.name,
+                event_type=self.event_type,
+                type_name=self.type_name,
+                logger=self.config.logger,
+                metadata_factory=EventMetadata,
+                health=health,
+            )
+            consumer: Consumer[E] = Consumer(
+                self._backend.new_consumer(spec), self.name, self.config.logger, health, membership
+            )
+        except BaseException:
+            if membership is not None:
+                membership.release()
+            raise
         self._adopt(consumer)
         return consumer
+
+    def _health(self, what: str, *, fail_on_authorization: bool) -> Health:
+        return Health(
+            what=what,
+            brokers=str(self.config.brokers),
+            logger=self.config.logger,
+            on_error=self.config.on_error,
+            disconnected_after=self.config.disconnected_after,
+            fail_on_authorization=fail_on_authorization,
+        )
 
     def _topic_admin(self) -> TopicAdmin:
         if self._admin is None:

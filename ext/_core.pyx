@@ -30,8 +30,10 @@ import threading as _threading
 import weakref as _weakref
 
 from eventstream import errors as _errors
-from eventstream.backend import DispatchAbandoned as _DispatchAbandoned
+from eventstream import gaps as _gaps
 from eventstream import wire as _wire
+from eventstream.backend import DispatchAbandoned as _DispatchAbandoned
+from eventstream.partitions import PartitionChange as _PartitionChange
 
 cdef extern from "<dlfcn.h>" nogil:
     int RTLD_NOLOAD
@@ -138,6 +140,20 @@ def _load():
 LIBRDKAFKA_PATH, LIBRDKAFKA_VERSION = _load()
 
 
+# Bumped in a child process after fork(): clients made before it belong to the parent, whose
+# librdkafka threads do not exist in the child. Every client records it; the guard before each
+# call and __dealloc__ compare (see eventstream.forks for the pure-Python side).
+cdef int _fork_generation = 0
+
+
+def _after_fork_in_child():
+    global _fork_generation
+    _fork_generation += 1
+
+
+_os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 # --------------------------------------------------------------------------------------------
 # Shared helpers
 # --------------------------------------------------------------------------------------------
@@ -181,12 +197,9 @@ cdef rd_kafka_conf_t *_make_conf(object properties, str what) except NULL:
 
 # Where librdkafka's own log lines go: "<logger>.librdkafka" at DEBUG (like the pure backend).
 # Broker outages would otherwise print a line per reconnect; the errors that matter reach the
-# application as exceptions or as eventstream's own log records.
+# application through the client's Health (state, one log line, on_error) or as exceptions.
 cdef struct LogSink:
     PyObject *logger            # borrowed from the client object, which outlives its rk
-    PyObject *owner             # consumer only: the Consumer (borrowed, same reason)
-    int rebalance_error_set     # consumer only (atomic): rebalance_error holds an unlogged error
-    char rebalance_error[ERRSTR_SIZE]
 
 
 cdef void _on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf) noexcept with gil:
@@ -216,44 +229,32 @@ include "consumer.pxi"
 include "mock.pxi"
 
 
-cdef str _client_error(dict props):
-    """librdkafka's complaint about a client built from `props`, or None. A producer handle
+cdef str _client_error(dict props, rd_kafka_type_t kind):
+    """librdkafka's complaint about a client of `kind` built from `props`, or None. A handle
     without bootstrap servers validates names, values and their combinations (e.g. idempotence
-    with acks=1) and connects nowhere; its log lines are discarded."""
+    with acks=1, a consumer's group protocol settings) and connects nowhere; its log lines are
+    discarded."""
     cdef char errstr[ERRSTR_SIZE]
     cdef rd_kafka_conf_t *conf = rd_kafka_conf_new()
     cdef rd_kafka_t *rk
     cdef bytes bname, bvalue
     rd_kafka_conf_set_log_cb(conf, NULL)
     for name, value in props.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            rd_kafka_conf_destroy(conf)
+            return f"properties must map str to str, got {name!r}: {value!r}"
         bname = name.encode()
         bvalue = value.encode()
         if rd_kafka_conf_set(conf, bname, bvalue, errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK:
             rd_kafka_conf_destroy(conf)
             return errstr.decode("utf-8", "replace")
-    rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr))
+    rk = rd_kafka_new(kind, conf, errstr, sizeof(errstr))
     if rk == NULL:
         rd_kafka_conf_destroy(conf)
         return errstr.decode("utf-8", "replace")
     with nogil:
         rd_kafka_destroy(rk)
     return None
-
-
-def _check_properties(properties):
-    cdef dict props = {}
-    for name, value in properties.items():
-        if not isinstance(name, str) or not isinstance(value, str):
-            raise TypeError(f"properties must map str to str, got {name!r}: {value!r}")
-        if name not in ("bootstrap.servers", "group.id"):
-            props[name] = value
-    error = _client_error(props)
-    if error is None:
-        return
-    # Name the culprit: the first property that fails on its own (librdkafka reports aliases,
-    # e.g. acks -> request.required.acks, by their canonical name).
-    culprit = next((k for k, v in props.items() if _client_error({k: v}) is not None), "?")
-    raise ValueError(f"{culprit}: {error}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,9 +266,11 @@ class CompiledBackend:
 
     name = "compiled"
 
-    def check_properties(self, properties):
-        """Raise ValueError naming the first property librdkafka rejects. No network."""
-        _check_properties(properties)
+    def check_properties(self, properties, kind):
+        """librdkafka's complaint about a `kind` ("producer"/"consumer") client built from
+        `properties`, or None. No network."""
+        props = {k: v for k, v in properties.items() if k != "bootstrap.servers"}
+        return _client_error(props, RD_KAFKA_CONSUMER if kind == "consumer" else RD_KAFKA_PRODUCER)
 
     def new_producer(self, spec):
         return Producer(spec)

@@ -1,23 +1,29 @@
 # The consumer: one Python poll thread per consumer that releases the GIL around librdkafka's
 # batch consume, checks headers in C, decodes, calls the handler and stores each offset only
 # after the handler returned for it (at-least-once: enable.auto.offset.store=false; the
-# auto-commit, and rd_kafka_consumer_close() when the poll thread ends, commit what was stored).
+# auto-commit, and the close when the poll thread ends, commit what was stored).
 #
 # Rebalancing: librdkafka would assign and revoke by itself without a rebalance callback (for the
 # cooperative protocol too), but on that path rd_kafka_consumer_close() ends the group membership
 # without a LeaveGroup (seen with 2.16: "terminating, initiating full unassign" -> "term"), so the
 # next consumer of the group waits for the old session to time out. _on_rebalance therefore does
-# the (incremental, for COOPERATIVE) assign/unassign itself, as confluent-kafka does; librdkafka
-# commits the stored offsets of revoked partitions on unassign.
+# the (incremental, for COOPERATIVE and KIP-848) assign/unassign itself, as confluent-kafka does;
+# librdkafka commits the stored offsets of revoked partitions on unassign.
 #
 # Start offsets are pinned at assignment (as in the pure backend): before assigning, the callback
 # resolves where each new partition starts (the group's committed offset, else the low or high
-# watermark as auto.offset.reset says) and assigns at exactly that offset. The consumer reports
-# that offset as the partition's position until it handles a record of it (then the next offset
-# to handle), so once every position is known (>= 0), an event produced afterwards cannot fall
-# before it. rd_kafka_position() is no use for this: it stays invalid until a record is read.
-# If resolution fails, a warning is logged and librdkafka resolves the start itself (position
-# RD_KAFKA_OFFSET_INVALID until a record is handled).
+# watermark as auto.offset.reset says) and assigns at exactly that offset. A committed offset
+# that retention has deleted (below the low watermark) starts at the low watermark and is
+# reported as a gap. The consumer reports the pinned offset as the partition's position until it
+# handles a record of it (then the next offset to handle), so once every position is known
+# (>= 0), an event produced afterwards cannot fall before it. If resolution fails, a warning is
+# reported and librdkafka resolves the start itself (position RD_KAFKA_OFFSET_INVALID until a
+# record is handled).
+#
+# The callbacks that librdkafka serves on the poll thread (rebalance, error, statistics, log)
+# leave notes for the Python side (assignments, gaps, problems) in Consumer._notes, taking the
+# GIL briefly; the poll thread acts on them between batches (on_rebalance hook, Health), never
+# while a handler runs.
 #
 # Lifetime of the librdkafka handle: created by start(), used by the poll thread only, closed and
 # destroyed by the poll thread itself when its loop ends (so close() never destroys it under a
@@ -29,15 +35,22 @@ cdef enum:
     BATCH_MAX = 500             # messages per round: the first one + drained with timeout 0
     ERR_UNKNOWN_TOPIC_OR_PART = 3
     RESOLVE_TIMEOUT_MS = 10000  # longest the rebalance callback blocks resolving start offsets
+    CLOSE_SLICE_MS = 100        # leaving the group: longest wait between deadline checks
+    NOTE_ASSIGNED = 0
+    NOTE_REVOKED = 1
+    NOTE_LOST = 2
 
 # A position-table entry of a partition not assigned to this consumer.
 cdef int64_t _NOT_ASSIGNED = INT64_MIN
+
+_CHANGE_KINDS = ("assigned", "revoked", "lost")
 
 
 # What librdkafka's callbacks of one consumer reach through rd_kafka_opaque(): embedded in the
 # Consumer object (which outlives its handle).
 cdef struct ConsumerState:
     LogSink sink                # first member: rd_kafka_opaque(rk) is read as a LogSink too
+    PyObject *owner             # borrowed: the Consumer (it outlives its handle)
     # Guards positions and npositions, nothing else. Held only around plain C reads and writes
     # of the table: never while calling librdkafka or taking the GIL, so any thread may take it
     # (with or without the GIL).
@@ -49,8 +62,13 @@ cdef struct ConsumerState:
     int64_t *positions
     int32_t npositions          # length of positions (malloc'd; freed by Consumer.__dealloc__)
     int from_beginning          # auto.offset.reset is earliest: unresolved starts at the low end
-    int resolve_warning_set     # atomic: resolve_warning holds an unlogged warning
-    char resolve_warning[ERRSTR_SIZE]
+    int incremental             # group.protocol=consumer (KIP-848): always incremental assign
+    # Written by the poll thread, read by other threads (assignment(), close()'s message):
+    int64_t dispatch_since_ns   # atomic: when the poll thread last returned from librdkafka to
+                                # handle a batch; 0 while it is inside librdkafka
+    int in_handler              # atomic: a handler call is running for cur_partition/offset
+    int32_t cur_partition
+    int64_t cur_offset
 
 
 cdef struct ParsedHeaders:
@@ -89,16 +107,69 @@ cdef inline object _header_text(bint present, const void *p, size_t n):
     return _text(p, n)
 
 
+# ---- callbacks served on the poll thread --------------------------------------------------
+
 cdef void _on_consumer_error(rd_kafka_t *rk, int err, const char *reason,
                              void *opaque) noexcept with gil:
-    # Served inside rd_kafka_consume_batch_queue()/rd_kafka_consumer_close() on the poll thread.
-    cdef LogSink *sink = <LogSink *>opaque
-    if sink == NULL or sink.owner == NULL:
+    cdef ConsumerState *st = <ConsumerState *>opaque
+    if st.owner == NULL:
         return
     try:
-        (<Consumer>sink.owner)._client_error(err, reason.decode("utf-8", "replace"))
+        (<Consumer>st.owner)._on_client_error(rk, err, reason.decode("utf-8", "replace"))
     except BaseException:
-        pass                    # never let an exception vanish into C: _client_error records
+        pass                    # never let an exception vanish into C
+
+
+cdef int _on_consumer_stats(rd_kafka_t *rk, char *json, size_t json_len, void *opaque) noexcept nogil:
+    # Is any broker connection up? (see _on_stats in producer.pxi)
+    cdef bint up = memmem(json, json_len, b'"state":"UP"', 12) != NULL
+    _consumer_tick(<ConsumerState *>opaque, up)
+    return 0
+
+
+cdef void _consumer_tick(ConsumerState *st, bint up) noexcept with gil:
+    if st.owner == NULL:
+        return
+    try:
+        (<Consumer>st.owner)._health.tick(up)
+    except BaseException:
+        pass
+
+
+cdef void _note(ConsumerState *st, object note) noexcept with gil:
+    """Leave `note` for the poll thread's next _after_poll()."""
+    if st.owner == NULL:
+        return
+    try:
+        (<Consumer>st.owner)._notes.append(note)
+    except BaseException:
+        pass
+
+
+cdef void _note_change(ConsumerState *st, int kind,
+                       const rd_kafka_topic_partition_list_t *parts) noexcept with gil:
+    cdef int i
+    try:
+        ids = []
+        for i in range(parts.cnt):
+            ids.append(parts.elems[i].partition)
+        _note(st, ("change", _CHANGE_KINDS[kind], tuple(sorted(ids))))
+    except BaseException:
+        pass
+
+
+cdef void _note_problem(ConsumerState *st, const char *what, rd_kafka_resp_err_t code,
+                        const char *detail) noexcept with gil:
+    try:
+        _note(st, ("problem", what.decode(), code, detail.decode("utf-8", "replace")))
+    except BaseException:
+        pass
+
+
+cdef void _note_start(ConsumerState *st, int32_t partition, int64_t committed, int64_t low,
+                      int64_t high) noexcept with gil:
+    """A committed offset outside [low, high]: the partition starts at `low`."""
+    _note(st, ("outside", partition, committed, low, high))
 
 
 # ---- the position table (see ConsumerState) -----------------------------------------------
@@ -164,77 +235,97 @@ cdef inline void _positions_handled(ConsumerState *st, int32_t partition,
 
 # ---- rebalancing ---------------------------------------------------------------------------
 
-cdef void _resolve_failed(ConsumerState *st, const char *what,
-                          const rd_kafka_topic_partition_t *tp, rd_kafka_resp_err_t code
-                          ) noexcept nogil:
-    if tp != NULL:
-        snprintf(st.resolve_warning, ERRSTR_SIZE, "%s of %s[%d]: %s: %s", what, tp.topic,
-                 <int>tp.partition, rd_kafka_err2name(code), rd_kafka_err2str(code))
-    else:
-        snprintf(st.resolve_warning, ERRSTR_SIZE, "%s: %s: %s", what, rd_kafka_err2name(code),
-                 rd_kafka_err2str(code))
-    esk_store_int(&st.resolve_warning_set, 1)      # logged by the poll thread
+cdef rd_kafka_topic_partition_list_t *_partitions_at(
+        const rd_kafka_topic_partition_list_t *parts, int64_t offset) noexcept nogil:
+    """A new list of the same partitions, each at `offset` (NULL if out of memory)."""
+    cdef int i
+    cdef rd_kafka_topic_partition_t *tp
+    cdef rd_kafka_topic_partition_list_t *out = rd_kafka_topic_partition_list_new(parts.cnt)
+    if out == NULL:
+        return NULL
+    for i in range(parts.cnt):
+        tp = rd_kafka_topic_partition_list_add(out, parts.elems[i].topic, parts.elems[i].partition)
+        tp.offset = offset
+    return out
+
+
+cdef rd_kafka_resp_err_t _first_error(const rd_kafka_topic_partition_list_t *parts,
+                                      rd_kafka_resp_err_t code) noexcept nogil:
+    cdef int i
+    if code != RD_KAFKA_RESP_ERR_NO_ERROR:
+        return code
+    for i in range(parts.cnt):
+        if parts.elems[i].err != RD_KAFKA_RESP_ERR_NO_ERROR:
+            return parts.elems[i].err
+    return RD_KAFKA_RESP_ERR_NO_ERROR
 
 
 cdef rd_kafka_topic_partition_list_t *_resolve_starts(
         rd_kafka_t *rk, ConsumerState *st,
         const rd_kafka_topic_partition_list_t *partitions) noexcept nogil:
     """A new list (ours to destroy) of `partitions`, each at the offset it starts from: the
-    group's committed offset, else the low or high watermark (auto.offset.reset earliest or
-    latest, asked of the leader, not the cache). NULL if that is not known for every one within
-    RESOLVE_TIMEOUT_MS (a warning is recorded): librdkafka then resolves the starts itself."""
+    group's committed offset if it is still in the log, else the low watermark (a gap, noted), or
+    for a partition without one the low or high watermark as auto.offset.reset says (asked of
+    the leaders: one request per leader for each end). NULL if that is not known within
+    RESOLVE_TIMEOUT_MS (a problem is noted): librdkafka then resolves the starts itself."""
     cdef int64_t deadline = esk_now_ns() + <int64_t>RESOLVE_TIMEOUT_MS * 1_000_000
-    cdef int64_t low, high
-    cdef int64_t left_ms
     cdef int i
+    cdef int64_t committed, low, high
     cdef rd_kafka_resp_err_t code
-    cdef rd_kafka_topic_partition_t *tp
-    cdef rd_kafka_topic_partition_list_t *resolved
-    resolved = rd_kafka_topic_partition_list_new(partitions.cnt)
-    if resolved == NULL:
-        return NULL
-    for i in range(partitions.cnt):
-        rd_kafka_topic_partition_list_add(resolved, partitions.elems[i].topic,
-                                          partitions.elems[i].partition)
-    code = rd_kafka_committed(rk, resolved, RESOLVE_TIMEOUT_MS)
-    if code != RD_KAFKA_RESP_ERR_NO_ERROR:
-        _resolve_failed(st, "committed offsets", NULL, code)
+    cdef const char *what = "committed offsets"
+    cdef rd_kafka_topic_partition_list_t *resolved = _partitions_at(partitions, RD_KAFKA_OFFSET_INVALID)
+    cdef rd_kafka_topic_partition_list_t *lows = _partitions_at(partitions, RD_KAFKA_OFFSET_BEGINNING)
+    cdef rd_kafka_topic_partition_list_t *highs = _partitions_at(partitions, RD_KAFKA_OFFSET_END)
+    if resolved == NULL or lows == NULL or highs == NULL:
+        code = RD_KAFKA_RESP_ERR__NOENT
+        what = "start offsets (out of memory)"
+    else:
+        code = _first_error(resolved, rd_kafka_committed(rk, resolved, RESOLVE_TIMEOUT_MS))
+        if code == RD_KAFKA_RESP_ERR_NO_ERROR:
+            what = "low watermarks"
+            code = _first_error(lows, rd_kafka_offsets_for_times(
+                rk, lows, <int>max((deadline - esk_now_ns()) // 1_000_000, 1)))
+        if code == RD_KAFKA_RESP_ERR_NO_ERROR:
+            what = "high watermarks"
+            code = _first_error(highs, rd_kafka_offsets_for_times(
+                rk, highs, <int>max((deadline - esk_now_ns()) // 1_000_000, 1)))
+    if code == RD_KAFKA_RESP_ERR_NO_ERROR:
+        for i in range(resolved.cnt):
+            committed = resolved.elems[i].offset
+            low = lows.elems[i].offset
+            high = highs.elems[i].offset
+            if committed < 0:
+                resolved.elems[i].offset = low if st.from_beginning else high
+            elif committed < low or committed > high:
+                resolved.elems[i].offset = low
+                _note_start(st, resolved.elems[i].partition, committed, low, high)
+    else:
+        _note_problem(st, what, code, rd_kafka_err2str(code))
+    if lows != NULL:
+        rd_kafka_topic_partition_list_destroy(lows)
+    if highs != NULL:
+        rd_kafka_topic_partition_list_destroy(highs)
+    if code != RD_KAFKA_RESP_ERR_NO_ERROR and resolved != NULL:
         rd_kafka_topic_partition_list_destroy(resolved)
-        return NULL
-    for i in range(resolved.cnt):
-        tp = &resolved.elems[i]
-        if tp.err != RD_KAFKA_RESP_ERR_NO_ERROR:
-            _resolve_failed(st, "committed offset", tp, tp.err)
-            rd_kafka_topic_partition_list_destroy(resolved)
-            return NULL
-        if tp.offset >= 0:
-            continue            # the group's committed offset wins
-        left_ms = (deadline - esk_now_ns()) // 1_000_000
-        low = high = RD_KAFKA_OFFSET_INVALID
-        code = rd_kafka_query_watermark_offsets(rk, tp.topic, tp.partition, &low, &high,
-                                                <int>max(left_ms, 1))
-        if code != RD_KAFKA_RESP_ERR_NO_ERROR:
-            _resolve_failed(st, "watermark offsets", tp, code)
-            rd_kafka_topic_partition_list_destroy(resolved)
-            return NULL
-        tp.offset = low if st.from_beginning else high
+        resolved = NULL
     return resolved
 
 
-@cython.final
 cdef void _on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                         rd_kafka_topic_partition_list_t *partitions,
                         void *opaque) noexcept nogil:
-    # Served inside rd_kafka_consume_batch_queue()/rd_kafka_consumer_close() on the poll thread,
-    # GIL released. May block up to RESOLVE_TIMEOUT_MS resolving start offsets.
+    # Served inside rd_kafka_consume_batch_queue() on the poll thread, GIL released. May block
+    # up to RESOLVE_TIMEOUT_MS resolving start offsets.
     cdef ConsumerState *st = <ConsumerState *>opaque
-    cdef LogSink *sink = &st.sink
     cdef rd_kafka_error_t *error = NULL
     cdef rd_kafka_resp_err_t code = RD_KAFKA_RESP_ERR_NO_ERROR
     cdef rd_kafka_topic_partition_list_t *resolved = NULL
     cdef const rd_kafka_topic_partition_list_t *target = partitions
     cdef const char *what
-    cdef bint cooperative = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0
+    cdef const char *protocol = rd_kafka_rebalance_protocol(rk)   # may be NULL
+    cdef bint cooperative = st.incremental or (
+        protocol != NULL and strcmp(protocol, "COOPERATIVE") == 0)
+    cdef int kind
     if err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS:
         # `partitions`: the new ones (COOPERATIVE; possibly none) or the whole assignment.
         if partitions.cnt > 0:
@@ -249,11 +340,14 @@ cdef void _on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             code = rd_kafka_assign(rk, target)
         if error == NULL and code == RD_KAFKA_RESP_ERR_NO_ERROR:
             _positions_assign(st, target, not cooperative)
+            if target.cnt > 0 or not cooperative:
+                _note_change(st, NOTE_ASSIGNED, target)
         if resolved != NULL:
             rd_kafka_topic_partition_list_destroy(resolved)
     else:
         # Revoked or lost: the listed partitions (COOPERATIVE) or all of them (EAGER) go, even
         # if the unassign call fails.
+        kind = NOTE_LOST if rd_kafka_assignment_lost(rk) else NOTE_REVOKED
         if cooperative:
             what = "incremental unassign"
             error = rd_kafka_incremental_unassign(rk, partitions)
@@ -262,20 +356,18 @@ cdef void _on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             what = "unassign"
             code = rd_kafka_assign(rk, NULL)
             _positions_revoke(st, NULL)
+        if partitions.cnt > 0:
+            _note_change(st, kind, partitions)
     if error != NULL:
         code = rd_kafka_error_code(error)
-        snprintf(sink.rebalance_error, ERRSTR_SIZE, "%s failed: %s: %s", what,
-                 rd_kafka_err2name(code), rd_kafka_error_string(error))
+        _note_problem(st, what, code, rd_kafka_error_string(error))
         rd_kafka_error_destroy(error)
     elif code != RD_KAFKA_RESP_ERR_NO_ERROR:
-        snprintf(sink.rebalance_error, ERRSTR_SIZE, "%s failed: %s: %s", what,
-                 rd_kafka_err2name(code), rd_kafka_err2str(code))
-    if code != RD_KAFKA_RESP_ERR_NO_ERROR:
-        esk_store_int(&sink.rebalance_error_set, 1)    # logged by the poll thread
+        _note_problem(st, what, code, rd_kafka_err2str(code))
 
 
 cdef class Consumer:
-    """eventstream.backend.ConsumerBackend over librdkafka (see the module docstring)."""
+    """eventstream.backend.ConsumerBackend over librdkafka (see the comments above)."""
 
     cdef rd_kafka_t *_rk                # see "Lifetime" above
     cdef rd_kafka_queue_t *_queue       # the consumer queue (a reference, destroyed with _rk)
@@ -289,15 +381,22 @@ cdef class Consumer:
     cdef object _logger
     cdef object _client_logger
     cdef object _metadata_factory
+    cdef object _health
+    cdef readonly list _notes           # see "callbacks" above; only the poll thread touches it
     cdef tuple _accepted_ct
     cdef bytes _n_type, _n_ct, _n_src, _n_id
     cdef object _thread                 # threading.Thread running _run()
     cdef object _handler
+    cdef object _on_rebalance_hook
     cdef bint _mode_batch
     cdef bint _with_metadata
     cdef int _stop                      # atomic: set by close() or a failure; read per event
+    cdef int64_t _close_deadline_ns     # set by close(): how long leaving the group may take
+    cdef int64_t _max_poll_ns           # max.poll.interval.ms: a longer dispatch loses the group
     cdef bint _started
     cdef bint _closed
+    cdef bint _topic_missing_logged
+    cdef int _fork_generation
     cdef object _failure                # BaseException recorded by the poll thread
     cdef object _lock                   # start()/close() state changes
 
@@ -306,10 +405,13 @@ cdef class Consumer:
         self._queue = NULL
         self._st.positions = NULL
         self._st.npositions = 0
+        self._st.owner = NULL
+        self._st.sink.logger = NULL
         if pthread_mutex_init(&self._st.lock, NULL) != 0:
             raise MemoryError()
 
     def __init__(self, spec):
+        props = spec.properties
         self._spec = spec
         self.topic = spec.topic
         self._btopic = spec.topic.encode()
@@ -319,39 +421,55 @@ cdef class Consumer:
         self._logger = spec.logger
         self._client_logger = spec.logger.getChild("librdkafka")
         self._metadata_factory = spec.metadata_factory
+        self._health = spec.health
+        self._notes = []
         self._accepted_ct = tuple(bytes(ct) for ct in _wire.ACCEPTED_CONTENT_TYPES)
         self._n_type = _wire.HEADER_TYPE.encode()
         self._n_ct = _wire.HEADER_CONTENT_TYPE.encode()
         self._n_src = _wire.HEADER_SOURCE.encode()
         self._n_id = _wire.HEADER_ID.encode()
         self._lock = _threading.Lock()
-        self._st.from_beginning = spec.properties.get("auto.offset.reset") in (
+        self._fork_generation = _fork_generation
+        self._max_poll_ns = int(props.get("max.poll.interval.ms", "300000")) * 1_000_000
+        self._st.from_beginning = props.get("auto.offset.reset") in (
             "earliest", "smallest", "beginning",
         )
+        self._st.incremental = props.get("group.protocol", "classic").lower() == "consumer"
         # Borrowed: the handle never outlives self (the poll thread holds a reference to self
         # and destroys the handle before it ends).
         self._st.sink.logger = <PyObject *>self._client_logger
-        self._st.sink.owner = <PyObject *>self
+        self._st.owner = <PyObject *>self
 
     def __dealloc__(self):
         # The poll thread references self while it runs, so it has ended by now and destroyed
-        # the handle; this only covers a start() that failed half-way.
-        if self._queue != NULL:
-            rd_kafka_queue_destroy(self._queue)
-            self._queue = NULL
-        if self._rk != NULL:
-            self._st.sink.owner = NULL
-            self._st.sink.logger = NULL
-            with nogil:
-                rd_kafka_destroy(self._rk)
-            self._rk = NULL
+        # the handle; this only covers a start() that failed half-way. In a forked child the
+        # handle belongs to the parent and is left alone.
+        self._st.owner = NULL
+        self._st.sink.logger = NULL
+        if self._fork_generation == _fork_generation:
+            if self._queue != NULL:
+                rd_kafka_queue_destroy(self._queue)
+            if self._rk != NULL:
+                with nogil:
+                    rd_kafka_destroy(self._rk)
+        self._queue = NULL
+        self._rk = NULL
         free(self._st.positions)
         self._st.positions = NULL
         self._st.npositions = 0
         pthread_mutex_destroy(&self._st.lock)
 
+    cdef int _ensure_alive(self) except -1:
+        if self._fork_generation != _fork_generation:
+            raise _errors.ClosedError(
+                f"the consumer of {self.topic!r} was created in the parent of this forked "
+                "process; librdkafka clients cannot cross fork(): create a new Topic here"
+            )
+        return 0
+
     def start(self, dispatch):
         """Subscribe and start the poll thread (daemon). Returns at once."""
+        self._ensure_alive()
         with self._lock:
             if self._closed:
                 raise _errors.ClosedError(f"consumer of topic {self.topic!r} is closed")
@@ -363,6 +481,7 @@ cdef class Consumer:
                 raise ValueError(f"unknown dispatch mode {dispatch.mode!r}")
             self._create_client()
             self._handler = dispatch.handler
+            self._on_rebalance_hook = dispatch.on_rebalance
             self._mode_batch = dispatch.mode == "batch"
             self._with_metadata = bool(dispatch.with_metadata)
             self._started = True
@@ -380,6 +499,7 @@ cdef class Consumer:
         conf = _make_conf(self._spec.properties, "consumer")
         rd_kafka_conf_set_error_cb(conf, _on_consumer_error)
         rd_kafka_conf_set_rebalance_cb(conf, _on_rebalance)
+        rd_kafka_conf_set_stats_cb(conf, _on_consumer_stats)
         _route_logs(conf)
         rd_kafka_conf_set_opaque(conf, &self._st)
         rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr))
@@ -396,42 +516,31 @@ cdef class Consumer:
         err = rd_kafka_subscribe(rk, topics)
         rd_kafka_topic_partition_list_destroy(topics)
         if err != RD_KAFKA_RESP_ERR_NO_ERROR:
-            self._destroy_client()
-            raise _errors.BrokerError(
-                f"could not subscribe to topic {self.topic!r}: {_err_name(err)}: {_err_str(err)}",
-                code=err, name=_err_name(err), retriable=_errors.is_retriable(err),
-            )
-        return 0
-
-    cdef int _destroy_client(self) except -1:
-        """Commit stored offsets, leave the group, destroy the handle. Called by the poll thread
-        when its loop ends (or by start() if subscribing failed)."""
-        cdef rd_kafka_t *rk
-        cdef rd_kafka_queue_t *queue
-        cdef int err = 0
-        rk = self._rk
-        queue = self._queue
-        self._rk = NULL
-        self._queue = NULL
-        with nogil:
-            if rk != NULL:
-                if queue != NULL:
-                    rd_kafka_queue_destroy(queue)
-                err = rd_kafka_consumer_close(rk)   # serves the revoke: positions forgotten
+            rd_kafka_queue_destroy(self._queue)
+            self._queue = NULL
+            self._rk = NULL
+            with nogil:
                 rd_kafka_destroy(rk)
-            _positions_revoke(&self._st, NULL)      # also when close could not revoke
-        if err != RD_KAFKA_RESP_ERR_NO_ERROR:
-            self._logger.warning("consumer close failed: %s: %s", _err_name(err), _err_str(err))
+            raise _errors.client_error(
+                err, _err_name(err), _err_str(err),
+                what=f"consumer of topic {self.topic!r}: could not subscribe",
+            )
         return 0
 
     def assignment(self):
         """{partition: position} of the partitions assigned now: the offset pinned at assignment
         until a record of the partition was handled, then the next offset to handle (negative
-        while not known). Thread-safe; answered from the position table, no network."""
+        while not known). Empty once a handler has run longer than max.poll.interval.ms (the
+        group has taken the partitions away). Thread-safe; from the position table, no
+        network."""
         cdef int64_t *copy = NULL
         cdef int32_t n = 0
         cdef int32_t i
+        cdef int64_t since
         if self._closed:
+            return {}
+        since = esk_load_i64(&self._st.dispatch_since_ns)
+        if since != 0 and esk_now_ns() - since > self._max_poll_ns:
             return {}
         with nogil:
             pthread_mutex_lock(&self._st.lock)
@@ -454,26 +563,47 @@ cdef class Consumer:
 
     def close(self, timeout):
         """Stop after the running handler returns; the poll thread then commits stored offsets
-        and leaves the group. Waits up to `timeout` for that. Idempotent. Raises what the poll
-        thread failed with (except DispatchAbandoned, a deliberate give-up)."""
+        and leaves the group, giving up at `timeout` (or at once when no broker answers). Waits
+        for that. Idempotent. Raises what the poll thread failed with (except
+        DispatchAbandoned, a deliberate give-up)."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            self._close_deadline_ns = _deadline_after(timeout)
             esk_store_int(&self._stop, 1)
+        if self._fork_generation != _fork_generation:
+            self._health.closed()       # the poll thread and the handle belong to the parent
+            return
         thread = self._thread
         if thread is not None and thread is not _threading.current_thread():
-            thread.join(timeout)
+            thread.join(timeout + 1.0)  # the poll thread keeps to `timeout` itself
             if thread.is_alive():
-                self._logger.error(
-                    "consumer of %r: the handler did not return within %g s of close(); "
-                    "its partitions will be read again by the next consumer of the group",
-                    self.topic, timeout,
-                )
+                self._log_still_running(timeout)
         # Called from a handler (the poll thread itself): the loop ends when it returns.
+        self._health.closed()
         failure = self._failure
         if failure is not None and not isinstance(failure, _DispatchAbandoned):
             raise failure
+
+    cdef int _log_still_running(self, object timeout) except -1:
+        if esk_load_int(&self._st.in_handler):
+            self._logger.error(
+                "consumer of %r: close() stopped waiting after %g s: the handler is still "
+                "running for the event at %s[%d]@%d. The consumer leaves its group once it "
+                "returns, committing that event and the ones handled before it; if the process "
+                "exits first, that event and those after it are handled again by the group's "
+                "next consumer.", self.topic, timeout, self.topic, self._st.cur_partition,
+                self._st.cur_offset,
+            )
+        else:
+            self._logger.error(
+                "consumer of %r: close() stopped waiting after %g s for the consumer to commit "
+                "its offsets and leave the group (last client error: %s); events handled since "
+                "the last commit will be handled again by the group's next consumer.",
+                self.topic, timeout, self._health.last_error or "none",
+            )
+        return 0
 
     # -- the poll thread --
 
@@ -482,20 +612,25 @@ cdef class Consumer:
             self._failure = exc
         esk_store_int(&self._stop, 1)
 
-    def _client_error(self, int err, str reason):
-        """error_cb: fatal errors stop the consumer (close() raises them); connection trouble
-        is routine and not logged; anything else is a warning."""
+    cdef int _on_client_error(self, rd_kafka_t *rk, int err, str reason) except -1:
+        """error_cb: the Health decides (state, log once, on_error); a failure (authentication,
+        authorization, fatal) stops the consumer and close() raises it."""
+        failure = self._report_client_error(rk, err, reason)
+        if failure is not None:
+            self._record(failure)
+        return 0
+
+    cdef object _report_client_error(self, rd_kafka_t *rk, int err, str reason):
         cdef int code = err
-        if err == RD_KAFKA_RESP_ERR__FATAL:
-            info = _fatal_info(self._rk)
+        fatal = err == RD_KAFKA_RESP_ERR__FATAL
+        if fatal:
+            info = _fatal_info(rk)
             if info is not None:
                 code, reason = info
-            self._record(_errors.BrokerError(
-                f"consumer fatal error: {_err_name(code)}: {reason}",
-                code=code, name=_err_name(code), retriable=False, fatal=True,
-            ))
-        elif err != RD_KAFKA_RESP_ERR__TRANSPORT and err != RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN:
-            self._logger.warning("consumer error: %s: %s", _err_name(err), reason)
+        hint = _errors.instance_id_conflict(code, self._spec.properties)
+        if hint:
+            reason = f"{reason}. {hint}"
+        return self._health.client_error(code, _err_name(code), reason, fatal=fatal)
 
     def _run(self):
         cdef rd_kafka_message_t **msgs = <rd_kafka_message_t **>calloc(BATCH_MAX, sizeof(void *))
@@ -506,77 +641,155 @@ cdef class Consumer:
                 raise MemoryError()
             while not esk_load_int(&self._stop):
                 n = 0
+                esk_store_i64(&self._st.dispatch_since_ns, 0)
                 with nogil:
                     n = rd_kafka_consume_batch_queue(queue, FIRST_WAIT_MS, msgs, 1)
                     if n == 1 and not esk_load_int(&self._stop):
                         more = rd_kafka_consume_batch_queue(queue, 0, msgs + 1, BATCH_MAX - 1)
                         if more > 0:
                             n += more
-                if (esk_load_int(&self._st.sink.rebalance_error_set)
-                        or esk_load_int(&self._st.resolve_warning_set)):
-                    self._log_rebalance_problems()
-                if n <= 0:
-                    continue
+                esk_store_i64(&self._st.dispatch_since_ns, esk_now_ns())
                 try:
-                    if self._mode_batch:
-                        self._dispatch_batch(msgs, n)
-                    else:
-                        self._dispatch_events(msgs, n)
+                    if self._notes:
+                        self._after_poll()
+                    if n > 0:
+                        if self._mode_batch:
+                            self._dispatch_batch(msgs, n)
+                        else:
+                            self._dispatch_events(msgs, n)
                 finally:
                     with nogil:
-                        for i in range(n):
+                        for i in range(max(n, 0)):
                             rd_kafka_message_destroy(msgs[i])
         except BaseException as exc:
-            # KeyboardInterrupt/SystemExit/DispatchAbandoned from a handler, a fatal client
-            # error, or a bug of ours: never lost; close() re-raises it.
+            # A failure the Health already reported, KeyboardInterrupt/SystemExit/
+            # DispatchAbandoned from a handler, or a bug of ours: never lost; close() re-raises.
+            if not isinstance(exc, (_errors.EventStreamError, _DispatchAbandoned)):
+                self._health.stopped(exc)
             self._record(exc)
         finally:
-            free(msgs)
+            esk_store_i64(&self._st.dispatch_since_ns, 0)
             try:
-                self._destroy_client()
-                self._log_rebalance_problems()
+                self._leave(msgs)
             except BaseException as exc:
                 self._record(exc)
+            finally:
+                free(msgs)
 
-    cdef int _log_rebalance_problems(self) except -1:
-        """Log what the rebalance callback recorded (it runs without the GIL). The poll thread
-        reads the buffers only after the callback returned: both run on it."""
-        if esk_load_int(&self._st.resolve_warning_set):
-            esk_store_int(&self._st.resolve_warning_set, 0)
+    cdef int _after_poll(self) except -1:
+        """Act on what the callbacks noted (see above): the on_rebalance hook, gaps, problems."""
+        notes, self._notes = self._notes, []
+        health = self._health
+        for note in notes:
+            kind = note[0]
+            if kind == "change":
+                if note[1] == "assigned":
+                    health.up()
+                hook = self._on_rebalance_hook
+                if hook is not None:
+                    try:
+                        hook(_PartitionChange(note[1], self.topic, note[2]))
+                    except Exception as exc:
+                        self._logger.error(
+                            "consumer of %r: the on_rebalance hook raised for %s %s",
+                            self.topic, note[1], note[2], exc_info=exc,
+                        )
+            elif kind == "outside":
+                _, partition, committed, low, high = note
+                health.report(_gaps.start_outside_log(self.topic, partition, committed, low, high))
+            else:
+                _, what, code, detail = note
+                health.warn(_errors.BrokerError(
+                    f"consumer of {self.topic!r}: rebalance: {what} failed: {_err_name(code)}: "
+                    f"{detail}; librdkafka resolves the start offsets itself",
+                    code=code, name=_err_name(code), retriable=_errors.is_retriable(code),
+                ))
+        return 0
+
+    cdef int _leave(self, rd_kafka_message_t **msgs) except -1:
+        """Commit stored offsets, leave the group and destroy the handle: the end of the poll
+        thread. Gives up (no commit, no LeaveGroup) at close()'s deadline, or at once when the
+        client failed or no broker answers; says so, and what it means for the events."""
+        cdef rd_kafka_t *rk = self._rk
+        cdef rd_kafka_queue_t *queue = self._queue
+        cdef rd_kafka_error_t *error
+        cdef bint closed = False
+        cdef ssize_t n, i
+        cdef int64_t deadline = self._close_deadline_ns
+        if rk == NULL:
+            return 0
+        if deadline == 0:
+            deadline = esk_now_ns() + 30 * 1_000_000_000     # stopped by a failure, not close()
+        # A client that failed (authentication, fatal) or reaches no broker cannot commit or
+        # leave: don't wait for it. (A handler's BaseException also fails the consumer, but the
+        # client is fine: it commits what was handled and leaves.)
+        hopeless = self._health.failure is not None or self._health.status.state == "disconnected"
+        if not hopeless:
+            with nogil:
+                error = rd_kafka_consumer_close_queue(rk, queue)
+            if error != NULL:
+                self._health.warn(_errors.BrokerError(
+                    f"consumer of {self.topic!r}: close: {rd_kafka_error_string(error).decode()}",
+                    code=rd_kafka_error_code(error), name=_err_name(rd_kafka_error_code(error)),
+                    retriable=False,
+                ))
+                rd_kafka_error_destroy(error)
+            else:
+                while True:
+                    with nogil:
+                        closed = rd_kafka_consumer_closed(rk)
+                        if not closed:
+                            # Serves the revoke (commit) and returns unhandled records, dropped.
+                            n = rd_kafka_consume_batch_queue(queue, CLOSE_SLICE_MS, msgs,
+                                                             BATCH_MAX)
+                            for i in range(max(n, 0)):
+                                rd_kafka_message_destroy(msgs[i])
+                    if self._notes:
+                        self._after_poll()
+                    hopeless = (self._health.failure is not None
+                                or self._health.status.state == "disconnected")
+                    if closed or esk_now_ns() >= deadline or hopeless:
+                        break
+        self._rk = NULL
+        self._queue = NULL
+        with nogil:
+            rd_kafka_queue_destroy(queue)
+            if closed:
+                rd_kafka_destroy(rk)
+            else:
+                rd_kafka_destroy_flags(rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE)
+            _positions_revoke(&self._st, NULL)
+        if not closed and self._health.failure is None:
+            why = ("no broker answers" if self._health.status.state == "disconnected"
+                   else "the close deadline passed")
             self._logger.warning(
-                "consumer of %r: could not resolve start offsets, librdkafka will: %s",
-                self.topic, self._st.resolve_warning.decode("utf-8", "replace"),
-            )
-        if esk_load_int(&self._st.sink.rebalance_error_set):
-            esk_store_int(&self._st.sink.rebalance_error_set, 0)
-            self._logger.warning(
-                "consumer of %r: rebalance %s", self.topic,
-                self._st.sink.rebalance_error.decode("utf-8", "replace"),
+                "consumer of %r left without committing its last offsets or leaving the group "
+                "(%s; last client error: %s): events handled since the last commit (at most "
+                "auto.commit.interval.ms worth) will be handled again by the group's next "
+                "consumer, which gets the partitions after the session times out.",
+                self.topic, why, self._health.last_error or "none",
             )
         return 0
 
     cdef int _message_error(self, rd_kafka_message_t *m) except -1:
-        """An error delivered as a message: fatal ones raise (ending the loop), others log."""
+        """An error delivered as a message: failures raise (ending the loop), others are
+        reported through the Health (logged once per kind)."""
         cdef int code = m.err
         if code == RD_KAFKA_RESP_ERR__PARTITION_EOF:
             return 0
         reason = rd_kafka_message_errstr(m).decode("utf-8", "replace")
-        if code == RD_KAFKA_RESP_ERR__FATAL:
-            info = _fatal_info(self._rk)
-            if info is not None:
-                code, reason = info
-            raise _errors.BrokerError(
-                f"consumer fatal error: {_err_name(code)}: {reason}",
-                code=code, name=_err_name(code), retriable=False, fatal=True,
-            )
         if code == ERR_UNKNOWN_TOPIC_OR_PART:
             # Normal until the topic is created (or auto-created by its first producer).
-            self._logger.info("topic %r does not exist yet; waiting for it", self.topic)
+            if not self._topic_missing_logged:
+                self._topic_missing_logged = True
+                self._logger.info("topic %r does not exist yet; waiting for it", self.topic)
             return 0
-        self._logger.warning(
-            "consumer error: %s: %s%s", _err_name(code), reason,
-            "" if _errors.is_retriable(code) else " (permanent)",
-        )
+        if code == RD_KAFKA_RESP_ERR__MAX_POLL_EXCEEDED:
+            self._health.warn(_errors.max_poll_exceeded(self.topic, self._max_poll_ns // 1_000_000))
+            return 0
+        failure = self._report_client_error(self._rk, code, reason)
+        if failure is not None:
+            raise failure
         return 0
 
     cdef str _topic_of(self, rd_kafka_message_t *m):
@@ -639,6 +852,12 @@ cdef class Consumer:
             rd_kafka_error_destroy(error)
         _positions_handled(&self._st, m.partition, m.offset + 1)
 
+    cdef inline void _handling(self, rd_kafka_message_t *m) noexcept:
+        # For close()'s message only (plain stores, read racily by another thread).
+        self._st.cur_partition = m.partition
+        self._st.cur_offset = m.offset
+        esk_store_int(&self._st.in_handler, 1)
+
     cdef int _dispatch_events(self, rd_kafka_message_t **msgs, ssize_t n) except -1:
         cdef ssize_t i
         cdef rd_kafka_message_t *m
@@ -656,6 +875,7 @@ cdef class Consumer:
             _parse_headers(m, &h, self._n_type, self._n_ct, self._n_src, self._n_id)
             event = self._decode(m, &h, topic)
             if event is not None:
+                self._handling(m)
                 try:
                     if with_metadata:
                         handler(event, self._metadata(m, &h, topic))
@@ -668,6 +888,8 @@ cdef class Consumer:
                     )
                 # A BaseException that is not an Exception propagates to _run: recorded, the
                 # loop stops, and this event's offset is not stored (it is read again).
+                finally:
+                    esk_store_int(&self._st.in_handler, 0)
             self._store(m)      # only after the handler returned (or the record was skipped)
         return 0
 
@@ -689,6 +911,7 @@ cdef class Consumer:
                 events.append(event)
                 metadatas.append(self._metadata(m, &h, topic))
         if events:
+            self._handling(msgs[0])
             try:
                 self._handler(events, metadatas)
             except Exception as exc:
@@ -697,6 +920,8 @@ cdef class Consumer:
                     exc_info=exc,
                 )
             # A BaseException propagates to _run: nothing of this batch is stored.
+            finally:
+                esk_store_int(&self._st.in_handler, 0)
         for i in range(n):
             if msgs[i].err == RD_KAFKA_RESP_ERR_NO_ERROR:
                 self._store(msgs[i])

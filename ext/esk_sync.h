@@ -19,6 +19,7 @@ static inline int64_t esk_fetch_add_u64(uint64_t *p, uint64_t v) {
     return (int64_t)__atomic_fetch_add(p, v, __ATOMIC_RELAXED);
 }
 static inline int64_t esk_load_i64(const int64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void esk_store_i64(int64_t *p, int64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 static inline int esk_add_int(int *p, int v) { return __atomic_add_fetch(p, v, __ATOMIC_ACQ_REL); }
 static inline int esk_load_int(const int *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void esk_store_int(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }

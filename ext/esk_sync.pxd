@@ -31,6 +31,7 @@ cdef extern from "esk_sync.h" nogil:
     int64_t esk_add_i64(int64_t *p, int64_t v)
     int64_t esk_fetch_add_u64(uint64_t *p, uint64_t v)
     int64_t esk_load_i64(const int64_t *p)
+    void esk_store_i64(int64_t *p, int64_t v)
     int esk_add_int(int *p, int v)
     int esk_load_int(const int *p)
     void esk_store_int(int *p, int v)

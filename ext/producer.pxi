@@ -4,11 +4,17 @@
 # Threads:
 #   * callers of produce()/produce_async()/flush()/close(): any Python thread, GIL released while
 #     enqueueing and while waiting;
-#   * one native poll thread per producer (pthread, started at the first produce): calls
-#     rd_kafka_poll(), which runs _on_delivery() and _on_error() WITHOUT the GIL. It takes the GIL
-#     only to resolve asyncio futures (once per poll round, not per event) and to log errors.
+#   * one native poll thread per producer (pthread, started with the client at the first call):
+#     calls rd_kafka_poll(), which runs _on_delivery() WITHOUT the GIL; _on_error() and
+#     _on_stats() take the GIL (rare: errors, and one statistics tick a second) to feed the
+#     producer's Health. The poll thread takes the GIL otherwise only to resolve asyncio futures
+#     (once per poll round, not per event).
 # The poll thread never touches the Python Producer object: everything it needs is in the C
 # struct ProducerState, which the Producer owns and frees only after joining the thread.
+#
+# Memory: payloads, keys and headers are copied into librdkafka (RD_KAFKA_MSG_F_COPY), so no
+# Python object has to outlive the call that enqueued it. A signal, an exception or a timeout can
+# leave a call early at any point without librdkafka pointing into freed memory.
 #
 # Sending: linger.ms (config.py, 5 ms) lets librdkafka gather a call's events into few requests
 # while the caller enqueues them; once a call has enqueued everything, nothing is gained by
@@ -17,11 +23,14 @@
 # serves with rd_kafka_flush() instead of rd_kafka_poll(): librdkafka then sends whatever lingers
 # at once (flush ignores linger.ms while it runs). The callers still wait on their own tracker
 # only: flush() waits for every message of the handle, and its return is not what ends a call.
-# Delivery reports are thus still served by the poll thread alone (and by callers of
-# flush()/close(), which call rd_kafka_flush() themselves); the callbacks touch trackers only
-# through atomics and their locks, so more than one serving thread is safe.
+# Delivery reports are thus served by the poll thread (and by callers of flush()/close(), which
+# call rd_kafka_flush() themselves); the callbacks touch trackers only through atomics and their
+# locks, so more than one serving thread is safe.
 
 from cpython.ref cimport Py_XDECREF
+
+cdef extern from "<string.h>" nogil:
+    void *memmem(const void *haystack, size_t haystacklen, const void *needle, size_t needlelen)
 
 cdef enum:
     POLL_SLICE_MS = 100                 # poll thread: longest sleep in rd_kafka_poll()
@@ -30,8 +39,24 @@ cdef enum:
     REASON_SIZE = 256
     ID_PREFIX_SIZE = 64
     N_HEADERS = 5
+    MAX_IN_DOUBT_CODES = 16
 
 cdef int64_t _NO_DEADLINE = 0x7FFFFFFFFFFFFFFF
+
+# errors.IN_DOUBT_CODES as a C table, filled at import (read-only afterwards).
+cdef int _in_doubt_codes[MAX_IN_DOUBT_CODES]
+cdef int _n_in_doubt_codes = 0
+for _code in sorted(_errors.IN_DOUBT_CODES)[:MAX_IN_DOUBT_CODES]:
+    _in_doubt_codes[_n_in_doubt_codes] = _code
+    _n_in_doubt_codes += 1
+
+
+cdef inline bint _is_in_doubt(int code) noexcept nogil:
+    cdef int i
+    for i in range(_n_in_doubt_codes):
+        if _in_doubt_codes[i] == code:
+            return True
+    return False
 
 
 cdef int64_t _deadline_after(object timeout) except? -1:
@@ -53,74 +78,59 @@ cdef struct Tracker
 # Per-call delivery tracker: the msg_opaque of every message of one produce()/produce_async().
 #
 # Counts:  `remaining` = messages of the call not yet reported + 1 "guard" held by the enqueuing
-#          caller until it has enqueued everything it will enqueue. It therefore cannot reach 0
-#          while the call is still enqueueing; whoever takes it to 0 (a delivery report, or the
-#          caller dropping the guard) completes the tracker, exactly once.
-# Ownership (`refs`, atomic; the last one to drop a reference frees the struct):
-#   1. the caller's reference, dropped when produce()/produce_async() returns or raises, on
-#      every path (KeyboardInterrupt and timeouts included);
-#   2. the completion reference, owned by "the deliveries": dropped by whoever completes the
-#      tracker (sync), or moved onto ProducerState.completed and dropped after the future was
-#      resolved (async);
-#   3. produce_async() with a timeout only: the _AsyncDeadline's reference, so that its timer
-#      can read `remaining` after the call returned; dropped when the future is done (or when
-#      the _AsyncDeadline is freed, whichever comes first).
+#          caller until it has enqueued everything it will enqueue (`enqueued`, written by the
+#          caller only). It cannot reach 0 while the call is still enqueueing; whoever takes it
+#          to 0 (a delivery report, or the caller dropping the guard in _tracker_hand_over)
+#          completes the tracker, exactly once.
+# Lifetime (`refs`, atomic; whoever drops the last reference frees it, no GIL needed):
+#   1. the caller's, dropped when produce()/produce_async() returns or raises, on every path;
+#   2. the completion's: dropped by whoever completes a synchronous call's tracker, or, for
+#      produce_async(), by _resolve_completed() once the future was settled (GIL: it also
+#      releases the future and the loop, the tracker's only Python objects);
+#   3. produce_async() with a timeout only: its _AsyncDeadline's, dropped when the future is done.
 # So a caller that gives up (timeout, Ctrl+C) leaves a tracker that stays valid until librdkafka
 # has reported every message that points at it.
-#
-# Payloads are not copied (no RD_KAFKA_MSG_F_COPY): librdkafka points into the serialized bytes
-# objects, which `keep` (a list, owned reference) holds until every message of the call has been
-# reported. Releasing it needs the GIL, so:
-#   * the caller releases it when it leaves after completion (it waited, it holds the GIL);
-#   * a caller that leaves before completion marks the tracker `abandoned`; the completion then
-#     goes through ProducerState.completed like an async one, and _resolve_completed() (GIL)
-#     releases it;
-#   * async: _resolve_completed() releases it with the future.
-# `done` and `abandoned` are decided under `lock`, so exactly one side releases `keep`.
 cdef struct Tracker:
     int64_t remaining           # atomic
-    int64_t failed              # atomic: failed deliveries + events never enqueued after a hard error
+    int64_t failed              # atomic: known not written (rejected, purged, never enqueued)
+    int64_t in_doubt            # atomic: may have been written (see errors.IN_DOUBT_CODES)
+    int64_t enqueued            # the caller's: messages handed to librdkafka so far
+    int64_t total
     int refs                    # atomic
     pthread_mutex_t lock        # guards: done, first_err, first_reason
     pthread_cond_t cond
     int done
-    int abandoned               # sync: the caller left before completion (see above)
     int first_err
     char first_reason[REASON_SIZE]
-    PyObject *keep              # owned: list of the bytes objects librdkafka points into
-    # async calls only (owned references, released under the GIL by _resolve_completed):
+    # produce_async() only: owned references, released under the GIL by _resolve_completed.
     int is_async
     PyObject *future
     PyObject *loop
-    int64_t total
     Tracker *next               # link in ProducerState.completed
     ProducerState *state
 
 
 cdef struct ProducerState:
     LogSink sink                # first member: rd_kafka_opaque(rk) is read as a LogSink too
-    rd_kafka_t *rk              # NULL until the first produce (created lazily), and after close
+    rd_kafka_t *rk              # NULL until the first call (created lazily), and after close
     rd_kafka_topic_t *rkt
     rd_kafka_queue_t *mainq     # rk's main queue: yielded to wake the poll thread
     int flushing                # atomic: calls enqueued and not yet complete (see "Sending")
-    pthread_mutex_t lock        # guards: completed, last_err/last_reason, log_msg; never held
-                                # while taking the GIL
+    int refuse                  # atomic: 0, or the error code new enqueues fail with (closing,
+                                # or the producer failed)
+    pthread_mutex_t lock        # guards `completed`; never held while taking the GIL
     Tracker *completed          # async trackers fully reported, waiting to be resolved
     int has_completed           # atomic hint for the poll thread
-    int log_pending             # atomic hint: log_msg holds an error to log
     int stop                    # atomic: the poll thread exits its loop when set
     int thread_started
     pthread_t thread
-    int active                  # atomic: produce/flush calls using rk right now
+    int active                  # atomic: calls using rk right now (close() waits for them)
     uint64_t counter            # atomic: ce_id sequence number of the last reserved event
     char id_prefix[ID_PREFIX_SIZE]  # "<producer id>-"
     size_t id_prefix_len
-    int last_err                # latest error_cb error, kept for ProduceTimeoutError
-    char last_reason[ERRSTR_SIZE]
-    int log_level_error
-    char log_msg[ERRSTR_SIZE]
     PyObject *topic             # owned: str, for errors built on the poll thread
     PyObject *logger            # owned: logging.Logger
+    PyObject *health            # owned: eventstream.health.Health
 
 
 # Header names and constant values of every message of a producer. The pointers point into
@@ -147,19 +157,37 @@ cdef struct OutMsg:
     ssize_t key_len             # -1: no key
 
 
+@cython.final
+cdef class _Batch:
+    """One call's serialized events: `msgs` points into the bytes objects in `keep`, which this
+    object holds; valid while it lives (the call's frame). librdkafka copies what it keeps."""
+
+    cdef OutMsg *msgs
+    cdef Py_ssize_t n
+    cdef list keep
+
+    def __dealloc__(self):
+        free(self.msgs)
+
+
 # ---- tracker -------------------------------------------------------------------------------
 
-cdef Tracker *_tracker_new(int64_t n, bint is_async) except NULL:
+cdef Tracker *_tracker_new(ProducerState *st, int64_t n, bint is_async) except NULL:
     cdef Tracker *t = <Tracker *>calloc(1, sizeof(Tracker))
     if t == NULL:
         raise MemoryError()
-    if pthread_mutex_init(&t.lock, NULL) != 0 or esk_cond_init(&t.cond) != 0:
+    if pthread_mutex_init(&t.lock, NULL) != 0:
+        free(t)
+        raise MemoryError()
+    if esk_cond_init(&t.cond) != 0:
+        pthread_mutex_destroy(&t.lock)
         free(t)
         raise MemoryError()
     t.remaining = n + 1         # + the enqueuing caller's guard
-    t.refs = 2                  # the caller's + the completion reference
+    t.refs = 2                  # the caller's + the completion's
     t.is_async = is_async
     t.total = n
+    t.state = st
     return t
 
 
@@ -171,8 +199,12 @@ cdef void _tracker_release(Tracker *t) noexcept nogil:
 
 
 cdef void _tracker_fail(Tracker *t, int err, const char *reason, int64_t count) noexcept nogil:
-    """Count `count` failed events; the first error recorded is the one reported."""
-    esk_add_i64(&t.failed, count)
+    """Count `count` undelivered events (failed or in doubt by `err`); the first error recorded
+    is the one reported."""
+    if _is_in_doubt(err):
+        esk_add_i64(&t.in_doubt, count)
+    else:
+        esk_add_i64(&t.failed, count)
     pthread_mutex_lock(&t.lock)
     if t.first_err == 0:
         t.first_err = err
@@ -183,45 +215,26 @@ cdef void _tracker_fail(Tracker *t, int err, const char *reason, int64_t count) 
 cdef void _tracker_complete(Tracker *t) noexcept nogil:
     """Every message of the call is accounted for. Consumes the completion reference."""
     cdef ProducerState *st = t.state
-    cdef bint needs_gil = t.is_async
     esk_add_int(&st.flushing, -1)       # taken by _tracker_hand_over, before any completion
     if not t.is_async:
         pthread_mutex_lock(&t.lock)
         t.done = 1
-        needs_gil = t.abandoned
-        if not needs_gil:
-            pthread_cond_broadcast(&t.cond)
+        pthread_cond_broadcast(&t.cond)
         pthread_mutex_unlock(&t.lock)
-    if needs_gil:
-        # Resolving a future / releasing `keep` needs the GIL: hand the tracker (and its
-        # completion reference) to whoever next runs _resolve_completed(), normally the poll
-        # thread right after the rd_kafka_poll() call that got us here.
-        pthread_mutex_lock(&st.lock)
-        t.next = st.completed
-        st.completed = t
-        esk_store_int(&st.has_completed, 1)
-        pthread_mutex_unlock(&st.lock)
-        # If this runs in a delivery report inside rd_kafka_flush() (poll thread), make that
-        # flush return now rather than when every other call's messages are reported too, so
-        # the future is resolved without delay. (Thread-local; harmless anywhere else.)
-        rd_kafka_yield(st.rk)
-    else:
-        _tracker_release(t)     # the waiting caller releases `keep`
-
-
-cdef void _tracker_leave(Tracker *t) noexcept:
-    """The synchronous caller leaves (GIL held): release `keep` if every message was reported,
-    else leave that to the completion (abandoned). Drops the caller's reference."""
-    cdef bint done
-    pthread_mutex_lock(&t.lock)
-    done = t.done
-    if not done:
-        t.abandoned = 1
-    pthread_mutex_unlock(&t.lock)
-    if done:
-        Py_XDECREF(t.keep)
-        t.keep = NULL
-    _tracker_release(t)
+        _tracker_release(t)
+        return
+    # Settling the future needs the GIL: hand the tracker (and its completion reference) to
+    # whoever next runs _resolve_completed(), normally the poll thread right after the
+    # rd_kafka_poll() call that got us here.
+    pthread_mutex_lock(&st.lock)
+    t.next = st.completed
+    st.completed = t
+    esk_store_int(&st.has_completed, 1)
+    pthread_mutex_unlock(&st.lock)
+    # If this runs in a delivery report inside rd_kafka_flush() (poll thread), make that flush
+    # return now rather than when every other call's messages are reported too, so the future is
+    # settled without delay. (Thread-local; harmless anywhere else.)
+    rd_kafka_yield(st.rk)
 
 
 cdef bint _tracker_wait(Tracker *t, int64_t until) noexcept nogil:
@@ -236,20 +249,20 @@ cdef bint _tracker_wait(Tracker *t, int64_t until) noexcept nogil:
     return done
 
 
-cdef void _tracker_hand_over(Tracker *t, int64_t not_enqueued) noexcept nogil:
-    """The caller is done enqueueing: events never enqueued leave the count and the guard goes.
-    If that accounts for everything, the caller completes the tracker itself; else the poll
-    thread is asked to send what lingers (see "Sending"). Counted in `flushing` before the
-    guard goes, so that the completion (which uncounts it) comes after."""
+cdef void _tracker_hand_over(Tracker *t) noexcept nogil:
+    """The caller is done enqueueing (normally, or leaving early): events never enqueued leave the
+    count and the guard goes. If that accounts for everything, the caller completes the tracker
+    itself; else the poll thread is asked to send what lingers (see "Sending"). Counted in
+    `flushing` before the guard goes, so that the completion (which uncounts it) comes after."""
     cdef ProducerState *st = t.state
     esk_add_int(&st.flushing, 1)
-    if esk_add_i64(&t.remaining, -(not_enqueued + 1)) == 0:
+    if esk_add_i64(&t.remaining, -(t.total - t.enqueued + 1)) == 0:
         _tracker_complete(t)
     else:
         rd_kafka_queue_yield(st.mainq)
 
 
-# ---- librdkafka callbacks (run on whichever thread calls rd_kafka_poll/flush; no GIL) --------
+# ---- librdkafka callbacks (run on whichever thread calls rd_kafka_poll/flush) -----------------
 # (_on_log, shared with the consumer, is in _core.pyx.)
 
 cdef void _on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque) noexcept nogil:
@@ -263,30 +276,48 @@ cdef void _on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaq
         _tracker_complete(t)
 
 
-cdef void _on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) noexcept nogil:
+cdef void _refuse(ProducerState *st, rd_kafka_t *rk, int code) noexcept nogil:
+    """From now on new enqueues fail with `code`, and what is queued fails at once (the purge's
+    delivery reports complete the waiting calls)."""
+    esk_store_int(&st.refuse, code)
+    rd_kafka_purge(rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT
+                   | RD_KAFKA_PURGE_F_NON_BLOCKING)
+
+
+cdef void _on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) noexcept with gil:
+    # error_cb: served inside rd_kafka_poll/flush. The Health decides (state, log once,
+    # on_error); a failure (authentication, fatal) makes the producer refuse and purge.
     cdef ProducerState *st = <ProducerState *>opaque
     cdef char fatal_reason[ERRSTR_SIZE]
     cdef int code = err
-    cdef bint connectivity
-    if err == RD_KAFKA_RESP_ERR__FATAL:
+    cdef bint fatal = err == RD_KAFKA_RESP_ERR__FATAL
+    if fatal:
         fatal_reason[0] = 0
         code = rd_kafka_fatal_error(rk, fatal_reason, sizeof(fatal_reason))
         reason = fatal_reason
-    # Brokers going down and coming back is routine: remember the latest such error for
-    # ProduceTimeoutError instead of logging every occurrence.
-    connectivity = (code == RD_KAFKA_RESP_ERR__TRANSPORT
-                    or code == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN
-                    or code == RD_KAFKA_RESP_ERR__RESOLVE)
-    pthread_mutex_lock(&st.lock)
-    st.last_err = code
-    snprintf(st.last_reason, ERRSTR_SIZE, "%s: %s", rd_kafka_err2name(code), reason)
-    if not connectivity:
-        snprintf(st.log_msg, ERRSTR_SIZE, "%s%s: %s",
-                 "fatal " if err == RD_KAFKA_RESP_ERR__FATAL else "",
-                 rd_kafka_err2name(code), reason)
-        st.log_level_error = err == RD_KAFKA_RESP_ERR__FATAL
-        esk_store_int(&st.log_pending, 1)
-    pthread_mutex_unlock(&st.lock)
+    try:
+        failure = (<object>st.health).client_error(
+            code, _err_name(code), reason.decode("utf-8", "replace"), fatal=fatal
+        )
+        if failure is not None:
+            _refuse(st, rk, code)
+    except BaseException:
+        pass                    # never let an exception vanish into C
+
+
+cdef int _on_stats(rd_kafka_t *rk, char *json, size_t json_len, void *opaque) noexcept nogil:
+    # statistics.interval.ms: is any broker connection up? ("state":"UP" is how librdkafka's
+    # statistics JSON spells a broker that is up; the group's state is lower-case "up".)
+    cdef bint up = memmem(json, json_len, b'"state":"UP"', 12) != NULL
+    _health_tick(<ProducerState *>opaque, up)
+    return 0
+
+
+cdef void _health_tick(ProducerState *st, bint up) noexcept with gil:
+    try:
+        (<object>st.health).tick(up)
+    except BaseException:
+        pass
 
 
 # ---- work that needs the GIL ------------------------------------------------------------------
@@ -314,86 +345,77 @@ cdef object _fatal_info(rd_kafka_t *rk):
     return code, buf.decode("utf-8", "replace")
 
 
-cdef object _tracker_error(ProducerState *st, Tracker *t, int64_t total):
+cdef object _producer_failure(ProducerState *st):
+    """The producer's failure (Health), learning of a fatal error not yet reported by error_cb
+    (a delivery report or produceva can see it first); None if it has not failed."""
+    health = <object>st.health
+    failure = health.failure
+    if failure is None:
+        info = _fatal_info(st.rk)
+        if info is not None:
+            failure = health.client_error(info[0], _err_name(info[0]), info[1], fatal=True)
+            _refuse(st, st.rk, info[0])
+    return failure
+
+
+cdef object _tracker_error(ProducerState *st, Tracker *t):
     """The ProduceError for a completed tracker, or None if every event was acknowledged.
     Read only after completion (its fields are final then)."""
     cdef int64_t failed = esk_load_i64(&t.failed)
-    cdef int code
-    if failed == 0:
+    cdef int64_t in_doubt = esk_load_i64(&t.in_doubt)
+    cdef int code = t.first_err
+    if failed + in_doubt == 0:
         return None
-    code = t.first_err
-    reason = t.first_reason.decode("utf-8", "replace")
-    fatal = False
-    info = _fatal_info(st.rk) if code == RD_KAFKA_RESP_ERR__FATAL else None
-    if info is not None:
-        code, reason = info
-        fatal = True
     return _errors.produce_error(
-        code, _err_name(code), reason, failed=failed, total=total,
-        topic=<object>st.topic, fatal=fatal,
+        code, _err_name(code), t.first_reason.decode("utf-8", "replace"),
+        failed=failed, in_doubt=in_doubt, total=t.total, topic=<object>st.topic,
+        cause=_producer_failure(st),
     )
 
 
 cdef void _resolve_completed(ProducerState *st) noexcept with gil:
-    """Finish the trackers handed over by _tracker_complete (one GIL acquisition for all of
-    them): resolve async futures, release `keep` of async and abandoned sync calls. Then log a
-    pending client error. Never raises: failures are logged."""
+    """Settle the futures of the async trackers handed over by _tracker_complete (one GIL
+    acquisition for all of them) and drop their completion references. Never raises."""
     cdef Tracker *t
     cdef Tracker *nxt
-    cdef char msg[ERRSTR_SIZE]
-    cdef bint log_it = False
-    cdef bint as_error = False
+    cdef bint any_ok = False
     logger = <object>st.logger
     pthread_mutex_lock(&st.lock)
     t = st.completed
     st.completed = NULL
     esk_store_int(&st.has_completed, 0)
-    if esk_load_int(&st.log_pending):
-        memcpy(msg, st.log_msg, ERRSTR_SIZE)
-        as_error = st.log_level_error
-        esk_store_int(&st.log_pending, 0)
-        log_it = True
     pthread_mutex_unlock(&st.lock)
     while t != NULL:
         nxt = t.next
         try:
-            if t.is_async:
-                fut = <object>t.future
-                loop = <object>t.loop
-                exc = _tracker_error(st, t, t.total)
-                try:
-                    loop.call_soon_threadsafe(_settle_future, fut, exc)
-                except RuntimeError:
-                    pass        # the loop is closed: nobody can await the future any more
+            exc = _tracker_error(st, t)
+            any_ok = any_ok or exc is None
+            try:
+                (<object>t.loop).call_soon_threadsafe(_settle_future, <object>t.future, exc)
+            except RuntimeError:
+                pass            # the loop is closed: nobody can await the future any more
         except BaseException as e:
             try:
                 logger.error("could not resolve a produce_async future", exc_info=e)
             except BaseException:
                 pass
         finally:
-            fut = None
-            loop = None
+            exc = None
             Py_XDECREF(t.future)
             Py_XDECREF(t.loop)
-            Py_XDECREF(t.keep)      # every message is reported: nothing points into it now
             t.future = NULL
             t.loop = NULL
-            t.keep = NULL
             _tracker_release(t)     # the completion reference
         t = nxt
-    if log_it:
+    if any_ok:
         try:
-            text = msg.decode("utf-8", "replace")
-            if as_error:
-                logger.error("producer error: %s", text)
-            else:
-                logger.warning("producer error: %s", text)
+            (<object>st.health).up()
         except BaseException:
             pass
 
 
 cdef void *_poll_main(void *arg) noexcept nogil:
-    """The native poll thread: serves delivery reports and error callbacks until told to stop."""
+    """The native poll thread: serves delivery reports and callbacks until told to stop."""
     cdef ProducerState *st = <ProducerState *>arg
     while not esk_load_int(&st.stop):
         if esk_load_int(&st.flushing) > 0 and rd_kafka_outq_len(st.rk) > 0:
@@ -404,7 +426,7 @@ cdef void *_poll_main(void *arg) noexcept nogil:
         else:
             # Woken early by rd_kafka_queue_yield() when a call has enqueued its events.
             rd_kafka_poll(st.rk, POLL_SLICE_MS)
-        if esk_load_int(&st.has_completed) or esk_load_int(&st.log_pending):
+        if esk_load_int(&st.has_completed):
             _resolve_completed(st)
     return NULL
 
@@ -417,16 +439,6 @@ def _stop_poll_threads():
     # A native thread must not try to take the GIL while the interpreter finalizes.
     for p in list(_live_producers):
         (<Producer>p)._stop_thread()
-
-
-cdef object _state_last_error(ProducerState *st):
-    """The client's latest error_cb error ("NAME: reason"), or None."""
-    cdef char buf[ERRSTR_SIZE]
-    pthread_mutex_lock(&st.lock)
-    memcpy(buf, st.last_reason, ERRSTR_SIZE)
-    pthread_mutex_unlock(&st.lock)
-    text = buf.decode("utf-8", "replace")
-    return text or None
 
 
 @cython.final
@@ -469,7 +481,7 @@ cdef class _AsyncDeadline:
             return      # every event was reported: the result is already on its way to the loop
         fut.set_exception(_errors.produce_timeout_error(
             pending=pending, total=self._t.total, topic=<object>self._st.topic,
-            timeout=self._timeout, last_error=_state_last_error(self._st),
+            timeout=self._timeout, last_error=(<object>self._st.health).last_error,
         ))
 
     def _on_done(self, fut):
@@ -483,23 +495,23 @@ cdef class _AsyncDeadline:
 
 # ---- the Producer --------------------------------------------------------------------------
 
-cdef inline str _type_label(object cls):
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
 @cython.final
 cdef class Producer:
-    """eventstream.backend.ProducerBackend over librdkafka (see the module docstring)."""
+    """eventstream.backend.ProducerBackend over librdkafka (see the comments above)."""
 
     cdef ProducerState *_st
     cdef readonly str topic
     cdef object _event_type
+    cdef object _type_name
     cdef object _serialize          # the event class's unbound SerializeToString
     cdef object _key
     cdef object _logger
     cdef object _client_logger      # <logger>.librdkafka: librdkafka's own lines, at DEBUG
+    cdef object _health
+    cdef object _lifecycle          # threading.Lock: creating the client vs. close()
     cdef dict _properties
     cdef bint _closed
+    cdef int _fork_generation       # _fork_generation when made: another value = a forked child
     # Header names and constant values, kept alive here; the C pointers below point into them.
     cdef bytes _h_ct, _h_spec, _h_id, _h_source, _h_type
     cdef bytes _v_ct, _v_spec, _v_source, _v_type
@@ -514,9 +526,13 @@ cdef class Producer:
         cdef bytes prefix
         self.topic = spec.topic
         self._event_type = spec.event_type
+        self._type_name = spec.type_name
         self._serialize = spec.event_type.SerializeToString
         self._key = spec.key
         self._logger = spec.logger
+        self._health = spec.health
+        self._lifecycle = _threading.Lock()
+        self._fork_generation = _fork_generation
         self._h_ct = _wire.HEADER_CONTENT_TYPE.encode()
         self._h_spec = _wire.HEADER_SPECVERSION.encode()
         self._h_id = _wire.HEADER_ID.encode()
@@ -559,13 +575,16 @@ cdef class Producer:
         Py_INCREF(self.topic)
         st.logger = <PyObject *>self._logger
         Py_INCREF(self._logger)
+        st.health = <PyObject *>self._health
+        Py_INCREF(self._health)
         self._client_logger = self._logger.getChild("librdkafka")
         st.sink.logger = <PyObject *>self._client_logger     # borrowed: self outlives rk
         self._properties = dict(spec.properties)
         self._st = st               # from here on __dealloc__ frees it
-        # The librdkafka client (threads, connections) is created at the first produce.
+        # The librdkafka client (threads, connections) is created at the first call.
 
     cdef int _create_client(self) except -1:
+        """Make the handle and start the poll thread. Called under _lifecycle."""
         cdef char errstr[ERRSTR_SIZE]
         cdef rd_kafka_conf_t *conf
         cdef ProducerState *st = self._st
@@ -573,22 +592,33 @@ cdef class Producer:
         conf = _make_conf(self._properties, "producer")
         rd_kafka_conf_set_dr_msg_cb(conf, _on_delivery)
         rd_kafka_conf_set_error_cb(conf, _on_error)
+        rd_kafka_conf_set_stats_cb(conf, _on_stats)
         _route_logs(conf)
         rd_kafka_conf_set_opaque(conf, st)
-        st.rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr))
-        if st.rk == NULL:
+        rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr))
+        if rk == NULL:
             rd_kafka_conf_destroy(conf)     # rd_kafka_new owns conf only on success
             raise _errors.ConfigError("properties", errstr.decode("utf-8", "replace"))
-        rd_kafka_set_log_queue(st.rk, NULL)  # log lines are served by the poll thread
-        st.mainq = rd_kafka_queue_get_main(st.rk)
-        st.rkt = rd_kafka_topic_new(st.rk, btopic, NULL)
-        if st.rkt == NULL:
-            rd_kafka_queue_destroy(st.mainq)
-            st.mainq = NULL
+        rd_kafka_set_log_queue(rk, NULL)  # log lines are served by the poll thread
+        rkt = rd_kafka_topic_new(rk, btopic, NULL)
+        if rkt == NULL:
             with nogil:
-                rd_kafka_destroy(st.rk)
-            st.rk = NULL
+                rd_kafka_destroy(rk)
             raise _errors.ConfigError("topic", f"librdkafka rejected topic {self.topic!r}")
+        st.mainq = rd_kafka_queue_get_main(rk)
+        st.rkt = rkt
+        esk_store_int(&st.stop, 0)
+        st.rk = rk
+        if pthread_create(&st.thread, NULL, _poll_main, st) != 0:
+            st.rk = NULL
+            st.rkt = NULL
+            with nogil:
+                rd_kafka_queue_destroy(st.mainq)
+                rd_kafka_topic_destroy(rkt)
+                rd_kafka_destroy(rk)
+            st.mainq = NULL
+            raise RuntimeError("could not start the producer poll thread")
+        st.thread_started = 1
         _live_producers.add(self)
         return 0
 
@@ -596,51 +626,81 @@ cdef class Producer:
         cdef ProducerState *st = self._st
         cdef Tracker *t
         cdef Tracker *nxt
+        cdef int rounds
         if st == NULL:
             return
         self._st = NULL
-        # Never closed: stop the thread and destroy without flushing (messages still queued
-        # are dropped, as with any Kafka client that is not closed).
-        if st.thread_started:
-            esk_store_int(&st.stop, 1)
+        if self._fork_generation == _fork_generation and st.rk != NULL:
+            # Never closed (calls cannot be in progress: they hold a reference to self). Stop
+            # the thread, fail what is queued so that pending produce_async() futures are
+            # settled, then destroy.
+            self._stop_thread()
+            esk_store_int(&st.refuse, RD_KAFKA_RESP_ERR__DESTROY)
             with nogil:
-                pthread_join(st.thread, NULL)
-            st.thread_started = 0
-        with nogil:
-            if st.mainq != NULL:
+                rd_kafka_purge(st.rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT)
+                rounds = 0
+                while rd_kafka_outq_len(st.rk) > 0 and rounds < 50:
+                    rd_kafka_poll(st.rk, 10)    # serves the purge reports
+                    rounds += 1
+            if esk_load_int(&st.has_completed):
+                _resolve_completed(st)
+            with nogil:
                 rd_kafka_queue_destroy(st.mainq)
-            if st.rkt != NULL:
                 rd_kafka_topic_destroy(st.rkt)
-            if st.rk != NULL:
                 rd_kafka_destroy(st.rk)
+        # In a forked child the handle is left alone: destroying it would join threads that
+        # exist only in the parent.
         t = st.completed
         while t != NULL:
             nxt = t.next
             Py_XDECREF(t.future)
             Py_XDECREF(t.loop)
-            Py_XDECREF(t.keep)
             _tracker_release(t)
             t = nxt
         Py_XDECREF(st.topic)
         Py_XDECREF(st.logger)
+        Py_XDECREF(st.health)
         pthread_mutex_destroy(&st.lock)
         free(st)
 
     # -- internals --
 
-    cdef int _enter(self, bint start_thread) except -1:
-        """Mark a call as using rk (close() waits for it); start the poll thread if asked."""
-        if self._closed or self._st == NULL:
-            raise _errors.ClosedError(f"producer for topic {self.topic!r} is closed")
-        if self._st.rk == NULL:
-            self._create_client()
-        if start_thread and not self._st.thread_started:
-            # Runs with the GIL held and without Python calls: no other thread can race here.
-            esk_store_int(&self._st.stop, 0)
-            if pthread_create(&self._st.thread, NULL, _poll_main, self._st) != 0:
-                raise RuntimeError("could not start the producer poll thread")
-            self._st.thread_started = 1
-        esk_add_int(&self._st.active, 1)
+    cdef int _ensure_alive(self) except -1:
+        """The guard before every use of the handle."""
+        if self._fork_generation != _fork_generation:
+            raise _errors.ClosedError(
+                f"the producer of {self.topic!r} was created in the parent of this forked "
+                "process; librdkafka clients cannot cross fork(): create a new Topic here"
+            )
+        if self._closed:
+            raise _errors.ClosedError(f"the producer of {self.topic!r} is closed")
+        return 0
+
+    cdef int _enter(self, Py_ssize_t n) except -1:
+        """Mark a call of `n` events as using rk (close() waits for it), creating the client at
+        the first call. Raises ClosedError, or (n > 0) the producer's failure as this call's
+        ProduceError."""
+        cdef ProducerState *st = self._st
+        self._ensure_alive()
+        esk_add_int(&st.active, 1)
+        try:
+            if self._closed:
+                raise _errors.ClosedError(f"the producer of {self.topic!r} is closed")
+            if st.rk == NULL:
+                with self._lifecycle:
+                    if self._closed:
+                        raise _errors.ClosedError(f"the producer of {self.topic!r} is closed")
+                    if st.rk == NULL:
+                        self._create_client()
+            failure = self._health.failure if n > 0 else None
+            if failure is not None:
+                raise _errors.produce_error(
+                    failure.code, failure.name, str(failure), failed=n, in_doubt=0, total=n,
+                    topic=self.topic, cause=failure,
+                )
+        except BaseException:
+            esk_add_int(&st.active, -1)
+            raise
         return 0
 
     cdef void _exit(self) noexcept:
@@ -648,87 +708,79 @@ cdef class Producer:
 
     cdef void _stop_thread(self) noexcept:
         cdef ProducerState *st = self._st
-        if st == NULL or not st.thread_started:
+        if st == NULL or not st.thread_started or self._fork_generation != _fork_generation:
             return
         esk_store_int(&st.stop, 1)
         with nogil:
             pthread_join(st.thread, NULL)
         st.thread_started = 0
 
-    cdef OutMsg *_prepare(self, list evs, Py_ssize_t n, list keep) except NULL:
+    cdef _Batch _prepare(self, list evs, Py_ssize_t n):
         """Type-check, then serialize values and keys of the whole call, before anything is
-        enqueued. `keep` receives the Python objects the returned pointers point into; it must
-        outlive the returned array."""
+        enqueued."""
         cdef Py_ssize_t i, size
-        cdef OutMsg *msgs
         cdef const char *kp
+        cdef _Batch batch
+        cdef OutMsg *msgs
         etype = self._event_type
         for i in range(n):
             if type(evs[i]) is not etype:
-                raise _errors.EventTypeError(
-                    f"event {i} is a {_type_label(type(evs[i]))}, expected "
-                    f"{_type_label(etype)}; nothing was sent"
-                )
-        msgs = <OutMsg *>malloc(n * sizeof(OutMsg))
+                raise _errors.event_type_error(i, type(evs[i]), etype, self._type_name)
+        batch = _Batch.__new__(_Batch)
+        batch.keep = []
+        batch.msgs = msgs = <OutMsg *>malloc(n * sizeof(OutMsg))
         if msgs == NULL:
             raise MemoryError()
-        try:
-            ser = self._serialize
-            keyfn = self._key
-            for i in range(n):
-                ev = evs[i]
-                try:
-                    data = ser(ev)
-                except Exception as exc:
-                    raise _errors.SerializationError(
-                        f"event {i} ({_type_label(etype)}) could not be serialized: {exc}; "
-                        "nothing was sent"
-                    ) from exc
-                if type(data) is not bytes:
-                    raise _errors.SerializationError(
-                        f"event {i}: SerializeToString returned {type(data).__name__}, not bytes"
-                    )
-                keep.append(data)
-                msgs[i].value = PyBytes_AS_STRING(data)
-                msgs[i].value_len = PyBytes_GET_SIZE(data)
-                msgs[i].key = NULL
-                msgs[i].key_len = -1
-                if keyfn is None:
-                    continue
+        batch.n = n
+        keep = batch.keep
+        ser = self._serialize
+        keyfn = self._key
+        for i in range(n):
+            ev = evs[i]
+            try:
+                data = ser(ev)
+            except Exception as exc:
+                raise _errors.serialize_error(i, self._type_name, exc) from exc
+            if type(data) is not bytes:
+                raise _errors.serialize_error(
+                    i, self._type_name, TypeError(f"SerializeToString returned {type(data)}")
+                )
+            keep.append(data)
+            msgs[i].value = PyBytes_AS_STRING(data)
+            msgs[i].value_len = PyBytes_GET_SIZE(data)
+            msgs[i].key = NULL
+            msgs[i].key_len = -1
+            if keyfn is None:
+                continue
+            try:
                 k = keyfn(ev)
-                if k is None:
-                    continue
-                if type(k) is str or isinstance(k, str):
-                    try:
-                        # UTF-8 cached inside the str object: valid while `keep` holds it.
-                        kp = PyUnicode_AsUTF8AndSize(k, &size)
-                    except UnicodeError as exc:
-                        raise _errors.SerializationError(
-                            f"event {i}: key {k!r} is not encodable as UTF-8; nothing was sent"
-                        ) from exc
-                    keep.append(k)
-                    msgs[i].key = kp
-                    msgs[i].key_len = size
-                elif isinstance(k, bytes):
-                    keep.append(k)
-                    msgs[i].key = PyBytes_AS_STRING(k)
-                    msgs[i].key_len = PyBytes_GET_SIZE(k)
-                else:
-                    raise _errors.SerializationError(
-                        f"event {i}: the key function returned {type(k).__name__} "
-                        f"({k!r}); expected str, bytes or None; nothing was sent"
-                    )
-        except BaseException:
-            free(msgs)
-            raise
-        return msgs
+            except Exception as exc:
+                raise _errors.key_function_error(i, self._type_name, exc) from exc
+            if k is None:
+                continue
+            if isinstance(k, str):
+                try:
+                    # UTF-8 cached inside the str object: valid while `keep` holds it.
+                    kp = PyUnicode_AsUTF8AndSize(k, &size)
+                except UnicodeError as exc:
+                    raise _errors.key_function_error(i, self._type_name, exc) from exc
+                keep.append(k)
+                msgs[i].key = kp
+                msgs[i].key_len = size
+            elif isinstance(k, bytes):
+                keep.append(k)
+                msgs[i].key = PyBytes_AS_STRING(k)
+                msgs[i].key_len = PyBytes_GET_SIZE(k)
+            else:
+                raise _errors.key_type_error(i, self._type_name, k)
+        return batch
 
-    cdef Py_ssize_t _enqueue(self, OutMsg *msgs, Py_ssize_t start, Py_ssize_t n, Tracker *t,
-                             uint64_t id_base, int64_t slice_end, int *err_out) noexcept nogil:
-        """Enqueue events start..n-1. Returns the index of the first event not enqueued (n when
-        all were); *err_out is then QUEUE_FULL (still full at slice_end: retry after a signal
-        check) or the hard error code. Runs without the GIL: the pointers in msgs are kept
-        alive by the caller, the header values by self."""
+    cdef Py_ssize_t _enqueue(self, OutMsg *msgs, Tracker *t, uint64_t id_base, int64_t slice_end,
+                             int *err_out) noexcept nogil:
+        """Enqueue events t.enqueued..total-1, counting each in t.enqueued. Returns t.enqueued;
+        *err_out is then 0 (all enqueued), QUEUE_FULL (still full at slice_end: retry after a
+        signal check) or the hard error code. Runs without the GIL: `msgs` is kept alive by the
+        caller, the header values by self; librdkafka copies what it keeps."""
         cdef ProducerState *st = self._st
         cdef rd_kafka_vu_t vus[6]
         cdef size_t nvus
@@ -745,15 +797,17 @@ cdef class Producer:
         vus[0].u.rkt = st.rkt
         vus[1].vtype = RD_KAFKA_VTYPE_OPAQUE
         vus[1].u.ptr = t
-        # No RD_KAFKA_MSG_F_COPY: librdkafka points into the serialized bytes objects, which
-        # the tracker keeps alive until every message is reported (see Tracker). The key and
-        # the headers are always copied by librdkafka.
         vus[2].vtype = RD_KAFKA_VTYPE_MSGFLAGS
-        vus[2].u.i = 0
+        vus[2].u.i = RD_KAFKA_MSG_F_COPY
         vus[3].vtype = RD_KAFKA_VTYPE_VALUE
         vus[4].vtype = RD_KAFKA_VTYPE_HEADERS
         vus[5].vtype = RD_KAFKA_VTYPE_KEY
-        for i in range(start, n):
+        while t.enqueued < t.total:
+            i = t.enqueued
+            code = esk_load_int(&st.refuse)
+            if code != 0:
+                err_out[0] = code
+                return i
             hdrs = rd_kafka_headers_new(N_HEADERS)
             rd_kafka_header_add(hdrs, hs.n_ct, hs.nlen_ct, hs.v_ct, hs.vlen_ct)
             rd_kafka_header_add(hdrs, hs.n_spec, hs.nlen_spec, hs.v_spec, hs.vlen_spec)
@@ -774,44 +828,46 @@ cdef class Producer:
                 if error == NULL:
                     break           # the message owns hdrs now
                 code = rd_kafka_error_code(error)
+                if rd_kafka_error_is_fatal(error):
+                    code = RD_KAFKA_RESP_ERR__FATAL
                 rd_kafka_error_destroy(error)
-                if code == RD_KAFKA_RESP_ERR__QUEUE_FULL and esk_now_ns() < slice_end:
+                if (code == RD_KAFKA_RESP_ERR__QUEUE_FULL and esk_now_ns() < slice_end
+                        and esk_load_int(&st.refuse) == 0):
                     # The poll thread serves delivery reports, which frees room.
                     esk_sleep_ns(QUEUE_FULL_BACKOFF_NS)
                     continue
                 rd_kafka_headers_destroy(hdrs)      # still ours after a failed produceva
                 err_out[0] = code
                 return i
-        return n
+            t.enqueued = i + 1
+        return t.enqueued
 
-    cdef Py_ssize_t _enqueue_all(self, OutMsg *msgs, Py_ssize_t n, Tracker *t,
-                                 int64_t deadline, bint *timed_out) except -1:
-        """Enqueue the whole call; on a hard error count the rest as failed. Returns how many
-        were enqueued; *timed_out is set if `deadline` passed with librdkafka's queue still full
-        (the rest is then neither enqueued nor counted as failed: the caller reports a timeout).
-        Raises KeyboardInterrupt & co. from signal checks; the caller hands the tracker over in
-        every case."""
-        cdef Py_ssize_t i = 0
+    cdef int _enqueue_all(self, _Batch batch, Tracker *t, int64_t deadline) except -1:
+        """Enqueue the whole call; on a hard error count the rest as failed. Returns 1 if
+        `deadline` passed with librdkafka's queue still full (the rest is then neither enqueued
+        nor counted: the caller reports a timeout), else 0. Raises KeyboardInterrupt & co. from
+        signal checks; t.enqueued is right on every path, so the caller can hand over."""
         cdef int err = 0
         cdef int64_t slice_end
-        cdef uint64_t id_base = <uint64_t>esk_fetch_add_u64(&self._st.counter, <uint64_t>n)
-        timed_out[0] = False
-        while i < n:
+        cdef uint64_t id_base = <uint64_t>esk_fetch_add_u64(&self._st.counter, <uint64_t>t.total)
+        while True:
             slice_end = min(esk_now_ns() + WAIT_SLICE_NS, deadline)
             with nogil:
-                i = self._enqueue(msgs, i, n, t, id_base, slice_end, &err)
-            if i == n:
-                break
+                self._enqueue(batch.msgs, t, id_base, slice_end, &err)
+            if err == 0:
+                return 0
             if err == RD_KAFKA_RESP_ERR__QUEUE_FULL:
                 if esk_now_ns() >= deadline:
-                    timed_out[0] = True
-                    break
+                    return 1
                 PyErr_CheckSignals()
                 continue
-            # A hard error (message too large, fatal client error, ...): the rest is not sent.
-            _tracker_fail(t, err, rd_kafka_err2str(err), n - i)
-            break
-        return i
+            # A hard error (message too large, the producer failed or is closing, ...): the
+            # rest is not sent.
+            if err == RD_KAFKA_RESP_ERR__FATAL:
+                _producer_failure(self._st)
+            _tracker_fail(t, err, rd_kafka_err2str(err), t.total - t.enqueued)
+            t.enqueued = t.total    # accounted for (as failed)
+            return 0
 
     # -- the Backend protocol --
 
@@ -819,38 +875,25 @@ cdef class Producer:
         """Serialize, enqueue and wait for every event of this call to be acknowledged."""
         cdef list evs = events if type(events) is list else list(events)
         cdef Py_ssize_t n = len(evs)
-        cdef Py_ssize_t enqueued = 0
-        cdef list keep = []
-        cdef OutMsg *msgs
         cdef Tracker *t
-        cdef int64_t deadline, now, pending
+        cdef int64_t deadline, now, not_sent
         cdef bint done = False
-        cdef bint timed_out = False
+        cdef int timed_out = 0
         if n == 0:
             return
-        if timeout is not None and timeout < 0:
-            raise ValueError("timeout must be >= 0 or None")
-        if self._closed:
-            raise _errors.ClosedError(f"producer for topic {self.topic!r} is closed")
-        msgs = self._prepare(evs, n, keep)
+        self._ensure_alive()
+        batch = self._prepare(evs, n)
         deadline = _deadline_after(timeout)
-        try:
-            self._enter(True)
-        except BaseException:
-            free(msgs)
-            raise
+        self._enter(n)
         t = NULL
         try:
-            t = _tracker_new(n, False)
-            t.state = self._st
-            t.keep = <PyObject *>keep
-            Py_INCREF(keep)
+            t = _tracker_new(self._st, n, False)
             try:
-                enqueued = self._enqueue_all(msgs, n, t, deadline, &timed_out)
+                timed_out = self._enqueue_all(batch, t, deadline)
             finally:
-                free(msgs)
-                msgs = NULL
-                _tracker_hand_over(t, n - enqueued)
+                not_sent = t.total - t.enqueued
+                _tracker_hand_over(t)
+            batch = None
             # Events never enqueued because the deadline passed first must not let the call
             # succeed once the enqueued ones are acknowledged: that is a timeout, reported now.
             while not timed_out:
@@ -861,19 +904,19 @@ cdef class Producer:
                     break
                 PyErr_CheckSignals()
             if done:
-                exc = _tracker_error(self._st, t, n)
+                exc = _tracker_error(self._st, t)
                 if exc is not None:
                     raise exc
+                self._health.up()
                 return
-            # Timed out: the call's unreported events (and those never enqueued) are in doubt.
-            pending = esk_load_i64(&t.remaining) + (n - enqueued if timed_out else 0)
+            # Timed out: the call's unreported events are in doubt; those never enqueued failed.
             raise _errors.produce_timeout_error(
-                pending=pending, total=n, topic=self.topic, timeout=timeout,
-                last_error=self._last_error(),
+                pending=esk_load_i64(&t.remaining), not_sent=not_sent if timed_out else 0,
+                total=n, topic=self.topic, timeout=timeout, last_error=self._health.last_error,
             )
         finally:
             if t != NULL:
-                _tracker_leave(t)       # `keep` and the caller's reference
+                _tracker_release(t)     # the caller's reference
             self._exit()
 
     def produce_async(self, events, loop, timeout=None):
@@ -882,52 +925,38 @@ cdef class Producer:
         produce_timeout_error() when `timeout` passes first. Called on `loop`'s thread."""
         cdef list evs = events if type(events) is list else list(events)
         cdef Py_ssize_t n = len(evs)
-        cdef Py_ssize_t enqueued = 0
-        cdef list keep = []
-        cdef OutMsg *msgs
         cdef Tracker *t
-        cdef int64_t deadline
-        cdef bint timed_out = False
+        cdef int64_t deadline, not_sent
+        cdef int timed_out = 0
         cdef _AsyncDeadline expiry
-        if timeout is not None and timeout < 0:
-            raise ValueError("timeout must be >= 0 or None")
-        if self._closed:
-            raise _errors.ClosedError(f"producer for topic {self.topic!r} is closed")
+        self._ensure_alive()
         fut = loop.create_future()
         if n == 0:
             fut.set_result(None)
             return fut
-        msgs = self._prepare(evs, n, keep)
+        batch = self._prepare(evs, n)
         deadline = _deadline_after(timeout)
-        try:
-            self._enter(True)
-        except BaseException:
-            free(msgs)
-            raise
+        self._enter(n)
         t = NULL
         try:
-            t = _tracker_new(n, True)
-            t.state = self._st
+            t = _tracker_new(self._st, n, True)
             t.future = <PyObject *>fut
             Py_INCREF(fut)
             t.loop = <PyObject *>loop
             Py_INCREF(loop)
-            t.keep = <PyObject *>keep
-            Py_INCREF(keep)
             try:
                 # Without a timeout a full queue empties as messages are delivered or time out
                 # (message.timeout.ms); signals are still checked between slices. With one, the
                 # loop is blocked here at most until the deadline.
-                enqueued = self._enqueue_all(msgs, n, t, deadline, &timed_out)
+                timed_out = self._enqueue_all(batch, t, deadline)
             finally:
-                free(msgs)
-                msgs = NULL
-                _tracker_hand_over(t, n - enqueued)
+                not_sent = t.total - t.enqueued
+                _tracker_hand_over(t)
             if timed_out:
                 # As in produce(): the events never enqueued make this a timeout, reported now.
                 fut.set_exception(_errors.produce_timeout_error(
-                    pending=esk_load_i64(&t.remaining) + (n - enqueued), total=n,
-                    topic=self.topic, timeout=timeout, last_error=self._last_error(),
+                    pending=esk_load_i64(&t.remaining), not_sent=not_sent, total=n,
+                    topic=self.topic, timeout=timeout, last_error=self._health.last_error,
                 ))
             elif deadline != _NO_DEADLINE:
                 expiry = _AsyncDeadline.__new__(_AsyncDeadline)
@@ -952,12 +981,10 @@ cdef class Producer:
     def flush(self, timeout):
         """Wait up to `timeout` seconds for every outstanding message of this producer; return
         how many are still in flight."""
-        cdef int64_t deadline, now
-        cdef int left = 0
-        cdef int slice_ms
-        if self._closed or self._st == NULL or self._st.rk == NULL:
-            return 0                # nothing was ever produced (or closed)
-        self._enter(False)
+        self._ensure_alive()
+        if self._st.rk == NULL:
+            return 0                # nothing was ever produced
+        self._enter(0)
         try:
             return self._flush(timeout)
         finally:
@@ -978,7 +1005,7 @@ cdef class Producer:
                 # Also serves delivery reports on this thread (alongside the poll thread).
                 rd_kafka_flush(rk, slice_ms)
                 left = rd_kafka_outq_len(rk)
-            if esk_load_int(&self._st.has_completed) or esk_load_int(&self._st.log_pending):
+            if esk_load_int(&self._st.has_completed):
                 _resolve_completed(self._st)
             if left == 0 or esk_now_ns() >= deadline:
                 return left
@@ -986,31 +1013,38 @@ cdef class Producer:
 
     def close(self, timeout):
         """Flush up to `timeout`, fail what is still outstanding, stop the poll thread and
-        destroy the client. Idempotent; safe if nothing was ever produced."""
-        if self._closed:
-            return
-        self._closed = True         # new calls fail from here on
-        if self._st == NULL or self._st.rk == NULL:
+        destroy the client. Idempotent; safe if nothing was ever produced. In a forked child it
+        only marks the producer closed (the handle belongs to the parent)."""
+        with self._lifecycle:
+            if self._closed:
+                return
+            self._closed = True     # new calls fail from here on; no client is created now
+        if self._fork_generation != _fork_generation or self._st.rk == NULL:
+            self._health.closed()
             return
         left = 0
         try:
             left = self._flush(timeout)
         finally:
             self._teardown()
+            self._health.closed()
         if left:
             self._logger.warning(
-                "producer of %r closed with %d events unacknowledged after %g s",
-                self.topic, left, timeout,
+                "producer of %r: close() waited %g s and %d events were still unacknowledged; "
+                "they were abandoned: the produce calls waiting for them raised ProduceError "
+                "(in doubt: they may have been written)", self.topic, timeout, left,
             )
 
     cdef void _teardown(self) noexcept:
         cdef ProducerState *st = self._st
         cdef rd_kafka_t *rk = st.rk
         cdef rd_kafka_topic_t *rkt = st.rkt
-        # 1. What was not delivered within the timeout fails now (_PURGE_QUEUE/_PURGE_INFLIGHT)
-        #    so that every waiting produce() returns and every future is resolved.
+        # 1. New enqueues fail, what was not delivered within the timeout fails now
+        #    (_PURGE_QUEUE/_PURGE_INFLIGHT), so that every waiting produce() returns and every
+        #    future is settled.
         # 2. Calls still inside (they hold `active`) finish: their trackers complete as the
         #    purged messages are reported. Purge again in the loop for late enqueues.
+        esk_store_int(&st.refuse, RD_KAFKA_RESP_ERR__DESTROY)
         with nogil:
             while True:
                 if rd_kafka_outq_len(rk) > 0:
@@ -1019,9 +1053,9 @@ cdef class Producer:
                 if esk_load_int(&st.active) == 0 and rd_kafka_outq_len(rk) == 0:
                     break
                 esk_sleep_ns(5_000_000)
-        # 3. Stop the poll thread, resolve the last futures, destroy.
+        # 3. Stop the poll thread, settle the last futures, destroy.
         self._stop_thread()
-        if esk_load_int(&st.has_completed) or esk_load_int(&st.log_pending):
+        if esk_load_int(&st.has_completed):
             _resolve_completed(st)
         st.rk = NULL
         st.rkt = NULL
@@ -1030,9 +1064,6 @@ cdef class Producer:
             st.mainq = NULL
             rd_kafka_topic_destroy(rkt)
             rd_kafka_destroy(rk)
-
-    cdef object _last_error(self):
-        return _state_last_error(self._st)
 
     @property
     def closed(self):

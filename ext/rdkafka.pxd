@@ -48,6 +48,9 @@ cdef extern from "rdkafka_abi.h" nogil:
         RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN
         RD_KAFKA_RESP_ERR__TIMED_OUT
         RD_KAFKA_RESP_ERR__QUEUE_FULL
+        RD_KAFKA_RESP_ERR__SSL
+        RD_KAFKA_RESP_ERR__AUTHENTICATION
+        RD_KAFKA_RESP_ERR__MAX_POLL_EXCEEDED
         RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS
         RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS
         RD_KAFKA_RESP_ERR__NOENT
@@ -60,6 +63,10 @@ cdef extern from "rdkafka_abi.h" nogil:
         RD_KAFKA_MSG_F_COPY
         RD_KAFKA_PURGE_F_QUEUE
         RD_KAFKA_PURGE_F_INFLIGHT
+        RD_KAFKA_PURGE_F_NON_BLOCKING
+        RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE
+        RD_KAFKA_OFFSET_BEGINNING
+        RD_KAFKA_OFFSET_END
 
     ctypedef struct rd_kafka_message_t:
         rd_kafka_resp_err_t err
@@ -129,6 +136,9 @@ cdef extern from "rdkafka_abi.h" nogil:
                                         void *opaque) noexcept
     ctypedef void (*esk_log_cb_t)(const rd_kafka_t *rk, int level, const char *fac,
                                   const char *buf) noexcept
+    # Returns 0: librdkafka frees json after the call.
+    ctypedef int (*esk_stats_cb_t)(rd_kafka_t *rk, char *json, size_t json_len,
+                                   void *opaque) noexcept
 
     # Loader (see rdkafka_abi.h).
     const char *esk_rdk_load(void *handle)
@@ -147,6 +157,7 @@ cdef extern from "rdkafka_abi.h" nogil:
     const char *rd_kafka_error_string "ESK_RDK(rd_kafka_error_string)" (
         const rd_kafka_error_t *error)
     void rd_kafka_error_destroy "ESK_RDK(rd_kafka_error_destroy)" (rd_kafka_error_t *error)
+    int rd_kafka_error_is_fatal "ESK_RDK(rd_kafka_error_is_fatal)" (const rd_kafka_error_t *error)
 
     # ---- configuration and handles ----
     rd_kafka_conf_t *rd_kafka_conf_new "ESK_RDK(rd_kafka_conf_new)" ()
@@ -162,6 +173,10 @@ cdef extern from "rdkafka_abi.h" nogil:
         rd_kafka_conf_t *conf, void *opaque)
     void rd_kafka_conf_set_log_cb "ESK_RDK(rd_kafka_conf_set_log_cb)" (
         rd_kafka_conf_t *conf, esk_log_cb_t cb)
+    # Served where the main queue is (rd_kafka_poll/flush) or the consumer queue, every
+    # statistics.interval.ms.
+    void rd_kafka_conf_set_stats_cb "ESK_RDK(rd_kafka_conf_set_stats_cb)" (
+        rd_kafka_conf_t *conf, esk_stats_cb_t cb)
     void *rd_kafka_opaque "ESK_RDK(rd_kafka_opaque)" (const rd_kafka_t *rk)
     # NULL: forward log lines to the main queue (served by rd_kafka_poll / the consumer queue).
     rd_kafka_resp_err_t rd_kafka_set_log_queue "ESK_RDK(rd_kafka_set_log_queue)" (
@@ -170,6 +185,8 @@ cdef extern from "rdkafka_abi.h" nogil:
     rd_kafka_t *rd_kafka_new "ESK_RDK(rd_kafka_new)" (
         rd_kafka_type_t type, rd_kafka_conf_t *conf, char *errstr, size_t errstr_size)
     void rd_kafka_destroy "ESK_RDK(rd_kafka_destroy)" (rd_kafka_t *rk)
+    # RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE: no commit, no LeaveGroup (a close given up on).
+    void rd_kafka_destroy_flags "ESK_RDK(rd_kafka_destroy_flags)" (rd_kafka_t *rk, int flags)
     rd_kafka_topic_t *rd_kafka_topic_new "ESK_RDK(rd_kafka_topic_new)" (
         rd_kafka_t *rk, const char *topic, rd_kafka_topic_conf_t *conf)
     void rd_kafka_topic_destroy "ESK_RDK(rd_kafka_topic_destroy)" (rd_kafka_topic_t *rkt)
@@ -225,6 +242,13 @@ cdef extern from "rdkafka_abi.h" nogil:
     rd_kafka_error_t *rd_kafka_offset_store_message "ESK_RDK(rd_kafka_offset_store_message)" (
         rd_kafka_message_t *rkmessage)
     rd_kafka_resp_err_t rd_kafka_consumer_close "ESK_RDK(rd_kafka_consumer_close)" (rd_kafka_t *rk)
+    # Starts the close; serve rkqu (rebalance callbacks run there) until consumer_closed().
+    rd_kafka_error_t *rd_kafka_consumer_close_queue "ESK_RDK(rd_kafka_consumer_close_queue)" (
+        rd_kafka_t *rk, rd_kafka_queue_t *rkqu)
+    int rd_kafka_consumer_closed "ESK_RDK(rd_kafka_consumer_closed)" (rd_kafka_t *rk)
+    # Whether the current assignment was lost (session timeout, max.poll.interval.ms exceeded);
+    # read in the rebalance callback.
+    int rd_kafka_assignment_lost "ESK_RDK(rd_kafka_assignment_lost)" (rd_kafka_t *rk)
     # Served where the consumer queue is served (our poll thread, rd_kafka_consumer_close).
     void rd_kafka_conf_set_rebalance_cb "ESK_RDK(rd_kafka_conf_set_rebalance_cb)" (
         rd_kafka_conf_t *conf, esk_rebalance_cb_t cb)
@@ -245,6 +269,12 @@ cdef extern from "rdkafka_abi.h" nogil:
         "ESK_RDK(rd_kafka_query_watermark_offsets)" (
         rd_kafka_t *rk, const char *topic, int32_t partition, int64_t *low, int64_t *high,
         int timeout_ms)
+    # Each element's offset is a ListOffsets timestamp on input (RD_KAFKA_OFFSET_BEGINNING: the
+    # low watermark, RD_KAFKA_OFFSET_END: the high one) and the offset found on output, one
+    # request per leader; blocks up to timeout_ms (own queue: callable in a rebalance callback).
+    rd_kafka_resp_err_t rd_kafka_offsets_for_times "ESK_RDK(rd_kafka_offsets_for_times)" (
+        rd_kafka_t *rk, rd_kafka_topic_partition_list_t *offsets, int timeout_ms)
+    # "COOPERATIVE", "EAGER", or NULL/"NONE" when not (yet) known.
     const char *rd_kafka_rebalance_protocol "ESK_RDK(rd_kafka_rebalance_protocol)" (
         rd_kafka_t *rk)
 

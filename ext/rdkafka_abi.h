@@ -68,12 +68,15 @@ enum {
     RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN = -187,
     RD_KAFKA_RESP_ERR__TIMED_OUT = -185,
     RD_KAFKA_RESP_ERR__QUEUE_FULL = -184,
+    RD_KAFKA_RESP_ERR__SSL = -181,
     RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS = -175,
     RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS = -174,
+    RD_KAFKA_RESP_ERR__AUTHENTICATION = -169,
     RD_KAFKA_RESP_ERR__NOENT = -156,
     RD_KAFKA_RESP_ERR__PURGE_QUEUE = -152,
     RD_KAFKA_RESP_ERR__PURGE_INFLIGHT = -151,
     RD_KAFKA_RESP_ERR__FATAL = -150,
+    RD_KAFKA_RESP_ERR__MAX_POLL_EXCEEDED = -147,
     RD_KAFKA_RESP_ERR_NO_ERROR = 0,
 };
 
@@ -82,6 +85,10 @@ enum {
 #define RD_KAFKA_MSG_F_COPY 0x2
 #define RD_KAFKA_PURGE_F_QUEUE 0x1
 #define RD_KAFKA_PURGE_F_INFLIGHT 0x2
+#define RD_KAFKA_PURGE_F_NON_BLOCKING 0x4
+#define RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE 0x8
+#define RD_KAFKA_OFFSET_BEGINNING (-2) /* as a ListOffsets timestamp: the low watermark */
+#define RD_KAFKA_OFFSET_END (-1)       /* as a ListOffsets timestamp: the high watermark */
 
 /* ---- rd_kafka_message_t: field order and types are part of the ABI ------------------------ */
 typedef struct rd_kafka_message_s {
@@ -166,6 +173,7 @@ typedef void (*esk_error_cb_t)(rd_kafka_t *rk, int err, const char *reason, void
 typedef void (*esk_rebalance_cb_t)(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                                    rd_kafka_topic_partition_list_t *partitions, void *opaque);
 typedef void (*esk_log_cb_t)(const rd_kafka_t *rk, int level, const char *fac, const char *buf);
+typedef int (*esk_stats_cb_t)(rd_kafka_t *rk, char *json, size_t json_len, void *opaque);
 
 /* ---- the function table ------------------------------------------------------------------- */
 /* X(return type, name, parameter list). Required: the import fails naming the first missing one. */
@@ -178,6 +186,7 @@ typedef void (*esk_log_cb_t)(const rd_kafka_t *rk, int level, const char *fac, c
     X(rd_kafka_resp_err_t, rd_kafka_error_code, (const rd_kafka_error_t *error))                   \
     X(const char *, rd_kafka_error_string, (const rd_kafka_error_t *error))                        \
     X(void, rd_kafka_error_destroy, (rd_kafka_error_t * error))                                    \
+    X(int, rd_kafka_error_is_fatal, (const rd_kafka_error_t *error))                               \
     X(rd_kafka_conf_t *, rd_kafka_conf_new, (void))                                                \
     X(void, rd_kafka_conf_destroy, (rd_kafka_conf_t * conf))                                       \
     X(rd_kafka_conf_res_t, rd_kafka_conf_set,                                                      \
@@ -187,11 +196,13 @@ typedef void (*esk_log_cb_t)(const rd_kafka_t *rk, int level, const char *fac, c
     X(void, rd_kafka_conf_set_error_cb, (rd_kafka_conf_t * conf, esk_error_cb_t cb))               \
     X(void, rd_kafka_conf_set_opaque, (rd_kafka_conf_t * conf, void *opaque))                      \
     X(void, rd_kafka_conf_set_log_cb, (rd_kafka_conf_t * conf, esk_log_cb_t cb))                   \
+    X(void, rd_kafka_conf_set_stats_cb, (rd_kafka_conf_t * conf, esk_stats_cb_t cb))               \
     X(void *, rd_kafka_opaque, (const rd_kafka_t *rk))                                             \
     X(rd_kafka_resp_err_t, rd_kafka_set_log_queue, (rd_kafka_t * rk, rd_kafka_queue_t *rkqu))      \
     X(rd_kafka_t *, rd_kafka_new,                                                                  \
       (rd_kafka_type_t type, rd_kafka_conf_t *conf, char *errstr, size_t errstr_size))             \
     X(void, rd_kafka_destroy, (rd_kafka_t * rk))                                                   \
+    X(void, rd_kafka_destroy_flags, (rd_kafka_t * rk, int flags))                                  \
     X(rd_kafka_topic_t *, rd_kafka_topic_new,                                                      \
       (rd_kafka_t * rk, const char *topic, rd_kafka_topic_conf_t *conf))                           \
     X(void, rd_kafka_topic_destroy, (rd_kafka_topic_t * rkt))                                      \
@@ -231,6 +242,9 @@ typedef void (*esk_log_cb_t)(const rd_kafka_t *rk, int level, const char *fac, c
       (rd_kafka_t * rk, const rd_kafka_topic_partition_list_t *topics))                            \
     X(rd_kafka_error_t *, rd_kafka_offset_store_message, (rd_kafka_message_t * rkmessage))         \
     X(rd_kafka_resp_err_t, rd_kafka_consumer_close, (rd_kafka_t * rk))                             \
+    X(rd_kafka_error_t *, rd_kafka_consumer_close_queue, (rd_kafka_t * rk, rd_kafka_queue_t *rkqu))\
+    X(int, rd_kafka_consumer_closed, (rd_kafka_t * rk))                                            \
+    X(int, rd_kafka_assignment_lost, (rd_kafka_t * rk))                                            \
     X(void, rd_kafka_conf_set_rebalance_cb, (rd_kafka_conf_t * conf, esk_rebalance_cb_t cb))       \
     X(rd_kafka_error_t *, rd_kafka_incremental_assign,                                             \
       (rd_kafka_t * rk, const rd_kafka_topic_partition_list_t *partitions))                        \
@@ -243,6 +257,8 @@ typedef void (*esk_log_cb_t)(const rd_kafka_t *rk, int level, const char *fac, c
     X(rd_kafka_resp_err_t, rd_kafka_query_watermark_offsets,                                       \
       (rd_kafka_t * rk, const char *topic, int32_t partition, int64_t *low, int64_t *high,         \
        int timeout_ms))                                                                            \
+    X(rd_kafka_resp_err_t, rd_kafka_offsets_for_times,                                             \
+      (rd_kafka_t * rk, rd_kafka_topic_partition_list_t *offsets, int timeout_ms))                 \
     X(const char *, rd_kafka_rebalance_protocol, (rd_kafka_t * rk))
 
 /* The mock cluster (outside librdkafka's ABI promise): MockCluster is unavailable without them. */

@@ -96,12 +96,15 @@ def unreachable_topic(**fields) -> eventstream.Topic[Invalidate]:
     return eventstream.new_topic(Invalidate, config)
 
 
-def check_timeout_error(error: ProduceTimeoutError, events: int) -> None:
+def check_timeout_error(error: ProduceTimeoutError, events: int, *, never_sent: int = 0) -> None:
     assert isinstance(error, ProduceError) and isinstance(error, TimeoutError)
     assert error.retriable is True
     assert error.fatal is False
-    assert error.failed == events
+    # Events handed to librdkafka are in doubt (a request may have reached a broker); events
+    # that never left the call are known not to be written.
+    assert (error.failed, error.in_doubt, error.total) == (never_sent, events - never_sent, events)
     message = str(error)
+    assert "in doubt" in message, message
     # The message says why: the connection to the configured broker failed.
     assert "Connection refused" in message or "_TRANSPORT" in message, message
 
@@ -137,12 +140,13 @@ def test_unreachable_broker_produce_async_timeout_reports_like_produce() -> None
 @pytest.mark.timeout(20)  # the call must end at its timeout, not when librdkafka gives up
 def test_timeout_also_bounds_waiting_for_room_in_a_full_queue() -> None:
     # librdkafka's queue holds 10 events and the broker never takes any: 40 of the 50 events
-    # never even reach the queue before the deadline, and all 50 are reported pending.
+    # never even reach the queue before the deadline: they failed; the 10 queued are in doubt.
     with unreachable_topic(producer_properties={"queue.buffering.max.messages": 10}) as topic:
         producer = topic.new_producer()
         try:
             with pytest.raises(ProduceTimeoutError) as info:
                 producer.produce(*(Invalidate(seq=i) for i in range(50)), timeout=1)
-            check_timeout_error(info.value, 50)
+            check_timeout_error(info.value, 50, never_sent=40)
+            assert "never sent" in str(info.value)
         finally:
             producer.close(timeout=0.5)

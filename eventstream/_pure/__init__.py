@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Literal
 
 import confluent_kafka
 
@@ -25,20 +26,14 @@ _SILENT.propagate = False
 class PureBackend:
     name: BackendName = "pure"
 
-    def check_properties(self, properties: Mapping[str, str]) -> None:
+    def check_properties(
+        self, properties: Mapping[str, str], kind: Literal["producer", "consumer"]
+    ) -> str | None:
         # Building a client with no bootstrap servers validates every property by name and value
-        # without connecting anywhere; its log output (e.g. "consumer property on a producer") is
-        # discarded.
-        conf: dict[str, object] = {
-            k: v for k, v in properties.items() if k not in ("bootstrap.servers", "group.id")
-        }
-        error = _client_error(conf)
-        if error is None:
-            return
-        # Name the culprit: librdkafka reports aliases (acks -> request.required.acks) by their
-        # canonical name, so find the first property that fails on its own.
-        culprit = next((k for k, v in conf.items() if _client_error({k: v}) is not None), "?")
-        raise ValueError(f"{culprit}: {error}")
+        # (and a consumer's group settings) without connecting anywhere; its log output (e.g.
+        # "consumer property on a producer") is discarded.
+        conf: dict[str, object] = {k: v for k, v in properties.items() if k != "bootstrap.servers"}
+        return _client_error(conf, kind)
 
     def new_producer(self, spec: ProducerSpec) -> PureProducer:
         return PureProducer(spec)
@@ -50,9 +45,14 @@ class PureBackend:
 BACKEND = PureBackend()
 
 
-def _client_error(conf: dict[str, object]) -> str | None:
+def _client_error(conf: dict[str, object], kind: Literal["producer", "consumer"]) -> str | None:
+    make = confluent_kafka.Consumer if kind == "consumer" else confluent_kafka.Producer
     try:
-        confluent_kafka.Producer({**conf, "logger": _SILENT})
+        client = make({**conf, "logger": _SILENT})
     except confluent_kafka.KafkaException as exc:
         return str(exc.args[0].str() if exc.args else exc)
+    except (TypeError, ValueError) as exc:
+        return str(exc)
+    if isinstance(client, confluent_kafka.Consumer):
+        client.close()
     return None

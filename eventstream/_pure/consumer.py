@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, cast
 
 import confluent_kafka
 from google.protobuf.message import DecodeError, Message
 
-from eventstream import wire
+from eventstream import gaps, wire
 from eventstream.backend import ConsumerSpec, Dispatch, DispatchAbandoned
-from eventstream.errors import BrokerError, ClosedError, is_retriable
+from eventstream.errors import (
+    BrokerError,
+    ClosedError,
+    EventStreamError,
+    instance_id_conflict,
+    is_retriable,
+    max_poll_exceeded,
+)
 from eventstream.librdkafka_log import ClientLog
+from eventstream.partitions import PartitionChange
 
 __all__ = ["PureConsumer"]
 
 _BATCH = 500
 _FIRST_WAIT = 0.1  # seconds the poll thread blocks for a first record; bounds close() latency
+_RESOLVE_TIMEOUT = 10.0  # longest an assignment blocks resolving start offsets
 _CONTENT_TYPE = wire.HEADER_CONTENT_TYPE
 _TYPE = wire.HEADER_TYPE
 _SOURCE = wire.HEADER_SOURCE
@@ -28,6 +38,7 @@ class PureConsumer:
 
     def __init__(self, spec: ConsumerSpec) -> None:
         self._spec = spec
+        self._health = spec.health
         self._client: confluent_kafka.Consumer | None = None
         self._thread: threading.Thread | None = None
         self._stop = False
@@ -35,9 +46,16 @@ class PureConsumer:
         self._failure: BaseException | None = None
         self._lock = threading.Lock()
         self._positions: dict[int, int] = {}  # assigned partition -> next offset to handle
+        self._dispatch: Dispatch | None = None
+        # When the poll thread last came back from librdkafka to handle a batch (0: inside it);
+        # a handler running longer than max.poll.interval.ms has lost the partitions.
+        self._dispatch_since = 0.0
+        self._handling: tuple[int, int] | None = None  # (partition, offset) in the handler now
+        self._topic_missing_logged = False
         props = spec.properties
+        self._max_poll = int(props.get("max.poll.interval.ms", "300000")) / 1000
         self._cooperative = "cooperative" in props.get("partition.assignment.strategy", "") or (
-            props.get("group.protocol") == "consumer"
+            props.get("group.protocol", "classic").lower() == "consumer"
         )
         self._from_beginning = props.get("auto.offset.reset") in (
             "earliest",
@@ -48,20 +66,22 @@ class PureConsumer:
     def start(self, dispatch: Dispatch) -> None:
         with self._lock:
             if self._closed:
-                raise ClosedError("the consumer is closed")
+                raise ClosedError(f"the consumer of {self._spec.topic!r} is closed")
             conf: dict[str, object] = dict(self._spec.properties)
             conf["error_cb"] = self._on_client_error
+            conf["stats_cb"] = self._on_stats
             conf["logger"] = ClientLog(self._spec.logger)
             client = confluent_kafka.Consumer(conf)
             # confluent-kafka assigns (incrementally, for the cooperative protocol) after these
-            # callbacks return; they run on the poll thread.
+            # callbacks return unless they assigned themselves; they run on the poll thread.
             client.subscribe(
                 [self._spec.topic],
                 on_assign=self._on_assign,
                 on_revoke=self._on_revoke,
-                on_lost=self._on_revoke,
+                on_lost=self._on_lost,
             )
             self._client = client
+            self._dispatch = dispatch
             self._thread = threading.Thread(
                 target=self._run,
                 args=(client, dispatch),
@@ -73,55 +93,126 @@ class PureConsumer:
     def assignment(self) -> dict[int, int]:
         # Kept by the poll thread: asking confluent-kafka from another thread while its poll()
         # runs a rebalance can block until that poll returns.
+        since = self._dispatch_since
+        if since and time.monotonic() - since > self._max_poll:
+            return {}
         with self._lock:
             if self._closed:
                 return {}
             return dict(self._positions)
 
+    # -- rebalancing (callbacks run inside poll(), on the poll thread) -----------------------------
+
     def _on_assign(
         self, client: confluent_kafka.Consumer, partitions: list[confluent_kafka.TopicPartition]
     ) -> None:
-        # Resolve where each partition starts (its committed offset, else the end that
-        # auto.offset.reset names) and assign at exactly that offset: the position reported by
-        # assignment() is then where reading starts, and an event produced after
-        # wait_until_assigned() returns cannot fall before it.
-        try:
-            resolved = [
-                confluent_kafka.TopicPartition(
-                    tp.topic, tp.partition, self._start_offset(client, tp)
+        # Resolve where each partition starts (its committed offset if the log still has it,
+        # else the low watermark, a gap; without one, the end that auto.offset.reset names) and
+        # assign at exactly that offset: the position reported by assignment() is then where
+        # reading starts, and an event produced after wait_until_assigned() returns cannot fall
+        # before it.
+        resolved = partitions
+        if partitions:
+            try:
+                resolved = self._resolve_starts(client, partitions)
+            except confluent_kafka.KafkaException as exc:
+                err = exc.args[0]
+                self._health.warn(
+                    BrokerError(
+                        f"consumer of {self._spec.topic!r}: rebalance: start offsets failed: "
+                        f"{err.name()}: {err.str()}; librdkafka resolves the start offsets "
+                        "itself",
+                        code=err.code(),
+                        name=err.name(),
+                        retriable=is_retriable(err.code()),
+                    )
                 )
-                for tp in client.committed(partitions, timeout=10)
-            ]
-        except confluent_kafka.KafkaException as exc:
-            self._spec.logger.warning("could not resolve start offsets, librdkafka will: %s", exc)
-            resolved = partitions
         if self._cooperative:
             client.incremental_assign(resolved)
         else:
             client.assign(resolved)
         with self._lock:
+            if not self._cooperative:
+                self._positions.clear()
             for tp in resolved:
                 self._positions[tp.partition] = tp.offset
+        if resolved or not self._cooperative:
+            self._health.up()
+            self._changed("assigned", resolved)
 
-    def _start_offset(
-        self, client: confluent_kafka.Consumer, committed: confluent_kafka.TopicPartition
-    ) -> int:
-        if committed.error is not None:
-            # Unknown whether an offset is committed: let librdkafka decide (caught by caller).
-            raise confluent_kafka.KafkaException(committed.error)
-        if committed.offset >= 0:
-            return int(committed.offset)
-        low, high = client.get_watermark_offsets(
-            confluent_kafka.TopicPartition(committed.topic, committed.partition),
-            timeout=10,
-            cached=False,
-        )
-        return int(low if self._from_beginning else high)
+    def _resolve_starts(
+        self, client: confluent_kafka.Consumer, partitions: list[confluent_kafka.TopicPartition]
+    ) -> list[confluent_kafka.TopicPartition]:
+        deadline = time.monotonic() + _RESOLVE_TIMEOUT
+        committed = client.committed(partitions, timeout=_RESOLVE_TIMEOUT)
+        ends: list[dict[int, confluent_kafka.TopicPartition]] = []
+        for timestamp in (confluent_kafka.OFFSET_BEGINNING, confluent_kafka.OFFSET_END):
+            # A ListOffsets timestamp of -2/-1 asks for the low/high watermark: one request per
+            # leader for all partitions.
+            query = [
+                confluent_kafka.TopicPartition(tp.topic, tp.partition, timestamp)
+                for tp in partitions
+            ]
+            found: list[confluent_kafka.TopicPartition] = client.offsets_for_times(
+                query, timeout=max(0.1, deadline - time.monotonic())
+            )
+            ends.append({tp.partition: tp for tp in found})
+        lows, highs = ends
+        resolved: list[confluent_kafka.TopicPartition] = []
+        for tp in committed:
+            for entry in (tp, lows[tp.partition], highs[tp.partition]):
+                if entry.error is not None:
+                    raise confluent_kafka.KafkaException(entry.error)
+            low, high = int(lows[tp.partition].offset), int(highs[tp.partition].offset)
+            offset = int(tp.offset)
+            if offset < 0:
+                offset = low if self._from_beginning else high
+            elif offset < low or offset > high:
+                self._health.report(
+                    gaps.start_outside_log(self._spec.topic, tp.partition, offset, low, high)
+                )
+                offset = low
+            resolved.append(confluent_kafka.TopicPartition(tp.topic, tp.partition, offset))
+        return resolved
 
     def _on_revoke(self, _client: object, partitions: list[confluent_kafka.TopicPartition]) -> None:
+        self._forget(partitions)
+        self._changed("revoked", partitions)
+
+    def _on_lost(self, _client: object, partitions: list[confluent_kafka.TopicPartition]) -> None:
+        self._forget(partitions)
+        self._changed("lost", partitions)
+
+    def _forget(self, partitions: list[confluent_kafka.TopicPartition]) -> None:
         with self._lock:
-            for tp in partitions:
-                self._positions.pop(tp.partition, None)
+            if self._cooperative:
+                for tp in partitions:
+                    self._positions.pop(tp.partition, None)
+            else:
+                self._positions.clear()
+
+    def _changed(self, kind: str, partitions: list[confluent_kafka.TopicPartition]) -> None:
+        dispatch = self._dispatch
+        hook = None if dispatch is None else dispatch.on_rebalance
+        if hook is None or not partitions:
+            return
+        change = PartitionChange(
+            kind,  # type: ignore[arg-type]
+            self._spec.topic,
+            tuple(sorted(tp.partition for tp in partitions)),
+        )
+        try:
+            hook(change)
+        except Exception as exc:
+            self._spec.logger.error(
+                "consumer of %r: the on_rebalance hook raised for %s %s",
+                self._spec.topic,
+                kind,
+                change.partitions,
+                exc_info=exc,
+            )
+
+    # -- closing --------
 
     def close(self, timeout: float) -> None:
         with self._lock:
@@ -131,40 +222,82 @@ class PureConsumer:
             self._stop = True
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-            if thread.is_alive():
-                self._spec.logger.error(
-                    "consumer of %r: the handler did not return within %g s of close(); "
-                    "its partitions will be read again by the next consumer of the group",
+            state = self._health.status.state
+            if state == "disconnected":
+                # Leaving needs a broker: don't wait for librdkafka to find none (the poll
+                # thread keeps trying in the background).
+                self._spec.logger.warning(
+                    "consumer of %r: close() did not wait for the consumer to commit its last "
+                    "offsets and leave the group: no broker answers (last client error: %s). If "
+                    "none comes back, events handled since the last commit (at most "
+                    "auto.commit.interval.ms worth) will be handled again by the group's next "
+                    "consumer, which gets the partitions after the session times out.",
                     self._spec.topic,
-                    timeout,
+                    self._health.last_error or "none",
                 )
+            else:
+                thread.join(timeout)
+                if thread.is_alive():
+                    self._log_still_running(timeout)
+        self._health.closed()
         failure = self._failure
         if failure is not None and not isinstance(failure, DispatchAbandoned):
             raise failure
 
-    # -- the poll thread ------------------------------------------------------------------------
+    def _log_still_running(self, timeout: float) -> None:
+        handling = self._handling
+        topic = self._spec.topic
+        if handling is not None:
+            self._spec.logger.error(
+                "consumer of %r: close() stopped waiting after %g s: the handler is still "
+                "running for the event at %s[%d]@%d. The consumer leaves its group once it "
+                "returns, committing that event and the ones handled before it; if the process "
+                "exits first, that event and those after it are handled again by the group's "
+                "next consumer.",
+                topic,
+                timeout,
+                topic,
+                handling[0],
+                handling[1],
+            )
+        else:
+            self._spec.logger.error(
+                "consumer of %r: close() stopped waiting after %g s for the consumer to commit "
+                "its offsets and leave the group (last client error: %s); events handled since "
+                "the last commit will be handled again by the group's next consumer.",
+                topic,
+                timeout,
+                self._health.last_error or "none",
+            )
+
+    # -- the poll thread --------
 
     def _on_client_error(self, err: confluent_kafka.KafkaError) -> None:
-        if err.fatal():
-            self._failure = BrokerError(
-                f"consumer fatal error: {err.name()}: {err.str()}",
-                code=err.code(),
-                name=err.name(),
-                retriable=False,
-                fatal=True,
-            )
-            self._stop = True
-        elif err.code() not in (
-            confluent_kafka.KafkaError._TRANSPORT,
-            confluent_kafka.KafkaError._ALL_BROKERS_DOWN,
-        ):
-            self._spec.logger.warning("consumer error: %s: %s", err.name(), err.str())
+        failure = self._report(err)
+        if failure is not None:
+            self._stopped_by(failure)
+
+    def _report(self, err: confluent_kafka.KafkaError) -> BrokerError | None:
+        reason = err.str()
+        hint = instance_id_conflict(err.code(), self._spec.properties)
+        if hint:
+            reason = f"{reason}. {hint}"
+        return self._health.client_error(err.code(), err.name(), reason, fatal=err.fatal())
+
+    def _on_stats(self, stats: str) -> None:
+        self._health.tick('"state":"UP"' in stats)
+
+    def _stopped_by(self, exc: BaseException) -> None:
+        if self._failure is None:
+            self._failure = exc
+        self._stop = True
 
     def _run(self, client: confluent_kafka.Consumer, dispatch: Dispatch) -> None:
         try:
             while not self._stop:
+                self._dispatch_since = 0.0
                 first = client.poll(_FIRST_WAIT)
+                self._dispatch_since = time.monotonic()
                 if first is None:
                     continue
                 batch = [first]
@@ -175,13 +308,38 @@ class PureConsumer:
                 else:
                     self._dispatch_batch(client, batch, dispatch)
         except BaseException as exc:  # recorded and re-raised by close()
-            if self._failure is None:
-                self._failure = exc
+            if not isinstance(exc, EventStreamError | DispatchAbandoned):
+                self._health.stopped(exc)
+            self._stopped_by(exc)
         finally:
+            self._dispatch_since = 0.0
             try:
                 client.close()  # commits stored offsets and leaves the group
             except Exception as exc:
-                self._spec.logger.warning("consumer close failed: %s", exc)
+                if self._health.failure is None:
+                    self._spec.logger.warning(
+                        "consumer of %r: close failed: %s", self._spec.topic, exc
+                    )
+
+    def _record_error(self, err: confluent_kafka.KafkaError) -> None:
+        """An error delivered as a message: failures raise (ending the loop), others are
+        reported through the Health (logged once per kind)."""
+        spec = self._spec
+        code = err.code()
+        if code == confluent_kafka.KafkaError._PARTITION_EOF:
+            return
+        if code == confluent_kafka.KafkaError.UNKNOWN_TOPIC_OR_PART:
+            # Normal until the topic is created (or auto-created by its first producer).
+            if not self._topic_missing_logged:
+                self._topic_missing_logged = True
+                spec.logger.info("topic %r does not exist yet; waiting for it", spec.topic)
+            return
+        if code == confluent_kafka.KafkaError._MAX_POLL_EXCEEDED:
+            self._health.warn(max_poll_exceeded(spec.topic, round(self._max_poll * 1000)))
+            return
+        failure = self._report(err)
+        if failure is not None:
+            raise failure
 
     def _decode(self, msg: confluent_kafka.Message) -> tuple[Message, Any] | None:
         """Decode one record; ``None`` if it is skipped (already logged). Returns the event and
@@ -189,24 +347,7 @@ class PureConsumer:
         spec = self._spec
         err = msg.error()
         if err is not None:
-            if err.fatal():
-                raise BrokerError(
-                    f"consumer fatal error: {err.name()}: {err.str()}",
-                    code=err.code(),
-                    name=err.name(),
-                    retriable=False,
-                    fatal=True,
-                )
-            if err.code() == confluent_kafka.KafkaError.UNKNOWN_TOPIC_OR_PART:
-                # Normal until the topic is created (or auto-created by its first producer).
-                spec.logger.info("topic %r does not exist yet; waiting for it", spec.topic)
-                return None
-            spec.logger.warning(
-                "consumer error: %s: %s%s",
-                err.name(),
-                err.str(),
-                "" if is_retriable(err.code()) else " (permanent)",
-            )
+            self._record_error(err)
             return None
         source = event_id = None
         # Received headers are always a list of (name, bytes or None); the stubs allow more.
@@ -274,6 +415,7 @@ class PureConsumer:
                 decoded = self._decode(msg)
                 if decoded is not None:
                     event, extras = decoded
+                    self._handling = (msg.partition() or 0, msg.offset() or 0)
                     try:
                         if with_metadata:
                             handler(event, self._metadata(msg, extras))
@@ -287,6 +429,8 @@ class PureConsumer:
                             msg.offset(),
                             exc_info=exc,
                         )
+                    finally:
+                        self._handling = None
                 done.append(msg)
         finally:
             # Offsets of the events whose handler returned (or that were skipped), even when a
@@ -308,6 +452,7 @@ class PureConsumer:
                 events.append(event)
                 metadatas.append(self._metadata(msg, extras))
         if events:
+            self._handling = (batch[0].partition() or 0, batch[0].offset() or 0)
             try:
                 dispatch.handler(events, metadatas)
             except Exception as exc:
@@ -317,6 +462,8 @@ class PureConsumer:
                     self._spec.topic,
                     exc_info=exc,
                 )
+            finally:
+                self._handling = None
         self._store(client, batch)
 
     def _store(self, client: confluent_kafka.Consumer, done: list[confluent_kafka.Message]) -> None:

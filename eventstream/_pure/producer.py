@@ -15,12 +15,16 @@ from google.protobuf.message import Message
 from eventstream import wire
 from eventstream.backend import ProducerSpec
 from eventstream.errors import (
+    IN_DOUBT_CODES,
+    BrokerError,
     ClosedError,
-    EventTypeError,
     ProduceError,
-    SerializationError,
+    event_type_error,
+    key_function_error,
+    key_type_error,
     produce_error,
     produce_timeout_error,
+    serialize_error,
 )
 from eventstream.librdkafka_log import ClientLog
 
@@ -32,6 +36,7 @@ __all__ = ["PureProducer", "prepare_records"]
 _FLUSH_SLICE = 0.002
 # The poll thread's longest wait between two rounds (s).
 _POLL_SLICE = 0.1
+_DESTROY = -197  # librdkafka's _DESTROY: what events enqueued after close fail with
 
 Record = tuple[bytes, bytes | None]
 
@@ -41,79 +46,100 @@ def prepare_records(spec: ProducerSpec, events: Sequence[Message]) -> list[Recor
     event_type = spec.event_type
     for index, event in enumerate(events):
         if type(event) is not event_type:
-            raise EventTypeError(
-                f"event {index} of the call is a {type(event).__qualname__}, expected "
-                f"{spec.type_name} ({event_type.__qualname__}); nothing was sent"
-            )
+            raise event_type_error(index, type(event), event_type, spec.type_name)
     key_of = spec.key
     records: list[Record] = []
     for index, event in enumerate(events):
         try:
             value = event.SerializeToString()
         except Exception as exc:
-            raise SerializationError(
-                f"event {index} of the call could not be serialized: {exc}; nothing was sent"
-            ) from exc
+            raise serialize_error(index, spec.type_name, exc) from exc
         key: bytes | None = None
         if key_of is not None:
-            raw = key_of(event)
-            if isinstance(raw, str):
-                key = raw.encode()
-            elif isinstance(raw, bytes) or raw is None:
-                key = raw
-            else:
-                raise SerializationError(
-                    f"the key function returned {type(raw).__qualname__} for event {index}; "
-                    "it must return str, bytes or None; nothing was sent"
-                )
+            try:
+                raw = key_of(event)
+                key = raw.encode() if isinstance(raw, str) else raw
+            except Exception as exc:
+                raise key_function_error(index, spec.type_name, exc) from exc
+            if key is not None and not isinstance(key, bytes):
+                raise key_type_error(index, spec.type_name, key)
         records.append((value, key))
     return records
 
 
 class _Tracker:
-    """Delivery state of one produce call. Delivery callbacks run on the poll thread."""
+    """Delivery state of one produce call. Delivery callbacks run on whichever thread serves
+    librdkafka (the poll thread, or a caller flushing). Like the compiled backend's: ``remaining``
+    holds one guard for the enqueuing caller until :meth:`hand_over`."""
 
-    __slots__ = ("_lock", "done", "failed", "first_error", "on_done", "remaining", "total")
+    __slots__ = (
+        "_lock",
+        "done",
+        "enqueued",
+        "failed",
+        "fatal",
+        "first_error",
+        "in_doubt",
+        "on_done",
+        "remaining",
+        "total",
+    )
 
     def __init__(self, total: int) -> None:
         self.total = total
-        self.remaining = total
+        self.remaining = total + 1
+        self.enqueued = 0
         self.failed = 0
-        self.first_error: confluent_kafka.KafkaError | None = None
+        self.in_doubt = 0
+        self.first_error: tuple[int, str, str] | None = None
+        self.fatal: confluent_kafka.KafkaError | None = None  # a fatal delivery error, if any
         self.done = threading.Event()
         self._lock = threading.Lock()
         self.on_done: Callable[[], None] | None = None
 
     def report(self, err: confluent_kafka.KafkaError | None, _msg: object = None) -> None:
+        if err is not None:
+            if err.fatal():
+                self.fatal = err
+            self.fail(err.code(), err.name(), err.str(), 1)
+        self._count_down(1)
+
+    def fail(self, code: int, name: str, reason: str, count: int) -> None:
         with self._lock:
-            if err is not None:
-                self.failed += 1
-                if self.first_error is None:
-                    self.first_error = err
-            self.remaining -= 1
+            if code in IN_DOUBT_CODES:
+                self.in_doubt += count
+            else:
+                self.failed += count
+            if self.first_error is None:
+                self.first_error = (code, name, reason)
+
+    def hand_over(self) -> None:
+        """The caller is done enqueueing: never-enqueued events leave the count, the guard goes."""
+        self._count_down(self.total - self.enqueued + 1)
+
+    def _count_down(self, count: int) -> None:
+        with self._lock:
+            self.remaining -= count
             finished = self.remaining == 0
         if finished:
             self.done.set()
             if self.on_done is not None:
                 self.on_done()
 
-    def fail_unsent(self, count: int, err: confluent_kafka.KafkaError) -> None:
-        """Account for ``count`` events that never reached librdkafka's queue."""
-        for _ in range(count):
-            self.report(err)
-
-    def error(self, topic: str) -> ProduceError | None:
-        err = self.first_error
-        if err is None:
+    def error(self, topic: str, cause: BrokerError | None) -> ProduceError | None:
+        first = self.first_error
+        if first is None:
             return None
+        code, name, reason = first
         return produce_error(
-            err.code(),
-            err.name(),
-            err.str(),
+            code,
+            name,
+            reason,
             failed=self.failed,
+            in_doubt=self.in_doubt,
             total=self.total,
             topic=topic,
-            fatal=err.fatal(),
+            cause=cause,
         )
 
 
@@ -126,10 +152,11 @@ class PureProducer:
     lingers), and the poll thread stays out of librdkafka meanwhile, so that it cannot take a
     delivery report a flushing caller is waiting for. While produce_async() calls are pending and
     no blocking caller flushes, the poll thread flushes for them; otherwise it polls without
-    blocking every _POLL_SLICE (errors, logs, reports of abandoned calls)."""
+    blocking every _POLL_SLICE (errors, statistics, logs, reports of abandoned calls)."""
 
     def __init__(self, spec: ProducerSpec) -> None:
         self._spec = spec
+        self._health = spec.health
         self._lock = threading.Lock()
         self._client: confluent_kafka.Producer | None = None
         self._poller: threading.Thread | None = None
@@ -139,7 +166,8 @@ class PureProducer:
         self._flushers = 0  # blocking produce() calls flushing right now
         self._async_pending = 0  # produce_async() calls enqueued and not yet complete
         self._closed = False
-        self._last_error: str | None = None
+        # 0, or the error code new enqueues fail with (closing, or the producer failed).
+        self._refuse: tuple[int, str] | None = None
         self._ids = itertools.count(1)
         self._id_prefix = wire.new_producer_id() + "-"
         self._static_headers: list[tuple[str, str | bytes | None]] = [
@@ -157,10 +185,11 @@ class PureProducer:
             return client
         with self._lock:
             if self._closed:
-                raise ClosedError("the producer is closed")
+                raise ClosedError(f"the producer of {self._spec.topic!r} is closed")
             if self._client is None:
                 conf: dict[str, object] = dict(self._spec.properties)
                 conf["error_cb"] = self._on_client_error
+                conf["stats_cb"] = self._on_stats
                 conf["logger"] = ClientLog(self._spec.logger)
                 self._client = confluent_kafka.Producer(conf)
                 self._poller = threading.Thread(
@@ -196,10 +225,29 @@ class PureProducer:
             self._async_pending -= 1
 
     def _on_client_error(self, err: confluent_kafka.KafkaError) -> None:
-        # Connection trouble is remembered for the timeout message rather than logged each retry.
-        self._last_error = f"{err.name()}: {err.str()}"
-        if err.fatal():
-            self._spec.logger.error("producer fatal error: %s", self._last_error)
+        failure = self._health.client_error(err.code(), err.name(), err.str(), fatal=err.fatal())
+        if failure is not None:
+            self._fail_queued(failure.code, failure.name)
+
+    def _on_stats(self, stats: str) -> None:
+        self._health.tick('"state":"UP"' in stats)
+
+    def _fail_queued(self, code: int, name: str) -> None:
+        """New enqueues fail with ``code``, and what is queued fails now (its delivery reports
+        complete the waiting calls)."""
+        self._refuse = (code, name)
+        client = self._client
+        if client is not None:
+            client.purge(in_queue=True, in_flight=True, blocking=False)
+
+    def _failure(self, tracker: _Tracker | None = None) -> BrokerError | None:
+        """The producer's failure, learning of a fatal error that a delivery report saw before
+        error_cb did."""
+        failure = self._health.failure
+        if failure is None and tracker is not None and tracker.fatal is not None:
+            self._on_client_error(tracker.fatal)
+            failure = self._health.failure
+        return failure
 
     def flush(self, timeout: float) -> int:
         client = self._client
@@ -213,38 +261,64 @@ class PureProducer:
                 return
             self._closed = True
         client = self._client
-        if client is None:
-            return
-        remaining = client.flush(timeout)
-        self._stopping.set()
-        with self._state:
-            self._state.notify_all()
-        if self._poller is not None:
-            self._poller.join()
-        client.poll(0)
-        if remaining:
-            self._spec.logger.warning(
-                "producer of %r closed with %d events unacknowledged after %g s",
-                self._spec.topic,
-                remaining,
-                timeout,
-            )
+        try:
+            if client is None:
+                return
+            remaining = client.flush(timeout)
+            self._fail_queued(_DESTROY, "_DESTROY")
+            client.flush(1.0)  # serve the purge reports
+            self._stopping.set()
+            with self._state:
+                self._state.notify_all()
+            if self._poller is not None:
+                self._poller.join()
+            client.poll(0)
+            if remaining:
+                self._spec.logger.warning(
+                    "producer of %r: close() waited %g s and %d events were still "
+                    "unacknowledged; they were abandoned: the produce calls waiting for them "
+                    "raised ProduceError (in doubt: they may have been written)",
+                    self._spec.topic,
+                    timeout,
+                    remaining,
+                )
+        finally:
+            self._health.closed()
 
     # -- producing -----------------------------------------------------------------------------
 
-    def _enqueue(
-        self, events: Sequence[Message], tracker: _Tracker, deadline: float | None
-    ) -> None:
-        """Hand every event to librdkafka. If its queue stays full until ``deadline``, the rest
-        are never sent and stay pending in ``tracker``, so the caller's wait times out."""
-        records = prepare_records(self._spec, events)
+    def _refuse_call(self, count: int) -> None:
+        failure = self._failure()
+        if failure is not None:
+            raise produce_error(
+                failure.code,
+                failure.name,
+                str(failure),
+                failed=count,
+                in_doubt=0,
+                total=count,
+                topic=self._spec.topic,
+                cause=failure,
+            )
+
+    def _enqueue(self, records: list[Record], tracker: _Tracker, deadline: float | None) -> bool:
+        """Hand every record to librdkafka, counting each in ``tracker.enqueued``. Returns True if
+        librdkafka's queue stayed full until ``deadline`` (the rest is then not sent: the caller
+        reports a timeout); a hard error counts the rest as failed."""
         client = self._started()
         topic = self._spec.topic
         static = self._static_headers
         prefix = self._id_prefix
         ids = self._ids
         report = tracker.report
-        for sent, (value, key) in enumerate(records):
+        for value, key in records:
+            refuse = self._refuse
+            if refuse is not None:
+                tracker.fail(
+                    *refuse, "the producer refuses new events", len(records) - tracker.enqueued
+                )
+                tracker.enqueued = tracker.total
+                return False
             headers: list[tuple[str, str | bytes | None]] = [
                 *static,
                 (wire.HEADER_ID, f"{prefix}{next(ids)}".encode()),
@@ -256,18 +330,31 @@ class PureProducer:
                 except BufferError:
                     # librdkafka's queue is full: wait for delivery reports to make room.
                     if deadline is not None and time.monotonic() >= deadline:
-                        return
+                        return True
                     client.poll(0.05)
                 except confluent_kafka.KafkaException as exc:
-                    tracker.fail_unsent(len(records) - sent, exc.args[0])
-                    return
+                    err = exc.args[0]
+                    if err.fatal():
+                        self._on_client_error(err)
+                    tracker.fail(err.code(), err.name(), err.str(), len(records) - tracker.enqueued)
+                    tracker.enqueued = tracker.total
+                    return False
+            tracker.enqueued += 1
+        return False
 
     def produce(self, events: Sequence[Message], timeout: float | None) -> None:
         if not events:
             return
-        tracker = _Tracker(len(events))
+        records = prepare_records(self._spec, events)
+        self._refuse_call(len(records))
+        tracker = _Tracker(len(records))
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._enqueue(events, tracker, deadline)
+        timed_out = False
+        try:
+            timed_out = self._enqueue(records, tracker, deadline)
+        finally:
+            not_sent = tracker.total - tracker.enqueued
+            tracker.hand_over()
         client = self._client
         assert client is not None
         state = self._state
@@ -275,24 +362,26 @@ class PureProducer:
             self._flushers += 1
         try:
             # Serve delivery reports here (see the class doc) until this call's are all in.
-            while not tracker.done.is_set():
+            while not timed_out and not tracker.done.is_set():
                 if deadline is None:
                     client.flush(_FLUSH_SLICE)
                     continue
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    if tracker.done.is_set():
-                        break
-                    raise self._timeout_error(tracker, timeout or 0.0)
+                    timed_out = not tracker.done.is_set()
+                    break
                 client.flush(min(_FLUSH_SLICE, left))
         finally:
             with state:
                 self._flushers -= 1
                 if not self._flushers:
                     state.notify_all()
-        error = tracker.error(self._spec.topic)
+        if timed_out:
+            raise self._timeout_error(tracker, timeout, not_sent)
+        error = tracker.error(self._spec.topic, self._failure(tracker))
         if error is not None:
             raise error
+        self._health.up()
 
     def produce_async(
         self, events: Sequence[Message], loop: asyncio.AbstractEventLoop, timeout: float | None
@@ -301,15 +390,19 @@ class PureProducer:
         if not events:
             future.set_result(None)
             return future
-        tracker = _Tracker(len(events))
+        records = prepare_records(self._spec, events)
+        self._refuse_call(len(records))
+        tracker = _Tracker(len(records))
         topic = self._spec.topic
+        health = self._health
 
         def settle() -> None:
             if future.done():
                 return
-            error = tracker.error(topic)
+            error = tracker.error(topic, self._failure(tracker))
             if error is None:
                 future.set_result(None)
+                health.up()
             else:
                 future.set_exception(error)
 
@@ -321,33 +414,39 @@ class PureProducer:
 
         def expire() -> None:
             if not future.done():
-                future.set_exception(self._timeout_error(tracker, timeout or 0.0))
+                future.set_exception(self._timeout_error(tracker, timeout, 0))
 
         tracker.on_done = on_done
-        tracker.remaining += 1  # guard: on_done cannot run before the hand-over below
+        deadline = None if timeout is None else time.monotonic() + timeout
+        timed_out = False
+        # Counted before the guard goes (on_done uncounts it), once every event is enqueued (the
+        # poll thread would flush earlier events before the rest are gathered).
         try:
-            self._enqueue(events, tracker, None if timeout is None else time.monotonic() + timeout)
+            timed_out = self._enqueue(records, tracker, deadline)
         except BaseException:
             tracker.on_done = None  # no future is returned: nothing to settle or count
+            tracker.hand_over()
             raise
-        else:
-            # Counted once every event is enqueued (the poll thread would flush earlier events
-            # before the rest are gathered), before the guard goes (on_done uncounts it).
-            with self._state:
-                self._async_pending += 1
-                self._state.notify_all()
-        finally:
-            tracker.report(None)  # drop the guard (not a delivery: counts no failure)
-        if timeout is not None and not future.done():
-            timer = loop.call_later(timeout, expire)
+        not_sent = tracker.total - tracker.enqueued
+        with self._state:
+            self._async_pending += 1
+            self._state.notify_all()
+        tracker.hand_over()
+        if timed_out:
+            future.set_exception(self._timeout_error(tracker, timeout, not_sent))
+        elif deadline is not None and not future.done():
+            timer = loop.call_later(max(0.0, deadline - time.monotonic()), expire)
             future.add_done_callback(lambda _: timer.cancel())
         return future
 
-    def _timeout_error(self, tracker: _Tracker, timeout: float) -> ProduceError:
+    def _timeout_error(
+        self, tracker: _Tracker, timeout: float | None, not_sent: int
+    ) -> ProduceError:
         return produce_timeout_error(
-            pending=tracker.remaining,
+            pending=max(0, tracker.remaining),
+            not_sent=not_sent,
             total=tracker.total,
             topic=self._spec.topic,
             timeout=timeout,
-            last_error=self._last_error,
+            last_error=self._health.last_error,
         )

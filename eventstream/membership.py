@@ -1,0 +1,65 @@
+"""Static group membership: the ``group.instance.id`` each consumer of an instance gets.
+
+A consumer restarted with the same ``group.instance.id`` takes its partitions back at once,
+instead of waiting for the broker to time out the dead member's session (45 s by default). The
+id is ``"{instance_id}-{n}"``, ``n`` the lowest index no open consumer of the same group in this
+process holds: the first consumer of an instance is always ``-0``, so a restarted process, or a
+consumer reopened after ``close()``, is the same static member as before. Two live *processes*
+with the same instance id therefore collide, which the broker reports (the older member is fenced)
+and eventstream turns into an error naming the shared id.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+
+from eventstream import forks
+
+__all__ = ["Membership", "claim"]
+
+_lock = threading.Lock()
+_claimed: dict[tuple[str, str], set[int]] = {}
+
+
+class Membership:
+    """One claimed index. ``release()`` (idempotent) frees it for the next consumer."""
+
+    def __init__(self, key: tuple[str, str], index: int, instance_id: str) -> None:
+        self._key = key
+        self.index = index
+        self.group_instance_id = f"{instance_id}-{index}"
+        self._generation = forks.generation()
+
+    def release_with(self, owner: object) -> None:
+        """Release when ``owner`` is garbage-collected (if not released before)."""
+        weakref.finalize(owner, self.release)
+
+    def release(self) -> None:
+        if self._generation != forks.generation():
+            return  # claimed in a parent process: its table is not ours
+        with _lock:
+            held = _claimed.get(self._key)
+            if held is not None:
+                held.discard(self.index)
+                if not held:
+                    del _claimed[self._key]
+
+
+def claim(brokers: str, group_id: str, instance_id: str) -> Membership:
+    """Claim the lowest free index of ``group_id`` on ``brokers``. Call ``release_with(owner)``
+    so that it is freed when the consumer is garbage-collected at the latest."""
+    key = (brokers, group_id)
+    with _lock:
+        held = _claimed.setdefault(key, set())
+        index = next(i for i in range(len(held) + 1) if i not in held)
+        held.add(index)
+    return Membership(key, index, instance_id)
+
+
+def _reset_after_fork() -> None:
+    global _claimed
+    _claimed = {}
+
+
+forks.on_fork_in_child(_reset_after_fork)
