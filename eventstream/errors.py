@@ -319,7 +319,7 @@ def client_error(
     hint = _hint(code, reason)
     message = f"{what}: {'fatal error: ' if fatal else ''}{name}: {reason}"
     if hint:
-        message = f"{message}. {hint}"
+        message = f"{message.rstrip('.')}. {hint}"
     cls: type[BrokerError] = BrokerError
     if is_authentication(code, reason):
         cls = AuthenticationError
@@ -351,7 +351,7 @@ def produce_error(
     else:
         hint = _hint(code, reason)
         if hint:
-            reason = f"{reason}. {hint}"
+            reason = f"{reason.rstrip('.')}. {hint}"
     parts: list[str] = []
     if failed:
         parts.append(f"{failed} failed (not written)")

@@ -211,9 +211,23 @@ class PureProducer:
                 flush = self._should_flush(client)
                 serve = not self._flushers
             if flush:
-                client.flush(_POLL_SLICE)
+                self._serve(client, _POLL_SLICE)
             elif serve:
-                client.poll(0)
+                self._serve(client, 0, flush=False)
+
+    def _serve(
+        self, client: confluent_kafka.Producer, timeout: float, *, flush: bool = True
+    ) -> int:
+        """client.flush(timeout) (or poll): serve delivery reports and callbacks. confluent-kafka
+        raises the client's fatal error from there; it goes to the Health like error_cb's.
+        Returns how many messages are still in flight."""
+        try:
+            if flush:
+                return int(client.flush(timeout))
+            client.poll(timeout)
+        except confluent_kafka.KafkaException as exc:
+            self._on_client_error(exc.args[0])
+        return len(client)
 
     def _should_flush(self, client: confluent_kafka.Producer) -> bool:
         """Called with _state held: async calls wait, no blocking caller serves, and there is
@@ -253,7 +267,7 @@ class PureProducer:
         client = self._client
         if client is None:
             return 0
-        return int(client.flush(timeout))
+        return self._serve(client, timeout)
 
     def close(self, timeout: float) -> None:
         with self._lock:
@@ -264,15 +278,15 @@ class PureProducer:
         try:
             if client is None:
                 return
-            remaining = client.flush(timeout)
+            remaining = self._serve(client, timeout)
             self._fail_queued(_DESTROY, "_DESTROY")
-            client.flush(1.0)  # serve the purge reports
+            self._serve(client, 1.0)  # serve the purge reports
             self._stopping.set()
             with self._state:
                 self._state.notify_all()
             if self._poller is not None:
                 self._poller.join()
-            client.poll(0)
+            self._serve(client, 0, flush=False)
             if remaining:
                 self._spec.logger.warning(
                     "producer of %r: close() waited %g s and %d events were still "
@@ -331,7 +345,7 @@ class PureProducer:
                     # librdkafka's queue is full: wait for delivery reports to make room.
                     if deadline is not None and time.monotonic() >= deadline:
                         return True
-                    client.poll(0.05)
+                    self._serve(client, 0.05, flush=False)
                 except confluent_kafka.KafkaException as exc:
                     err = exc.args[0]
                     if err.fatal():
@@ -364,13 +378,13 @@ class PureProducer:
             # Serve delivery reports here (see the class doc) until this call's are all in.
             while not timed_out and not tracker.done.is_set():
                 if deadline is None:
-                    client.flush(_FLUSH_SLICE)
+                    self._serve(client, _FLUSH_SLICE)
                     continue
                 left = deadline - time.monotonic()
                 if left <= 0:
                     timed_out = not tracker.done.is_set()
                     break
-                client.flush(min(_FLUSH_SLICE, left))
+                self._serve(client, min(_FLUSH_SLICE, left))
         finally:
             with state:
                 self._flushers -= 1
