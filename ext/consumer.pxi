@@ -399,6 +399,8 @@ cdef class Consumer:
     cdef int _fork_generation
     cdef object _failure                # BaseException recorded by the poll thread
     cdef object _lock                   # start()/close() state changes
+    cdef object _left                   # threading.Event: the poll thread is done with the group
+    cdef bint _left_group               # ... and it left cleanly (committed, LeaveGroup sent)
 
     def __cinit__(self):
         self._rk = NULL
@@ -429,6 +431,7 @@ cdef class Consumer:
         self._n_src = _wire.HEADER_SOURCE.encode()
         self._n_id = _wire.HEADER_ID.encode()
         self._lock = _threading.Lock()
+        self._left = _threading.Event()
         self._fork_generation = _fork_generation
         self._max_poll_ns = int(props.get("max.poll.interval.ms", "300000")) * 1_000_000
         self._st.from_beginning = props.get("auto.offset.reset") in (
@@ -577,8 +580,11 @@ cdef class Consumer:
             return
         thread = self._thread
         if thread is not None and thread is not _threading.current_thread():
-            thread.join(timeout + 1.0)  # the poll thread keeps to `timeout` itself
-            if thread.is_alive():
+            # The poll thread keeps to `timeout` itself once the handler has returned.
+            if self._left.wait(timeout + 1.0):
+                if self._left_group:
+                    thread.join(5.0)    # destroying the handle: at once after a clean leave
+            else:
                 self._log_still_running(timeout)
         # Called from a handler (the poll thread itself): the loop ends when it returns.
         self._health.closed()
@@ -674,6 +680,7 @@ cdef class Consumer:
             except BaseException as exc:
                 self._record(exc)
             finally:
+                self._left.set()
                 free(msgs)
 
     cdef int _after_poll(self) except -1:
@@ -717,6 +724,7 @@ cdef class Consumer:
         cdef ssize_t n, i
         cdef int64_t deadline = self._close_deadline_ns
         if rk == NULL:
+            self._left.set()
             return 0
         if deadline == 0:
             deadline = esk_now_ns() + 30 * 1_000_000_000     # stopped by a failure, not close()
@@ -750,15 +758,6 @@ cdef class Consumer:
                                 or self._health.status.state == "disconnected")
                     if closed or esk_now_ns() >= deadline or hopeless:
                         break
-        self._rk = NULL
-        self._queue = NULL
-        with nogil:
-            rd_kafka_queue_destroy(queue)
-            if closed:
-                rd_kafka_destroy(rk)
-            else:
-                rd_kafka_destroy_flags(rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE)
-            _positions_revoke(&self._st, NULL)
         if not closed and self._health.failure is None:
             why = ("no broker answers" if self._health.status.state == "disconnected"
                    else "the close deadline passed")
@@ -769,6 +768,20 @@ cdef class Consumer:
                 "consumer, which gets the partitions after the session times out.",
                 self.topic, why, self._health.last_error or "none",
             )
+        self._rk = NULL
+        self._queue = NULL
+        self._left_group = closed
+        _positions_revoke(&self._st, NULL)
+        # close() waits this long, not for the destroy: without a broker librdkafka's destroy
+        # waits out the group session (~45 s) even when not leaving; the poll thread (a daemon)
+        # finishes it in the background.
+        self._left.set()
+        with nogil:
+            rd_kafka_queue_destroy(queue)
+            if closed:
+                rd_kafka_destroy(rk)
+            else:
+                rd_kafka_destroy_flags(rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE)
         return 0
 
     cdef int _message_error(self, rd_kafka_message_t *m) except -1:
