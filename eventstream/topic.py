@@ -117,10 +117,15 @@ class Topic(Closeable, Generic[E]):
         share one instance id's partitions on purpose (each event is handled by one of them); a
         restarted shared consumer waits for the old member's session to time out (45 s by
         default) before it gets partitions.
+
+        With KIP-848's protocol (``consumer_properties={"group.protocol": "consumer"}``) every
+        consumer is a dynamic member: there, a static member restarted after a crash is refused
+        (``UNRELEASED_INSTANCE_ID``, fatal in librdkafka) until the broker expires the old one,
+        so a restart waits for ``group.consumer.session.timeout.ms`` (45 s by default) either way.
         """
         self._check_open()
         membership: Membership | None = None
-        if not shared:
+        if not shared and not self.config.uses_consumer_protocol:
             membership = claim(
                 str(self.config.brokers), self.config.group_id, self.config.instance_id
             )

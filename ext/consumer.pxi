@@ -154,6 +154,8 @@ cdef void _note_change(ConsumerState *st, int kind,
         for i in range(parts.cnt):
             ids.append(parts.elems[i].partition)
         _note(st, ("change", _CHANGE_KINDS[kind], tuple(sorted(ids))))
+        if kind == NOTE_ASSIGNED and st.owner != NULL:
+            (<Consumer>st.owner)._health.up()   # before wait_until_assigned() can return
     except BaseException:
         pass
 
@@ -690,8 +692,6 @@ cdef class Consumer:
         for note in notes:
             kind = note[0]
             if kind == "change":
-                if note[1] == "assigned":
-                    health.up()
                 hook = self._on_rebalance_hook
                 if hook is not None:
                     try:

@@ -33,6 +33,23 @@ _SOURCE = wire.HEADER_SOURCE
 _ID = wire.HEADER_ID
 
 
+# Fatal errors a consumer meets. confluent-kafka hands a consumer's fatal error over as a
+# record error of code _FATAL whose text quotes the cause, but offers no rd_kafka_fatal_error():
+# the cause's code is found from its librdkafka description in that text.
+_FATAL_CAUSES = (82, 111, 110, 25, 90)  # FENCED_INSTANCE_ID, UNRELEASED_INSTANCE_ID, ...
+
+
+def _underlying(err: confluent_kafka.KafkaError) -> tuple[int, str, str, bool]:
+    """(code, name, reason, fatal) of ``err``, or of the fatal error it stands for."""
+    if err.code() == confluent_kafka.KafkaError._FATAL:
+        for code in _FATAL_CAUSES:
+            cause = confluent_kafka.KafkaError(code)
+            if cause.str() in err.str():
+                return code, cause.name(), err.str(), True
+        return err.code(), err.name(), err.str(), True
+    return err.code(), err.name(), err.str(), err.fatal()
+
+
 class PureConsumer:
     """One confluent-kafka consumer and the thread that polls it and runs the handler."""
 
@@ -278,11 +295,11 @@ class PureConsumer:
             self._stopped_by(failure)
 
     def _report(self, err: confluent_kafka.KafkaError) -> BrokerError | None:
-        reason = err.str()
-        hint = instance_id_conflict(err.code(), self._spec.properties)
+        code, name, reason, fatal = _underlying(err)
+        hint = instance_id_conflict(code, self._spec.properties)
         if hint:
             reason = f"{reason}. {hint}"
-        return self._health.client_error(err.code(), err.name(), reason, fatal=err.fatal())
+        return self._health.client_error(code, name, reason, fatal=fatal)
 
     def _on_stats(self, stats: str) -> None:
         self._health.tick('"state":"UP"' in stats)
