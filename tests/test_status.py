@@ -121,9 +121,11 @@ def test_produce_without_a_broker_fails_in_doubt_and_says_why() -> None:
 
 
 def test_wait_until_ready_names_the_last_client_error() -> None:
-    with eventstream.new_topic(Invalidate, unreachable(ErrorLog())) as topic:
-        with pytest.raises(eventstream.TopicError) as info:
-            topic.wait_until_ready(timeout=2)
+    with (
+        eventstream.new_topic(Invalidate, unreachable(ErrorLog())) as topic,
+        pytest.raises(eventstream.TopicError) as info,
+    ):
+        topic.wait_until_ready(timeout=2)
     assert info.value.retriable
     assert "Connection refused" in str(info.value) or "_TRANSPORT" in str(info.value)
 
