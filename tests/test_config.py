@@ -110,3 +110,115 @@ def test_new_topic_rejects_a_class_that_is_not_a_protobuf_message() -> None:
     assert topic.type_name == "eventstream.tests.Invalidate"
     assert topic.name == "orders"
     topic.close()
+
+
+# -- limits and promises ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("timeout", [4294967.296, 2.2e6, 1e300])
+def test_delivery_timeout_beyond_librdkafkas_range_is_refused(timeout: float) -> None:
+    # message.timeout.ms is an int32: larger values would wrap (4294967.296 s -> 0: no timeout).
+    with pytest.raises(ConfigError) as info:
+        config(delivery_timeout=timeout)
+    assert info.value.field == "delivery_timeout"
+
+
+def test_the_largest_delivery_timeout_librdkafka_takes_is_accepted() -> None:
+    cfg = config(delivery_timeout=2_147_483.647)
+    assert cfg.producer_settings()["message.timeout.ms"] == "2147483647"
+
+
+@pytest.mark.parametrize("brokers", [None, 7, b"127.0.0.1:9092", {"a": 1}])
+def test_brokers_of_the_wrong_type(brokers: Any) -> None:
+    with pytest.raises(ConfigError) as info:
+        config(brokers=brokers)
+    assert info.value.field == "brokers"
+
+
+@pytest.mark.parametrize(
+    "instance_id", ["x" * 40_000, "x" * 201, "api pod 7", "api:7", "api/7", "üml", "tab\tx"]
+)
+def test_instance_ids_follow_kafkas_group_instance_id_rule(instance_id: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config(instance_id=instance_id)
+    assert info.value.field == "instance_id"
+    assert len(str(info.value)) < 400  # a 40,000-character id is not echoed whole
+
+
+@pytest.mark.parametrize("instance_id", ["api-7", "api_7.eu-west-1", "x" * 200, "."])
+def test_valid_instance_ids(instance_id: str) -> None:
+    assert config(instance_id=instance_id).group_id == f"orders::{instance_id}"
+
+
+@pytest.mark.parametrize(
+    ("field", "name", "value"),
+    [
+        ("producer_properties", "acks", "0"),
+        ("producer_properties", "acks", "1"),
+        ("client_properties", "acks", 1),
+        ("producer_properties", "request.required.acks", "1"),
+        ("producer_properties", "enable.idempotence", False),
+        ("client_properties", "enable.idempotence", "false"),
+    ],
+)
+def test_settings_that_would_end_the_acknowledged_produce_promise_are_refused(
+    field: str, name: str, value: Any
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        config(**{field: {name: value}})
+    assert info.value.field == f"{field}[{name!r}]"
+    assert "not supported" in str(info.value)
+
+
+def test_the_promised_values_may_be_given_explicitly() -> None:
+    cfg = config(producer_properties={"acks": "all", "enable.idempotence": True})
+    assert cfg.producer_settings()["acks"] == "all"
+
+
+def test_consumer_properties_are_checked_at_construction() -> None:
+    with pytest.raises(ConfigError) as info:
+        config(consumer_properties={"session.timeout.ms": "soon"})
+    assert info.value.field == "consumer_properties['session.timeout.ms']"
+
+
+def test_a_combination_librdkafka_refuses_names_the_mapping_and_the_properties() -> None:
+    # Each is fine alone; together librdkafka refuses them (max.poll.interval.ms must be at
+    # least session.timeout.ms).
+    with pytest.raises(ConfigError) as info:
+        config(consumer_properties={"session.timeout.ms": "60000", "max.poll.interval.ms": "50000"})
+    assert info.value.field == "consumer_properties"
+    assert "'session.timeout.ms'" in str(info.value) and "'max.poll.interval.ms'" in str(info.value)
+
+
+def test_kip848_protocol_gets_no_assignment_strategy_and_refuses_classic_only_settings() -> None:
+    cfg = config(consumer_properties={"group.protocol": "consumer"})
+    settings = cfg.consumer_settings(start_from_beginning=False)
+    assert "partition.assignment.strategy" not in settings
+    assert cfg.uses_consumer_protocol
+    with pytest.raises(ConfigError) as info:
+        config(consumer_properties={"group.protocol": "consumer", "session.timeout.ms": "6000"})
+    assert info.value.field.startswith("consumer_properties")
+
+
+@pytest.mark.parametrize("value", [-1, float("nan"), float("inf"), True, "5", 86_401])
+def test_bad_disconnected_after(value: Any) -> None:
+    with pytest.raises(ConfigError) as info:
+        config(disconnected_after=value)
+    assert info.value.field == "disconnected_after"
+
+
+def test_on_error_must_be_callable() -> None:
+    with pytest.raises(ConfigError) as info:
+        config(on_error="print")
+    assert info.value.field == "on_error"
+
+
+@pytest.mark.parametrize("timeout", [-1, float("nan"), "1", True])
+def test_a_bad_produce_timeout_is_refused_before_anything_is_sent(timeout: Any) -> None:
+    # The broker address is closed: a call that sent anything would hang or time out instead.
+    with eventstream.new_topic(Invalidate, config(brokers="127.0.0.1:9")) as topic:
+        producer = topic.new_producer()
+        with pytest.raises(ConfigError) as info:
+            producer.produce(Invalidate(seq=1), timeout=timeout)
+        assert info.value.field == "timeout"
+        assert producer.status.state == "connecting"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any
 
 import pytest
 from support import Collector, closed_port
@@ -150,3 +151,33 @@ def test_timeout_also_bounds_waiting_for_room_in_a_full_queue() -> None:
             assert "never sent" in str(info.value)
         finally:
             producer.close(timeout=0.5)
+
+
+def _unconnected_producer(key: Any) -> eventstream.Producer[Invalidate]:
+    return unreachable_topic().new_producer(key=key)
+
+
+def _boom(event: Invalidate) -> str:
+    if event.seq == 3:
+        raise LookupError("no key for 3")
+    return str(event.seq)
+
+
+@pytest.mark.parametrize(
+    ("key", "words"),
+    [
+        (_boom, "the key function raised LookupError: no key for 3 for event 3"),
+        (lambda e: "\udcff" if e.seq == 3 else "ok", "not encodable as UTF-8"),
+        (lambda e: 3.5 if e.seq == 3 else "ok", "returned float"),
+    ],
+)
+def test_a_bad_key_is_a_serialization_error_naming_the_event_and_nothing_is_sent(
+    key: Any, words: str
+) -> None:
+    producer = _unconnected_producer(key)
+    with pytest.raises(SerializationError) as info:
+        producer.produce(*(Invalidate(seq=i) for i in range(5)))
+    assert words in str(info.value), str(info.value)
+    assert "event 3 of the call" in str(info.value) and "nothing was sent" in str(info.value)
+    assert producer.status.state == "connecting"  # no client was even made
+    producer.close()
