@@ -197,7 +197,7 @@ class TopicError(BrokerError):
 
 # librdkafka error codes that mean "the same request may succeed later": the broker was unreachable,
 # a leader moved, a queue was full, a deadline passed while the cluster was unavailable.
-_RETRIABLE_CODES = frozenset(
+RETRIABLE_CODES = frozenset(
     {
         -195,  # _TRANSPORT
         -193,  # _RESOLVE
@@ -271,7 +271,7 @@ UNRELEASED_INSTANCE_ID = 111
 
 def is_retriable(code: int) -> bool:
     """Whether librdkafka error ``code`` is transient (see :class:`BrokerError`)."""
-    return code in _RETRIABLE_CODES
+    return code in RETRIABLE_CODES
 
 
 def is_authentication(code: int, reason: str = "") -> bool:

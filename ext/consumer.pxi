@@ -35,6 +35,7 @@ cdef enum:
     BATCH_MAX = 500             # messages per round: the first one + drained with timeout 0
     ERR_UNKNOWN_TOPIC_OR_PART = 3
     RESOLVE_TIMEOUT_MS = 10000  # longest the rebalance callback blocks resolving start offsets
+    RESOLVE_RETRY_NS = 100_000_000  # pause before asking again after a transient error
     CLOSE_SLICE_MS = 100        # leaving the group: longest wait between deadline checks
     NOTE_ASSIGNED = 0
     NOTE_REVOKED = 1
@@ -251,6 +252,20 @@ cdef rd_kafka_topic_partition_list_t *_partitions_at(
     return out
 
 
+cdef void _reset_offsets(rd_kafka_topic_partition_list_t *parts, int64_t offset) noexcept nogil:
+    cdef int i
+    for i in range(parts.cnt):
+        parts.elems[i].offset = offset
+        parts.elems[i].err = RD_KAFKA_RESP_ERR_NO_ERROR
+
+
+cdef CodeSet _retriable_codes = _code_set(_errors.RETRIABLE_CODES)
+
+
+cdef inline bint _transient(rd_kafka_resp_err_t code) noexcept nogil:
+    return _in_code_set(&_retriable_codes, code)
+
+
 cdef rd_kafka_resp_err_t _first_error(const rd_kafka_topic_partition_list_t *parts,
                                       rd_kafka_resp_err_t code) noexcept nogil:
     cdef int i
@@ -282,15 +297,26 @@ cdef rd_kafka_topic_partition_list_t *_resolve_starts(
         code = RD_KAFKA_RESP_ERR__NOENT
         what = "start offsets (out of memory)"
     else:
-        code = _first_error(resolved, rd_kafka_committed(rk, resolved, RESOLVE_TIMEOUT_MS))
-        if code == RD_KAFKA_RESP_ERR_NO_ERROR:
-            what = "low watermarks"
-            code = _first_error(lows, rd_kafka_offsets_for_times(
-                rk, lows, <int>max((deadline - esk_now_ns()) // 1_000_000, 1)))
-        if code == RD_KAFKA_RESP_ERR_NO_ERROR:
-            what = "high watermarks"
-            code = _first_error(highs, rd_kafka_offsets_for_times(
-                rk, highs, <int>max((deadline - esk_now_ns()) // 1_000_000, 1)))
+        # A just-created topic may not have its leaders everywhere yet (NOT_LEADER_FOR_PARTITION,
+        # LEADER_NOT_AVAILABLE): retry what is transient until the deadline.
+        while True:
+            code = _first_error(resolved, rd_kafka_committed(rk, resolved, RESOLVE_TIMEOUT_MS))
+            what = "committed offsets"
+            if code == RD_KAFKA_RESP_ERR_NO_ERROR:
+                what = "low watermarks"
+                code = _first_error(lows, rd_kafka_offsets_for_times(
+                    rk, lows, <int>max((deadline - esk_now_ns()) // 1_000_000, 1)))
+            if code == RD_KAFKA_RESP_ERR_NO_ERROR:
+                what = "high watermarks"
+                code = _first_error(highs, rd_kafka_offsets_for_times(
+                    rk, highs, <int>max((deadline - esk_now_ns()) // 1_000_000, 1)))
+            if (code == RD_KAFKA_RESP_ERR_NO_ERROR or not _transient(code)
+                    or esk_now_ns() + RESOLVE_RETRY_NS >= deadline):
+                break
+            esk_sleep_ns(RESOLVE_RETRY_NS)
+            _reset_offsets(resolved, RD_KAFKA_OFFSET_INVALID)
+            _reset_offsets(lows, RD_KAFKA_OFFSET_BEGINNING)
+            _reset_offsets(highs, RD_KAFKA_OFFSET_END)
     if code == RD_KAFKA_RESP_ERR_NO_ERROR:
         for i in range(resolved.cnt):
             committed = resolved.elems[i].offset

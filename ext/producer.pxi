@@ -39,24 +39,14 @@ cdef enum:
     REASON_SIZE = 256
     ID_PREFIX_SIZE = 64
     N_HEADERS = 5
-    MAX_IN_DOUBT_CODES = 16
 
 cdef int64_t _NO_DEADLINE = 0x7FFFFFFFFFFFFFFF
 
-# errors.IN_DOUBT_CODES as a C table, filled at import (read-only afterwards).
-cdef int _in_doubt_codes[MAX_IN_DOUBT_CODES]
-cdef int _n_in_doubt_codes = 0
-for _code in sorted(_errors.IN_DOUBT_CODES)[:MAX_IN_DOUBT_CODES]:
-    _in_doubt_codes[_n_in_doubt_codes] = _code
-    _n_in_doubt_codes += 1
+cdef CodeSet _in_doubt_codes = _code_set(_errors.IN_DOUBT_CODES)
 
 
 cdef inline bint _is_in_doubt(int code) noexcept nogil:
-    cdef int i
-    for i in range(_n_in_doubt_codes):
-        if _in_doubt_codes[i] == code:
-            return True
-    return False
+    return _in_code_set(&_in_doubt_codes, code)
 
 
 cdef int64_t _deadline_after(object timeout) except? -1:
@@ -629,12 +619,11 @@ cdef class Producer:
         cdef int rounds
         if st == NULL:
             return
-        self._st = NULL
         if self._fork_generation == _fork_generation and st.rk != NULL:
             # Never closed (calls cannot be in progress: they hold a reference to self). Stop
             # the thread, fail what is queued so that pending produce_async() futures are
             # settled, then destroy.
-            self._stop_thread()
+            self._stop_thread()     # reads self._st: still set
             esk_store_int(&st.refuse, RD_KAFKA_RESP_ERR__DESTROY)
             with nogil:
                 rd_kafka_purge(st.rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT)
@@ -650,6 +639,7 @@ cdef class Producer:
                 rd_kafka_destroy(st.rk)
         # In a forked child the handle is left alone: destroying it would join threads that
         # exist only in the parent.
+        self._st = NULL
         t = st.completed
         while t != NULL:
             nxt = t.next

@@ -160,8 +160,23 @@ class PureConsumer:
     def _resolve_starts(
         self, client: confluent_kafka.Consumer, partitions: list[confluent_kafka.TopicPartition]
     ) -> list[confluent_kafka.TopicPartition]:
+        # A just-created topic may not have its leaders everywhere yet: retry what is transient.
         deadline = time.monotonic() + _RESOLVE_TIMEOUT
-        committed = client.committed(partitions, timeout=_RESOLVE_TIMEOUT)
+        while True:
+            try:
+                return self._resolve_once(client, partitions, deadline)
+            except confluent_kafka.KafkaException as exc:
+                if not is_retriable(exc.args[0].code()) or time.monotonic() + 0.1 >= deadline:
+                    raise
+                time.sleep(0.1)
+
+    def _resolve_once(
+        self,
+        client: confluent_kafka.Consumer,
+        partitions: list[confluent_kafka.TopicPartition],
+        deadline: float,
+    ) -> list[confluent_kafka.TopicPartition]:
+        committed = client.committed(partitions, timeout=max(0.1, deadline - time.monotonic()))
         ends: list[dict[int, confluent_kafka.TopicPartition]] = []
         for timestamp in (confluent_kafka.OFFSET_BEGINNING, confluent_kafka.OFFSET_END):
             # A ListOffsets timestamp of -2/-1 asks for the low/high watermark: one request per
