@@ -191,3 +191,46 @@ def raw_consume(
         return records
     finally:
         consumer.close()
+
+
+def raw_consume_all(
+    bootstrap: str, topic: str, *, partitions: int = 1, timeout: float = WAIT
+) -> list[confluent_kafka.Message]:
+    """Read every record of ``topic`` up to its end (the end each partition has when the reader
+    reaches it: call it once the writers are done) with a plain confluent-kafka consumer
+    (assigned, not subscribed), in partition order."""
+    consumer = confluent_kafka.Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"raw-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    try:
+        consumer.assign(
+            [
+                confluent_kafka.TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING)
+                for p in range(partitions)
+            ]
+        )
+        records: list[confluent_kafka.Message] = []
+        at_end: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while len(at_end) < partitions:
+            assert time.monotonic() < deadline, (
+                f"raw consumer read {len(records)} records and reached the end of partitions "
+                f"{sorted(at_end)} only"
+            )
+            msg = consumer.poll(0.2)
+            if msg is None:
+                continue
+            error = msg.error()
+            if error is not None and error.code() == confluent_kafka.KafkaError._PARTITION_EOF:
+                at_end.add(msg.partition())
+                continue
+            assert error is None, error
+            records.append(msg)
+        return records
+    finally:
+        consumer.close()
