@@ -7,6 +7,8 @@ that a lost event fails the test with what did arrive instead of hanging it.
 
 from __future__ import annotations
 
+import os
+import re
 import socket
 import threading
 import time
@@ -123,6 +125,19 @@ def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) 
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(0.02)
+
+
+def sanitizer_report(pid: int) -> str:
+    """The AddressSanitizer report of process ``pid``, if it wrote one to the files that
+    ``ASAN_OPTIONS=log_path=...`` names (as .ci/sanitizer sets it), else ''."""
+    found = re.search(r"(?:^|:)log_path=([^:]+)", os.environ.get("ASAN_OPTIONS", ""))
+    if found is None:
+        return ""
+    try:
+        with open(f"{found.group(1)}.{pid}") as report:
+            return report.read()
+    except OSError:
+        return ""
 
 
 def closed_port() -> int:

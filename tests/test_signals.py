@@ -24,7 +24,7 @@ import confluent_kafka
 import pytest
 import signal_producer
 from signal_producer import EVENTS, INSTANCE, events, marker
-from support import raw_consume_all
+from support import raw_consume_all, sanitizer_report
 
 import eventstream
 from eventstream import wire
@@ -40,7 +40,7 @@ def run_child(kafka_bootstrap: str, topic: str, mode: str) -> dict[str, Any]:
     env = dict(os.environ)
     package_root = str(Path(eventstream.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join([package_root, env.get("PYTHONPATH", "")])
-    done = subprocess.run(
+    with subprocess.Popen(
         [
             sys.executable,
             str(SCRIPT),
@@ -52,13 +52,20 @@ def run_child(kafka_bootstrap: str, topic: str, mode: str) -> dict[str, Any]:
             mode,
         ],
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=150,
+    ) as child:
+        try:
+            stdout, stderr = child.communicate(timeout=150)
+        finally:
+            child.kill()
+    output = (
+        f"exit code {child.returncode}\nstdout:\n{stdout}\nstderr:\n{stderr}\n"
+        f"{sanitizer_report(child.pid)}"
     )
-    output = f"exit code {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
-    assert done.returncode == 0, output
-    lines = done.stdout.strip().splitlines()
+    assert child.returncode == 0, output
+    lines = stdout.strip().splitlines()
     assert lines, output
     report: dict[str, Any] = json.loads(lines[-1])
     # The child ran what this session tests (the backend, and the same installed package).
