@@ -7,6 +7,8 @@ that a lost event fails the test with what did arrive instead of hanging it.
 
 from __future__ import annotations
 
+import os
+import re
 import socket
 import threading
 import time
@@ -125,6 +127,19 @@ def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) 
         time.sleep(0.02)
 
 
+def sanitizer_report(pid: int) -> str:
+    """The AddressSanitizer report of process ``pid``, if it wrote one to the files that
+    ``ASAN_OPTIONS=log_path=...`` names (as .ci/sanitizer sets it), else ''."""
+    found = re.search(r"(?:^|:)log_path=([^:]+)", os.environ.get("ASAN_OPTIONS", ""))
+    if found is None:
+        return ""
+    try:
+        with open(f"{found.group(1)}.{pid}") as report:
+            return report.read()
+    except OSError:
+        return ""
+
+
 def closed_port() -> int:
     """A local TCP port nothing listens on (bound once, then released)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -187,6 +202,49 @@ def raw_consume(
             if msg is None:
                 continue
             assert msg.error() is None, msg.error()
+            records.append(msg)
+        return records
+    finally:
+        consumer.close()
+
+
+def raw_consume_all(
+    bootstrap: str, topic: str, *, partitions: int = 1, timeout: float = WAIT
+) -> list[confluent_kafka.Message]:
+    """Read every record of ``topic`` up to its end (the end each partition has when the reader
+    reaches it: call it once the writers are done) with a plain confluent-kafka consumer
+    (assigned, not subscribed), in partition order."""
+    consumer = confluent_kafka.Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"raw-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    try:
+        consumer.assign(
+            [
+                confluent_kafka.TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING)
+                for p in range(partitions)
+            ]
+        )
+        records: list[confluent_kafka.Message] = []
+        at_end: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while len(at_end) < partitions:
+            assert time.monotonic() < deadline, (
+                f"raw consumer read {len(records)} records and reached the end of partitions "
+                f"{sorted(at_end)} only"
+            )
+            msg = consumer.poll(0.2)
+            if msg is None:
+                continue
+            error = msg.error()
+            if error is not None and error.code() == confluent_kafka.KafkaError._PARTITION_EOF:
+                at_end.add(msg.partition())
+                continue
+            assert error is None, error
             records.append(msg)
         return records
     finally:

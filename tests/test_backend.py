@@ -26,6 +26,21 @@ def test_loaded_backend_is_the_expected_one() -> None:
         assert loaded == expected, f"expected the {expected} backend, but {loaded} is loaded"
 
 
+def test_loaded_core_is_the_expected_build() -> None:
+    """EVENTSTREAM_EXPECT_CORE (set by .ci/sanitizer to its instrumented build) names the file
+    eventstream._core must be loaded from, so that a run meant for one build cannot test
+    another one (e.g. the editable build in the work tree) without failing."""
+    expected = os.environ.get("EVENTSTREAM_EXPECT_CORE", "").strip()
+    if not expected:
+        pytest.skip("EVENTSTREAM_EXPECT_CORE is not set")
+    import eventstream._core as core
+
+    assert os.path.realpath(core.__file__) == os.path.realpath(expected)
+    with open("/proc/self/maps") as maps:
+        mapped = {line.split()[-1] for line in maps if "/" in line}
+    assert os.path.realpath(expected) in {os.path.realpath(m) for m in mapped}
+
+
 def test_no_extensions_switch_decides_the_backend() -> None:
     wants_pure = os.environ.get("EVENTSTREAM_NO_EXTENSIONS", "") not in ("", "0")
     assert eventstream.backend() == ("pure" if wants_pure else "compiled")
