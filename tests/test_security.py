@@ -43,13 +43,18 @@ class ErrorLog:
             self.errors.append(error)
             self._cond.notify_all()
 
-    def wait_for(self, kind: type[BaseException], timeout: float = 30) -> EventStreamError:
+    def wait_for(
+        self, kind: type[BaseException], timeout: float = 30, *, client: str = ""
+    ) -> EventStreamError:
+        """The first ``kind`` error (of the client whose description starts with ``client``)."""
+
+        def found() -> list[EventStreamError]:
+            return [e for e in self.errors if isinstance(e, kind) and str(e).startswith(client)]
+
         with self._cond:
-            if not self._cond.wait_for(
-                lambda: any(isinstance(e, kind) for e in self.errors), timeout
-            ):
+            if not self._cond.wait_for(found, timeout):
                 raise AssertionError(f"no {kind.__name__} within {timeout} s: {self.errors}")
-            return next(e for e in self.errors if isinstance(e, kind))
+            return found()[0]
 
 
 def secure_config(
@@ -252,7 +257,7 @@ def test_missing_permissions_are_authorization_errors(
 
         consumer = topic.new_consumer()
         consumer.consume(Collector())
-        reported = errors.wait_for(AuthorizationError)
+        reported = errors.wait_for(AuthorizationError, client="consumer")
         assert reported.code in (29, 30)  # type: ignore[attr-defined]
         wait_until(lambda: consumer.status.state == "failed", "the consumer to fail")
         with pytest.raises(AuthorizationError):

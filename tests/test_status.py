@@ -162,9 +162,9 @@ def test_a_cluster_that_vanishes_under_a_consumer(records: pytest.LogCaptureFixt
     assert time.monotonic() - started < 30, "close() waited out its whole timeout"
     assert consumer.status.state == "closed"
     assert not ours(records, logging.ERROR), ours(records, logging.ERROR)
-    # One outage report per client (the producer noticed too), nothing else.
-    reports = sorted(str(e).split(" of topic")[0] for e in errors.errors)
-    assert reports == ["consumer", "producer"], errors.errors
+    # One outage report per client (the idle producer may have noticed too), nothing else.
+    reports = [str(e).split(" of topic")[0] for e in errors.errors]
+    assert reports.count("consumer") == 1 and reports.count("producer") <= 1, errors.errors
     assert {e.name for e in errors.errors if isinstance(e, BrokerError)} == {"_ALL_BROKERS_DOWN"}
 
 
