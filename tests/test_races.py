@@ -18,6 +18,19 @@ from eventstream import ClosedError, ProduceError
 pytestmark = pytest.mark.timeout(120)
 
 
+def _produce_one(
+    producer: eventstream.Producer[Invalidate], start: threading.Barrier, result: list[str]
+) -> None:
+    start.wait()
+    try:
+        producer.produce(Invalidate(seq=1), timeout=30)
+        result.append("sent")
+    except ClosedError:
+        result.append("closed")
+    except ProduceError as exc:
+        result.append(f"failed {exc.name}")
+
+
 def test_close_racing_the_first_produce(kafka_bootstrap: str, topic_name: str) -> None:
     """The first produce() creates the client; a close() on another thread at that moment must
     either stop the call (ClosedError, or ProduceError for events it failed) or let it finish,
@@ -29,18 +42,7 @@ def test_close_racing_the_first_produce(kafka_bootstrap: str, topic_name: str) -
         producer = topic.new_producer()
         start = threading.Barrier(2)
         result: list[str] = []
-
-        def produce(producer: eventstream.Producer[Invalidate] = producer) -> None:
-            start.wait()
-            try:
-                producer.produce(Invalidate(seq=1), timeout=30)
-                result.append("sent")
-            except ClosedError:
-                result.append("closed")
-            except ProduceError as exc:
-                result.append(f"failed {exc.name}")
-
-        thread = threading.Thread(target=produce)
+        thread = threading.Thread(target=_produce_one, args=(producer, start, result))
         thread.start()
         start.wait()
         producer.close(timeout=5)
