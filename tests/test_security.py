@@ -254,6 +254,16 @@ def test_missing_permissions_are_authorization_errors(
         assert isinstance(error, AuthorizationError) and isinstance(error, BrokerError)
         assert (error.code, error.retriable, error.failed) == (29, False, 1)
         assert "ACL" in str(error)
+        # The idempotent producer's id request is refused too: a fatal error. The producer
+        # fails, says so with the cause, and refuses further calls with it.
+        fatal = errors.wait_for(BrokerError, client="producer")
+        assert isinstance(fatal, AuthorizationError)
+        assert (fatal.code, fatal.fatal, fatal.retriable) == (31, True, False)
+        assert "fatal error" in str(fatal) and "CLUSTER_AUTHORIZATION_FAILED" in str(fatal)
+        wait_until(lambda: producer.status.state == "failed", "the producer to fail")
+        with pytest.raises(ProduceError) as refused:
+            producer.produce(Invalidate(seq=2))
+        assert (refused.value.code, refused.value.fatal, refused.value.failed) == (31, True, 1)
 
         consumer = topic.new_consumer()
         consumer.consume(Collector())
