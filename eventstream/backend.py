@@ -76,6 +76,8 @@ class ConsumerSpec:
     metadata_factory: Callable[..., Any]
     #: Where the consumer reports its connection state, failures and gaps.
     health: Health
+    #: Where a partition without a committed offset starts: its oldest retained event, or the end.
+    start_from_beginning: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -243,11 +243,10 @@ class TopicConfig:
         conf.update(_strings(self.producer_properties))
         return conf
 
-    def consumer_settings(
-        self, *, start_from_beginning: bool, group_instance_id: str | None = None
-    ) -> dict[str, str]:
+    def consumer_settings(self, *, group_instance_id: str | None = None) -> dict[str, str]:
         """The complete librdkafka configuration of a consumer of this topic;
-        ``group_instance_id`` makes it a static member of the group."""
+        ``group_instance_id`` makes it a static member of the group. (Where a new group starts
+        is the consumer spec's ``start_from_beginning``: see the comment on auto.offset.reset.)"""
         conf = self._common_settings()
         conf.update(
             {
@@ -257,7 +256,11 @@ class TopicConfig:
                 "enable.auto.offset.store": "false",
                 "enable.auto.commit": "true",
                 "auto.commit.interval.ms": "1000",
-                "auto.offset.reset": "earliest" if start_from_beginning else "latest",
+                # Where a partition starts is pinned at assignment (start_from_beginning says
+                # which end a group without committed offsets takes). librdkafka resets by itself
+                # only when that fails or a fetch position falls out of the log: then the oldest
+                # retained event, so that nothing retained is skipped (reported as a gap).
+                "auto.offset.reset": "earliest",
                 "enable.partition.eof": "false",
                 # Cache invalidation wants events promptly, not in large fetches.
                 "fetch.wait.max.ms": "100",
@@ -281,9 +284,7 @@ class TopicConfig:
             (
                 "consumer",
                 "consumer_properties",
-                self.consumer_settings(
-                    start_from_beginning=False, group_instance_id=f"{self.instance_id}-0"
-                ),
+                self.consumer_settings(group_instance_id=f"{self.instance_id}-0"),
             ),
         )
         for kind, field_name, conf in checks:

@@ -136,7 +136,6 @@ class Topic(Closeable, Generic[E]):
             )
             spec = ConsumerSpec(
                 properties=self.config.consumer_settings(
-                    start_from_beginning=start_from_beginning,
                     group_instance_id=None if membership is None else membership.group_instance_id,
                 ),
                 topic=self.name,
@@ -145,6 +144,7 @@ class Topic(Closeable, Generic[E]):
                 logger=self.config.logger,
                 metadata_factory=EventMetadata,
                 health=health,
+                start_from_beginning=start_from_beginning,
             )
             consumer: Consumer[E] = Consumer(
                 self._backend.new_consumer(spec), self.name, self.config.logger, health, membership

@@ -229,6 +229,8 @@ cdef rd_kafka_conf_t *_make_conf(object properties, str what) except NULL:
 # application through the client's Health (state, one log line, on_error) or as exceptions.
 cdef struct LogSink:
     PyObject *logger            # borrowed from the client object, which outlives its rk
+    PyObject *on_warning        # borrowed, or NULL: called as on_warning(facility, text) for
+                                # librdkafka's WARNING-and-worse lines (consumers: offset resets)
 
 
 cdef void _on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf) noexcept with gil:
@@ -238,9 +240,11 @@ cdef void _on_log(const rd_kafka_t *rk, int level, const char *fac, const char *
     if sink == NULL or sink.logger == NULL:
         return
     try:
-        (<object>sink.logger).debug(
-            "%s: %s", fac.decode("utf-8", "replace"), buf.decode("utf-8", "replace")
-        )
+        facility = fac.decode("utf-8", "replace")
+        text = buf.decode("utf-8", "replace")
+        (<object>sink.logger).debug("%s: %s", facility, text)
+        if level <= 4 and sink.on_warning != NULL:     # syslog LOG_WARNING and worse
+            (<object>sink.on_warning)(facility, text)
     except BaseException:
         pass                    # logging must never break the client
 

@@ -411,6 +411,8 @@ cdef class Consumer:
     cdef object _metadata_factory
     cdef object _health
     cdef readonly list _notes           # see "callbacks" above; only the poll thread touches it
+    cdef object _resets                 # gaps.OffsetResets: positions librdkafka had to reset
+    cdef object _warning_hook           # self._on_librdkafka_warning (LogSink.on_warning)
     cdef tuple _accepted_ct
     cdef bytes _n_type, _n_ct, _n_src, _n_id
     cdef object _thread                 # threading.Thread running _run()
@@ -437,6 +439,7 @@ cdef class Consumer:
         self._st.npositions = 0
         self._st.owner = NULL
         self._st.sink.logger = NULL
+        self._st.sink.on_warning = NULL
         if pthread_mutex_init(&self._st.lock, NULL) != 0:
             raise MemoryError()
 
@@ -462,13 +465,14 @@ cdef class Consumer:
         self._left = _threading.Event()
         self._fork_generation = _fork_generation
         self._max_poll_ns = int(props.get("max.poll.interval.ms", "300000")) * 1_000_000
-        self._st.from_beginning = props.get("auto.offset.reset") in (
-            "earliest", "smallest", "beginning",
-        )
+        self._st.from_beginning = bool(spec.start_from_beginning)
+        self._resets = _gaps.OffsetResets(spec.topic)
+        self._warning_hook = self._on_librdkafka_warning
         self._st.incremental = props.get("group.protocol", "classic").lower() == "consumer"
         # Borrowed: the handle never outlives self (the poll thread holds a reference to self
         # and destroys the handle before it ends).
         self._st.sink.logger = <PyObject *>self._client_logger
+        self._st.sink.on_warning = <PyObject *>self._warning_hook
         self._st.owner = <PyObject *>self
 
     def __dealloc__(self):
@@ -477,6 +481,7 @@ cdef class Consumer:
         # handle belongs to the parent and is left alone.
         self._st.owner = NULL
         self._st.sink.logger = NULL
+        self._st.sink.on_warning = NULL
         if self._fork_generation == _fork_generation:
             if self._queue != NULL:
                 rd_kafka_queue_destroy(self._queue)
@@ -687,6 +692,8 @@ cdef class Consumer:
                     if self._notes:
                         self._after_poll()
                     if n > 0:
+                        if self._resets.pending:
+                            self._check_resumed(msgs, n)
                         if self._mode_batch:
                             self._dispatch_batch(msgs, n)
                         else:
@@ -710,6 +717,26 @@ cdef class Consumer:
             finally:
                 self._left.set()
                 free(msgs)
+
+    def _on_librdkafka_warning(self, str facility, str text):
+        """LogSink.on_warning (poll thread): a fetch position out of the log is a gap."""
+        if facility == "OFFSET":
+            gap = self._resets.warned(text)
+            if gap is not None:
+                self._health.report(gap)
+
+    cdef int _check_resumed(self, rd_kafka_message_t **msgs, ssize_t n) except -1:
+        """After an offset reset, the first record read of the partition says where it resumed."""
+        cdef ssize_t i
+        pending = self._resets.pending
+        for i in range(n):
+            if not pending:
+                break
+            if msgs[i].err == RD_KAFKA_RESP_ERR_NO_ERROR and msgs[i].partition in pending:
+                gap = self._resets.resumed(msgs[i].partition, msgs[i].offset)
+                if gap is not None:
+                    self._health.report(gap)
+        return 0
 
     cdef int _after_poll(self) except -1:
         """Act on what the callbacks noted (see above): the on_rebalance hook, gaps, problems."""

@@ -192,7 +192,7 @@ def test_a_combination_librdkafka_refuses_names_the_mapping_and_the_properties()
 
 def test_kip848_protocol_gets_no_assignment_strategy_and_refuses_classic_only_settings() -> None:
     cfg = config(consumer_properties={"group.protocol": "consumer"})
-    settings = cfg.consumer_settings(start_from_beginning=False)
+    settings = cfg.consumer_settings()
     assert "partition.assignment.strategy" not in settings
     assert cfg.uses_consumer_protocol
     with pytest.raises(ConfigError) as info:

@@ -196,3 +196,46 @@ def test_a_handler_past_max_poll_interval_loses_the_partitions_and_hears_so(
     wait_until(lambda: seen.count(1) == 2, "the event to be handled again after the rejoin", 60)
     assert consumer.status.state == "ready"
     consumer.close()
+
+
+def test_a_consumer_that_falls_behind_retention_reports_the_gap_and_goes_on(
+    make_topic: Callable[..., eventstream.Topic[Any]], kafka_bootstrap: str
+) -> None:
+    """While the handler is busy, retention deletes what the consumer has not fetched yet: its
+    next fetch is out of range, librdkafka resets to the oldest retained event, and the consumer
+    reports the skipped offsets once and goes on from there."""
+    errors = Errors()
+    topic = make_topic(
+        on_error=errors,
+        # Fetch little ahead, so most of the backlog is still on the broker when it is deleted.
+        consumer_properties={
+            "queued.max.messages.kbytes": 1,
+            "queued.min.messages": 1,
+            "fetch.message.max.bytes": 1024,
+        },
+    )
+    with topic.new_producer() as producer:
+        for seq in range(100):  # one record batch each
+            producer.produce(Invalidate(seq=seq, key="x" * 2000))
+    release = threading.Event()
+    handled: list[int] = []
+
+    def handler(event: Invalidate, meta: eventstream.EventMetadata) -> None:
+        handled.append(meta.offset)
+        if len(handled) == 1:
+            release.wait(60)
+
+    consumer = topic.new_consumer(start_from_beginning=True)
+    consumer.consume(handler, with_metadata=True)
+    wait_until(lambda: len(handled) == 1, "the first event")
+    _delete_records(kafka_bootstrap, topic.name, 90)  # as retention would
+    release.set()
+    gap = errors.wait_for(GapError)
+    assert isinstance(gap, GapError)
+    wait_until(lambda: handled[-1:] == [99], "the events after the gap")
+    before = [o for o in handled if o < 90]
+    assert before == list(range(len(before))), handled  # in order up to the gap
+    assert (gap.partition, gap.first_offset, gap.resume_offset) == (0, len(before), 90)
+    assert [o for o in handled if o >= 90] == list(range(90, 100))
+    assert [e for e in errors.errors if isinstance(e, GapError)] == [gap]
+    consumer.close()

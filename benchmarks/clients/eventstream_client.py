@@ -21,7 +21,7 @@ def describe(spec: dict[str, Any]) -> dict[str, Any]:
 
     topic = _topic(spec, common.SOURCE)
     producer = dict(topic.config.producer_settings())
-    consumer = dict(topic.config.consumer_settings(start_from_beginning=True))
+    consumer = dict(topic.config.consumer_settings())
     for conf in (producer, consumer):
         for key in ("bootstrap.servers", "client.id", "group.id"):
             conf.pop(key, None)

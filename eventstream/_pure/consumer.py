@@ -74,11 +74,8 @@ class PureConsumer:
         self._cooperative = "cooperative" in props.get("partition.assignment.strategy", "") or (
             props.get("group.protocol", "classic").lower() == "consumer"
         )
-        self._from_beginning = props.get("auto.offset.reset") in (
-            "earliest",
-            "smallest",
-            "beginning",
-        )
+        self._from_beginning = spec.start_from_beginning
+        self._resets = gaps.OffsetResets(spec.topic)
 
     def start(self, dispatch: Dispatch) -> None:
         with self._lock:
@@ -87,7 +84,7 @@ class PureConsumer:
             conf: dict[str, object] = dict(self._spec.properties)
             conf["error_cb"] = self._on_client_error
             conf["stats_cb"] = self._on_stats
-            conf["logger"] = ClientLog(self._spec.logger)
+            conf["logger"] = ClientLog(self._spec.logger, self._on_librdkafka_warning)
             client = confluent_kafka.Consumer(conf)
             # confluent-kafka assigns (incrementally, for the cooperative protocol) after these
             # callbacks return unless they assigned themselves; they run on the poll thread.
@@ -319,6 +316,23 @@ class PureConsumer:
     def _on_stats(self, stats: str) -> None:
         self._health.tick('"state":"UP"' in stats)
 
+    def _on_librdkafka_warning(self, facility: str, text: str) -> None:
+        """A fetch position out of the log is a gap (librdkafka resets it and says so)."""
+        if facility == "OFFSET":
+            gap = self._resets.warned(text)
+            if gap is not None:
+                self._health.report(gap)
+
+    def _check_resumed(self, batch: list[confluent_kafka.Message]) -> None:
+        for msg in batch:
+            partition, offset = msg.partition(), msg.offset()
+            if msg.error() is None and partition is not None and offset is not None:
+                gap = self._resets.resumed(partition, offset)
+                if gap is not None:
+                    self._health.report(gap)
+            if not self._resets.pending:
+                return
+
     def _stopped_by(self, exc: BaseException) -> None:
         if self._failure is None:
             self._failure = exc
@@ -335,6 +349,8 @@ class PureConsumer:
                 batch = [first]
                 if not self._stop:
                     batch.extend(client.consume(_BATCH - 1, 0))
+                if self._resets.pending:
+                    self._check_resumed(batch)
                 if dispatch.mode == "event":
                     self._dispatch_events(client, batch, dispatch)
                 else:
