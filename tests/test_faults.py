@@ -435,6 +435,7 @@ def test_consumer_handles_the_stream_across_a_broker_outage(
             90,
         )
         final_status = consumer.status
+        writer_status = load.producer.status
         with cond:
             received, times = list(handled), list(handled_at)
 
@@ -454,6 +455,7 @@ def test_consumer_handles_the_stream_across_a_broker_outage(
     assert isinstance(outage_status.error, eventstream.BrokerError), outage_status
     assert outage_status.error.retriable, outage_status
     assert final_status.state == "ready", final_status
+    assert writer_status.state == "ready", writer_status
     # One report of the outage, no flood (each retry of librdkafka is no news).
     assert len(consumer_errors) == 1, [str(e) for e in consumer_errors]
     [error] = consumer_errors
