@@ -36,6 +36,11 @@ def _fmt_rate(rate: float) -> str:
 
 def summary_of(scenario: str, result: dict[str, Any], size: int) -> str:
     """One line for the progress display."""
+    if scenario == "restart":
+        return (
+            f"first event {result['restart_s']:.2f} s after the SIGKILL (partitions assigned "
+            f"{result['consume_to_assigned_s']:.2f} s after consume())"
+        )
     if scenario in ("produce", "consume"):
         rate = result["events"] / result["seconds"] if result.get("seconds") else 0.0
         cpu = result.get("cpu_seconds")
@@ -274,6 +279,44 @@ def _latency_section(results: dict[str, Any], scenario: str, what: str, extra: b
     return out
 
 
+def _restart_section(results: dict[str, Any]) -> list[str]:
+    rows = [m for m in _ok(results["measurements"]) if m["scenario"] == "restart"]
+    failed = [m for m in results["measurements"] if m["scenario"] == "restart" and m.get("error")]
+    if not rows and not failed:
+        return []
+    st = results["settings"].get("restart", {})
+    variants = st.get("variants", {})
+    out = [
+        "## Consumer restart after SIGKILL",
+        "",
+        f"A consumer process handles a stream paced at {st.get('rate_per_s', 0):,.0f} events/s "
+        f"({st.get('partitions')} partitions); after {st.get('events_before_kill', 0):,} events "
+        "it is SIGKILLed and the same command, with the same instance id, is started at once. "
+        "Measured: seconds from the SIGKILL to the first event the new process handles "
+        "(CLOCK_MONOTONIC in both processes), split into starting the process up to "
+        "`consume()`, `consume()` to the partitions being assigned (the group's doing), and "
+        "assigned to the first event handled. One run per variant.",
+        "",
+        "| variant | contender | SIGKILL → first event s | start → consume() s | "
+        "consume() → assigned s | assigned → first event s |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    order = list(variants) or sorted({m["variant"] for m in rows})
+    for name in order:
+        for m in sorted(
+            (m for m in rows if m.get("variant") == name), key=lambda m: ORDER.index(m["contender"])
+        ):
+            r = m["result"]
+            label = variants.get(name, {}).get("label", name)
+            out.append(
+                f"| {label} | {_name(results, m['contender'])} | {r['restart_s']:.2f} | "
+                f"{r['spawn_to_consume_s']:.2f} | {r['consume_to_assigned_s']:.2f} | "
+                f"{r['assigned_to_first_event_s']:.2f} |"
+            )
+    out.append("")
+    return out
+
+
 def _kv(d: dict[str, Any]) -> str:
     return ", ".join(f"`{k}={v}`" for k, v in d.items() if not isinstance(v, dict)) + "".join(
         f"; {k}: " + ", ".join(f"`{a}={b}`" for a, b in v.items())
@@ -378,13 +421,15 @@ def markdown(results: dict[str, Any]) -> str:
         "events measured)",
         extra=True,
     )  # fmt: skip
+    out += _restart_section(results)
     errors = [m for m in results["measurements"] if m.get("error")]
     if errors:
         out += ["## Failed measurements", ""]
         for m in errors:
             first = m["error"].splitlines()[0]
+            variant = f" ({m['variant']})" if m.get("variant") else ""
             out.append(
-                f"- {m['scenario']} {case_label(m['size'], m['partitions'])}, "
+                f"- {m['scenario']} {case_label(m['size'], m['partitions'])}{variant}, "
                 f"{_name(results, m['contender'])}: `{first}`"
             )
         out.append("")
@@ -438,6 +483,8 @@ def markdown(results: dict[str, Any]) -> str:
         "one event, and waits for its acknowledgement); the event carries CLOCK_MONOTONIC at "
         "the produce call, the handler subtracts it from the time it runs. The first events are "
         "a warm-up and are not counted.",
+        "- Consumer restart: eventstream only (the peers leave group membership to their "
+        "users); see its section for the method.",
         "- Ratios in the targets are medians from this run only; never compare across runs.",
         "",
     ]
@@ -456,6 +503,8 @@ def chart(results: dict[str, Any], path: Path) -> bool:
         import matplotlib.ticker
     except ImportError:
         return False
+    if not any(cases(results, s) for s in ("produce", "consume", "latency", "e2e")):
+        return False  # e.g. --only restart: nothing this chart shows
     names = contenders(results)
     fig, axes = plt.subplots(2, 2, figsize=(14, 9))
     panels = [

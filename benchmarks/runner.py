@@ -14,6 +14,7 @@ import json
 import os
 import resource
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -38,10 +39,13 @@ CONTENDERS: dict[str, str] = {
     "aiokafka": "aiokafka",
     "kafka-python": "kafka-python",
 }
-SCENARIOS = ("produce", "consume", "latency", "e2e")
+SCENARIOS = ("produce", "consume", "latency", "e2e", "restart")
 NATIVE = ("c",)
 # Contenders measured in some scenarios only (none at present).
 ONLY_IN: dict[str, tuple[str, ...]] = {}
+# Scenarios that measure some contenders only: a restart is about eventstream's group
+# membership (static by default), which the peers leave to their users.
+SCENARIO_CONTENDERS: dict[str, tuple[str, ...]] = {"restart": ("compiled", "pure")}
 # The contenders that the targets compare: measured in every round of a throughput scenario (the
 # median counts), the others once. Rounds run one after the other in time, so a burst of load
 # from elsewhere on the machine hits one round, not all of them.
@@ -52,6 +56,29 @@ SCENARIO_TITLES = {
     "consume": "Consume throughput",
     "latency": "Single-event produce latency",
     "e2e": "End-to-end latency",
+    "restart": "Consumer restart after SIGKILL",
+}
+
+
+@dataclass(frozen=True)
+class RestartVariant:
+    """How the consumer processes of the restart scenario join their group."""
+
+    shared: bool  # Topic.new_consumer(shared=...): False is static membership (the default)
+    consumer_properties: dict[str, str]
+    label: str
+
+
+RESTART_VARIANTS: dict[str, RestartVariant] = {
+    "static": RestartVariant(
+        False, {}, "static member (the default: group.instance.id), session.timeout.ms=45000"
+    ),
+    "shared": RestartVariant(
+        True, {}, "shared=True: dynamic member, session.timeout.ms=45000 (librdkafka's default)"
+    ),
+    "shared-6s": RestartVariant(
+        True, {"session.timeout.ms": "6000"}, "shared=True, session.timeout.ms=6000"
+    ),
 }
 
 
@@ -67,6 +94,12 @@ class Sizes:
     e2e_events: int
     e2e_warmup: int
     broker_warmup_events: int
+    restart_variants: tuple[str, ...] = tuple(RESTART_VARIANTS)
+    # The first consumer process handles this many events before it is SIGKILLed; the
+    # restarted one reports after handling restart_events; the producer publishes at this rate.
+    restart_warmup: int = 1000
+    restart_events: int = 200
+    restart_rate: float = 500.0
     batch: int = 1000
     e2e_rate: float = 1000.0
     timeout: float = 600.0
@@ -91,6 +124,9 @@ QUICK = Sizes(
     e2e_events=1_500,
     e2e_warmup=500,
     broker_warmup_events=50_000,
+    restart_variants=("static", "shared-6s"),  # the 45 s of a shared member would double it
+    restart_warmup=200,
+    restart_events=50,
     timeout=120.0,
 )
 
@@ -102,17 +138,20 @@ class Case:
     partitions: int
     count: int
     warmup: int
+    variant: str = ""  # restart: a key of RESTART_VARIANTS
 
     @property
     def key(self) -> str:
-        return report.case_key(self.size, self.partitions)
+        key = report.case_key(self.size, self.partitions)
+        return f"{key}-{self.variant}" if self.variant else key
 
     @property
     def title(self) -> str:
         parts = "partition" if self.partitions == 1 else "partitions"
+        variant = f", {RESTART_VARIANTS[self.variant].label}" if self.variant else ""
         return (
             f"{SCENARIO_TITLES[self.scenario]}: {report.size_label(self.size)} events, "
-            f"{self.partitions} {parts}"
+            f"{self.partitions} {parts}{variant}"
         )
 
 
@@ -133,6 +172,11 @@ def build_plan(sizes: Sizes, scenarios: Sequence[str], quick: bool) -> list[Case
             plan.append(Case("latency", 100, 1, sizes.latency_calls, sizes.latency_warmup))
         elif scenario == "e2e":
             plan.append(Case("e2e", 100, 1, sizes.e2e_events, sizes.e2e_warmup))
+        elif scenario == "restart":
+            plan += [
+                Case("restart", 100, 6, sizes.restart_events, sizes.restart_warmup, variant)
+                for variant in sizes.restart_variants
+            ]
     return plan
 
 
@@ -206,6 +250,7 @@ class Proc:
         self.out: list[str] = []
         self.err: list[str] = []
         self.bar = bar
+        self.done = 0  # the count of the latest "@progress" line
         self._threads = [
             threading.Thread(target=self._read_out, daemon=True),
             threading.Thread(target=self._read_err, daemon=True),
@@ -222,9 +267,10 @@ class Proc:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             if line.startswith("@progress "):
-                if self.bar is not None:
-                    with contextlib.suppress(ValueError):
-                        done, total = (int(x) for x in line.split()[1:3])
+                with contextlib.suppress(ValueError):
+                    done, total = (int(x) for x in line.split()[1:3])
+                    self.done = done
+                    if self.bar is not None:
                         self.bar.update(done, total)
             else:
                 self.err.append(line.rstrip("\n"))
@@ -546,6 +592,7 @@ class Measurement:
     load: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     topic: str = ""
+    variant: str = ""
 
 
 class Runner:
@@ -633,6 +680,7 @@ class Runner:
         topic = self.topic_name(case, contender, round_)
         m = Measurement(case.scenario, case.size, case.partitions, contender, case.count)
         m.topic = topic
+        m.variant = case.variant
         bar = Bar(CONTENDERS[contender])
         timeout = self.sizes.timeout
         try:
@@ -644,7 +692,9 @@ class Runner:
                 self.procs.start(filler, "produce", fill, None).finish(timeout)
             quiet = self.wait_for_quiet()
             load = Load(self.broker.pids())
-            if case.scenario == "e2e":
+            if case.scenario == "restart":
+                m.result = self.restart(case, contender, spec, bar)
+            elif case.scenario == "e2e":
                 consumer = self.procs.start(contender, "e2e-consume", spec, bar)
                 try:
                     group = spec["group"]
@@ -673,9 +723,67 @@ class Runner:
             self.admin.delete(topic)
         return m
 
+    def restart(self, case: Case, contender: str, spec: dict[str, Any], bar: Bar) -> dict[str, Any]:
+        """A consumer process handles a paced stream; after ``case.warmup`` events it is
+        SIGKILLed and the same command (same instance id) is started again at once. Measured:
+        from the SIGKILL to the first event the new process handles (CLOCK_MONOTONIC in both)."""
+        variant = RESTART_VARIANTS[case.variant]
+        timeout = self.sizes.timeout
+        spec = spec | {
+            "shared": variant.shared,
+            "consumer_properties": variant.consumer_properties,
+            "rate": self.sizes.restart_rate,
+        }
+        group = f"{spec['topic']}::{spec['group']}"  # eventstream's per-instance group
+        first_spec = spec | {"count": case.warmup, "until_killed": True}
+        first = self.procs.start(contender, "restart-consume", first_spec, None)
+        producer: Proc | None = None
+        second: Proc | None = None
+        try:
+            self.admin.wait_assigned(group, spec["topic"], case.partitions, first)
+            # Paced for longer than any restart takes; killed once the restart is measured.
+            paced = spec | {"count": int(self.sizes.restart_rate * timeout)}
+            producer = self.procs.start(contender, "restart-produce", paced, None)
+            deadline = time.monotonic() + timeout
+            while first.done < case.warmup:
+                for proc in (first, producer):
+                    if proc.proc.poll() is not None:
+                        proc.finish(1)  # raises with its stderr
+                if time.monotonic() > deadline:
+                    raise BenchError(f"the first consumer handled {first.done} events in time")
+                time.sleep(0.05)
+            killed_ns = time.monotonic_ns()
+            os.kill(first.proc.pid, signal.SIGKILL)
+            first.proc.wait()
+            spawned_ns = time.monotonic_ns()
+            second = self.procs.start(contender, "restart-consume", spec, bar)
+            result = second.finish(timeout)
+        finally:
+            for proc in (first, second, producer):
+                if proc is not None:
+                    proc.kill()
+        seconds = {
+            "restart_s": result["first_event_ns"] - killed_ns,
+            "spawn_to_consume_s": result["consume_ns"] - spawned_ns,
+            "consume_to_assigned_s": result["assigned_ns"] - result["consume_ns"],
+            "assigned_to_first_event_s": result["first_event_ns"] - result["assigned_ns"],
+        }
+        return (
+            result
+            | {k: round(v / 1e9, 3) for k, v in seconds.items()}
+            | {
+                "variant": case.variant,
+                "shared": variant.shared,
+                "consumer_properties": variant.consumer_properties,
+                "first_process_events": first.done,
+            }
+        )
+
     def run(self, plan: list[Case]) -> None:
         for case in plan:
             count = f"{case.count:,} {'calls' if case.scenario == 'latency' else 'events'}"
+            if case.scenario == "restart":
+                count = f"SIGKILL after {case.warmup:,} events, restart at once"
             sys.stderr.write(f"\n{case.title} ({count} per contender)\n")
             rounds = self.args.repeat if case.scenario in THROUGHPUT else 1
             for round_ in range(rounds):
@@ -683,6 +791,8 @@ class Runner:
                     sys.stderr.write(f" round {round_ + 1} of {rounds}\n")
                 for contender in self.contenders:
                     if case.scenario not in ONLY_IN.get(contender, SCENARIOS):
+                        continue
+                    if contender not in SCENARIO_CONTENDERS.get(case.scenario, (contender,)):
                         continue
                     if round_ > 0 and contender not in TARGET_CONTENDERS:
                         continue
@@ -768,7 +878,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     payload.ensure_generated()
 
-    contenders = list(args.contender_list)
+    # Only the contenders some chosen scenario measures (--only restart: eventstream's two).
+    contenders = [
+        c
+        for c in args.contender_list
+        if any(c in SCENARIO_CONTENDERS.get(s, (c,)) for s in args.scenarios)
+    ]
+    if not contenders:
+        sys.stderr.write(
+            f"benchmarks: none of {', '.join(args.contender_list)} is measured in "
+            f"{', '.join(args.scenarios)}\n"
+        )
+        return 2
     native_bin: Path | None = None
     notes: list[str] = []
     if set(NATIVE) & set(contenders) or "consume" in args.scenarios:
@@ -804,8 +925,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sys.stderr.write(f"benchmarks: {notes[-1]}\n")
                 contenders.remove(contender)
         runner = Runner(args, sizes, contenders, bootstrap, broker, procs)
-        runner.warm_broker()
-        runner.run(build_plan(sizes, args.scenarios, args.quick))
+        plan = build_plan(sizes, args.scenarios, args.quick)
+        if any(case.scenario != "restart" for case in plan):  # a restart needs no JIT-hot broker
+            runner.warm_broker()
+        runner.run(plan)
         failed = sum(1 for m in runner.measurements if m.error)
         results = {
             "schema": 1,
@@ -828,6 +951,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "e2e_events": sizes.e2e_events,
                 "e2e_warmup_events": sizes.e2e_warmup,
                 "broker_warmup_events": sizes.broker_warmup_events,
+                "restart": {
+                    "partitions": 6,
+                    "rate_per_s": sizes.restart_rate,
+                    "events_before_kill": sizes.restart_warmup,
+                    "events_after_restart": sizes.restart_events,
+                    "variants": {
+                        name: asdict(RESTART_VARIANTS[name]) for name in sizes.restart_variants
+                    },
+                },
                 "repeat": args.repeat,
                 "replication_factor": runner.admin.replication,
                 "compression": "none (every client's default)",

@@ -93,7 +93,9 @@ class Health:
         if status.state == "ready" and self._down_since is None:
             return  # the common case: nothing to do, no lock
         with self._lock:
-            self._down_since = None
+            # The outage began with the first evidence of no broker, disconnected_after before
+            # the state said so.
+            down_since, self._down_since = self._down_since, None
             status = self._status
             if status.state in ("ready", "failed", "closed"):
                 return
@@ -101,10 +103,10 @@ class Health:
             self._status = ClientStatus("ready", status.error, now)
             self._warned.clear()
         if status.state == "disconnected":
+            since = status.since if down_since is None else down_since
             self._log(
                 logging.INFO,
-                f"{self.what}: a broker answers again, after {now - status.since:.1f} s without "
-                "one",
+                f"{self.what}: a broker answers again, after {now - since:.1f} s without one",
             )
 
     def down(self, reason: str | None = None) -> None:

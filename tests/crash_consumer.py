@@ -3,7 +3,8 @@
 Consumes ``--topic`` as ``--instance`` from the beginning and appends the ``seq`` of every event it
 handles to ``--out``, one line per event, written and fsynced before the handler returns (the
 offset is stored only after that). ``--delay`` slows the handler so that a SIGKILL lands
-mid-stream. SIGTERM closes the consumer cleanly.
+mid-stream. ``--session-timeout-ms`` (default 6000; 0 leaves librdkafka's 45 s) is the group
+session. SIGTERM closes the consumer cleanly.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ def main() -> None:
     parser.add_argument("--instance", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--session-timeout-ms", type=int, default=6000)
     args = parser.parse_args()
 
     sys.path.insert(0, str(Path(__file__).resolve().parent / "protos"))
@@ -42,13 +44,17 @@ def main() -> None:
         if args.delay:
             time.sleep(args.delay)  # a slow handler, so that the kill lands mid-stream
 
+    # The killed member never leaves its group: with a short session (the broker's minimum is
+    # 6 s) the broker evicts it quickly, should the restarted process not simply take its place
+    # as the same static member.
+    session: dict[str, str | int | float | bool] = {}
+    if args.session_timeout_ms:
+        session = {"session.timeout.ms": args.session_timeout_ms, "heartbeat.interval.ms": 500}
     config = eventstream.TopicConfig(
         brokers=args.brokers,
         topic=args.topic,
         instance_id=args.instance,
-        # The killed member never leaves its group: let the broker evict it quickly (its minimum
-        # session timeout is 6 s) so that the restarted process gets the partitions soon.
-        consumer_properties={"session.timeout.ms": 6000, "heartbeat.interval.ms": 500},
+        consumer_properties=session,
     )
     with eventstream.new_topic(Invalidate, config) as topic:
         consumer = topic.new_consumer(start_from_beginning=True)

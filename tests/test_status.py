@@ -151,12 +151,17 @@ def test_a_cluster_that_vanishes_under_a_consumer(records: pytest.LogCaptureFixt
         consumer = topic.new_consumer(start_from_beginning=True)
         consumer.consume(collector)
         consumer.wait_until_assigned(timeout=30)
-        topic.new_producer().produce(Invalidate(seq=1))
+        producer = topic.new_producer()
+        producer.produce(Invalidate(seq=1))
         collector.wait_for_seq(1)
         wait_until(lambda: consumer.status.state == "ready", "the consumer to be ready")
     finally:
         cluster.close()
     wait_until(lambda: consumer.status.state == "disconnected", "the consumer to be disconnected")
+    # The idle producer notices on its own statistics ticks, up to a couple of seconds apart
+    # from the consumer's; and on_error runs on a thread of its own.
+    wait_until(lambda: producer.status.state == "disconnected", "the producer to be disconnected")
+    errors.wait_for_count(2)
     started = time.monotonic()
     topic.close()
     assert time.monotonic() - started < 30, "close() waited out its whole timeout"

@@ -4,15 +4,18 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from benchmarks import common, payload, scenarios
 
 
-def _topic(spec: dict[str, Any], instance_id: str) -> Any:
+def _topic(spec: dict[str, Any], instance_id: str, **fields: Any) -> Any:
     from eventstream import TopicConfig, new_topic
 
-    config = TopicConfig(brokers=spec["brokers"], topic=spec["topic"], instance_id=instance_id)
+    config = TopicConfig(
+        brokers=spec["brokers"], topic=spec["topic"], instance_id=instance_id, **fields
+    )
     return new_topic(payload.event_class(), config)
 
 
@@ -79,3 +82,47 @@ def consume(spec: dict[str, Any], progress: common.Progress) -> dict[str, Any]:
 
 def e2e_consume(spec: dict[str, Any], progress: common.Progress) -> dict[str, Any]:
     return scenarios.e2e_consume(_consume_loop, spec, progress)
+
+
+def restart_produce(spec: dict[str, Any], progress: common.Progress) -> dict[str, Any]:
+    """The paced stream of the restart scenario (the runner kills this process when done)."""
+    return scenarios.e2e_produce(_Sender(spec), spec, progress)
+
+
+def restart_consume(spec: dict[str, Any], progress: common.Progress) -> dict[str, Any]:
+    """One consumer process of the restart scenario, as instance ``spec["group"]``
+    (``shared`` and ``consumer_properties`` from the variant). The first process
+    (``until_killed``) reports progress up to ``spec["count"]`` events and runs until the runner
+    SIGKILLs it; the restarted one reports, after ``spec["count"]`` events, when it called
+    ``consume()``, got partitions and handled its first event (CLOCK_MONOTONIC ns)."""
+    topic = _topic(spec, spec["group"], consumer_properties=spec["consumer_properties"])
+    consumer = topic.new_consumer(start_from_beginning=True, shared=spec["shared"])
+    target = spec["count"]
+    clock = time.monotonic_ns
+    marks = {"assigned_ns": 0, "first_event_ns": 0, "first_event_sent_ns": 0}
+    handled = 0
+    done = threading.Event()
+
+    def handler(event: Any) -> None:
+        nonlocal handled
+        handled += 1
+        if handled == 1:
+            marks["first_event_ns"] = clock()
+            marks["first_event_sent_ns"] = event.sent_ns
+        if handled <= target:
+            progress.update(handled)
+            if handled == target and not spec.get("until_killed"):
+                done.set()
+
+    def on_rebalance(change: Any) -> None:
+        if change.kind == "assigned" and not marks["assigned_ns"]:
+            marks["assigned_ns"] = clock()
+
+    consume_ns = clock()
+    consumer.consume(handler, on_rebalance=on_rebalance)
+    try:
+        if not done.wait(spec["timeout"]):
+            raise TimeoutError(f"handled {handled} of {target} events in {spec['timeout']} s")
+    finally:
+        topic.close()
+    return {"events": target, "consume_ns": consume_ns, **marks}
