@@ -20,19 +20,31 @@ Used by .ci/install and by cibuildwheel's test-command (pyproject.toml).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 EVENTS = 50
 
 
-def fail(message: str) -> None:
+class _Announcements(logging.Handler):
+    """Collects what eventstream logs at INFO and above while the backend is chosen."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.levelname} {record.getMessage()}")
+
+
+def fail(message: str) -> NoReturn:
     print(f"smoke test FAILED: {message}", file=sys.stderr)
     sys.exit(1)
 
@@ -95,7 +107,7 @@ def version_commands(expect: str) -> str:
     script = shutil.which("eventstream", path=str(Path(sys.executable).parent))
     if script is None:
         fail(f"no `eventstream` console script next to {sys.executable}")
-    lines = []
+    lines: list[str] = []
     for command in ([script, "--version"], [sys.executable, "-m", "eventstream", "--version"]):
         done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd="/")
         line = done.stdout.strip()
@@ -108,7 +120,7 @@ def version_commands(expect: str) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="Smoke test of an installed eventstream.")
     parser.add_argument("--expect", choices=["compiled", "pure"], default="compiled")
     args = parser.parse_args()
     for switch in ("EVENTSTREAM_NO_EXTENSIONS", "EVENTSTREAM_REQUIRE_COMPILED"):
@@ -119,12 +131,22 @@ def main() -> int:
     location = Path(eventstream.__file__).resolve().parent
     if location.is_relative_to(CHECKOUT):
         fail(f"eventstream was imported from the checkout {location}, not from an installation")
+    announced = _Announcements()
+    logging.getLogger("eventstream").addHandler(announced)
+    logging.getLogger("eventstream").setLevel(logging.INFO)
     if eventstream.backend() != args.expect:
         fail(f"the {eventstream.backend()} backend is loaded, not the {args.expect} one")
+    eventstream.backend()  # asked again: announced once all the same
+    logging.getLogger("eventstream").removeHandler(announced)
     if args.expect == "pure":
-        # Built without the extension: there must be no _core in the installation either.
+        # Built without the extension: there must be no _core in the installation, and the
+        # choice is announced in one INFO line.
         if compiled := list(location.glob("_core*.so")):
             fail(f"a pure-only installation carries {compiled}")
+        if len(announced.lines) != 1 or "pure-Python backend" not in announced.lines[0]:
+            fail(f"the pure-Python backend was not announced once at INFO: {announced.lines}")
+    elif announced.lines:
+        fail(f"the compiled backend was announced as something else: {announced.lines}")
     seconds = round_trip()
     version = version_commands(args.expect)
     print(

@@ -30,6 +30,8 @@ from eventstream.testing import EmbeddedCluster
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 TYPE = "events_pb2:UserChanged"
+#: Subprocesses run the eventstream these tests imported (a checkout's, or an installed one).
+EVENTSTREAM_PATH = str(Path(eventstream.__file__).resolve().parent.parent)
 
 
 def eventstream_command(
@@ -43,7 +45,7 @@ def eventstream_command(
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": EVENTSTREAM_PATH},
     )
 
 
@@ -261,7 +263,7 @@ def test_ctrl_c_while_tail_waits_for_the_brokers(unreachable_broker: str) -> Non
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": EVENTSTREAM_PATH},
     )
     try:
         assert process.stderr is not None

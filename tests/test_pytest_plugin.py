@@ -19,6 +19,7 @@ import confluent_kafka
 import pytest
 from confluent_kafka.admin import AdminClient
 
+import eventstream.testing
 from eventstream.testing import EventRecorder, TopicFactory
 from eventstream.testing.pytest_plugin import EventstreamCleanupWarning, delete_topics_and_groups
 
@@ -72,7 +73,9 @@ def _run_user_tests(tmp_path: Path, brokers: str | None) -> list[tuple[str, str]
     args.append("-Werror::eventstream.testing.pytest_plugin.EventstreamCleanupWarning")
     if brokers is not None:
         args.append(f"--eventstream-brokers={brokers}")
-    path = [str(ROOT / "tests" / "protos"), str(ROOT / "examples"), str(ROOT)]
+    # The eventstream these tests imported (a checkout's, or an installed one).
+    installed = str(Path(eventstream.testing.__file__).resolve().parent.parent.parent)
+    path = [str(ROOT / "tests" / "protos"), str(ROOT / "examples"), installed]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(path), "RECORD_NAMES_TO": str(names)}
     env.pop("EVENTSTREAM_BROKERS", None)
     result = subprocess.run(
@@ -130,8 +133,6 @@ def test_cleanup_that_fails_is_a_warning_not_an_error(unreachable_broker: str) -
 
 
 def test_the_fixture_types_are_exported() -> None:
-    import eventstream.testing
-
     assert {"TopicFactory", "EventRecorder", "EmbeddedCluster"} <= set(eventstream.testing.__all__)
     assert TopicFactory.__module__ == "eventstream.testing.factory"
     assert EventRecorder.__module__ == "eventstream.testing.recorder"
