@@ -120,6 +120,8 @@ log = logging.getLogger("eventstream.cli")
 
 #: How long tail waits for the brokers' metadata before reporting them unreachable.
 METADATA_TIMEOUT = 10.0
+#: How long it goes on trying when every connection is refused (nothing listens there).
+REFUSED_TIMEOUT = 3.0
 #: It waits in slices this long, so that Ctrl+C is handled at once (librdkafka's wait is in C).
 _WAIT_SLICE = 0.2
 
@@ -197,8 +199,10 @@ def _record(
 
 
 def _metadata(client: Any, brokers: str, topic: str, timeout: float = METADATA_TIMEOUT) -> Any:
-    """All topics' metadata, asked for in short slices so that Ctrl+C interrupts the wait."""
-    deadline = time.monotonic() + timeout
+    """All topics' metadata, asked for in short slices so that Ctrl+C interrupts the wait.
+    Gives up after ``timeout``, or after :data:`REFUSED_TIMEOUT` if every connection fails."""
+    started = time.monotonic()
+    deadline = started + timeout
     while True:
         remaining = deadline - time.monotonic()
         try:
@@ -206,10 +210,16 @@ def _metadata(client: Any, brokers: str, topic: str, timeout: float = METADATA_T
             break
         except confluent_kafka.KafkaException as exc:
             err = exc.args[0]
-            if time.monotonic() < deadline and err.code() in _STILL_CONNECTING:
+            waited = time.monotonic() - started
+            refused = err.code() == confluent_kafka.KafkaError._TRANSPORT
+            if err.code() in _STILL_CONNECTING and waited < (
+                min(timeout, REFUSED_TIMEOUT) if refused else timeout
+            ):
                 continue
+            reason = "no connection could be made" if refused else "no answer"
             raise BrokerError(
-                f"cannot reach the brokers at {brokers} within {timeout:g} s: {err.str()}",
+                f"cannot reach the brokers at {brokers} ({reason} within {waited:.0f} s): "
+                f"{err.str()}",
                 code=err.code(),
                 name=err.name(),
                 retriable=True,
