@@ -213,8 +213,7 @@ def load_backend() -> Backend:
 
             chosen = _pure.BACKEND
             logging.getLogger("eventstream").info(
-                "eventstream: using the pure-Python backend, because %s "
-                "(set %s=1 to make this an error)",
+                "using the pure-Python backend, because %s (set %s=1 to make this an error)",
                 why,
                 _REQUIRE_ENV,
             )
@@ -224,9 +223,9 @@ def load_backend() -> Backend:
             except ImportError as exc:
                 raise ImportError(
                     "eventstream's compiled backend (eventstream._core) could not be loaded: "
-                    f"{exc}. This installation was built with it: reinstall eventstream "
-                    "(from a checkout: `pip install -e .`, which needs Cython and a C compiler), "
-                    f"or set {_ENV}=1 to use the pure-Python backend."
+                    f"{exc}. Reinstall eventstream (from a checkout: `pip install -e .`, which "
+                    f"needs Cython and a C compiler), or set {_ENV}=1 to use the pure-Python "
+                    "backend."
                 ) from exc
             chosen = _core.BACKEND
         _loaded = chosen
