@@ -4,8 +4,17 @@ Data crosses this boundary once per call (a whole batch of events), never once p
 backends, ``eventstream._core`` (compiled, over librdkafka) and ``eventstream._pure`` (over
 confluent-kafka's Python API), satisfy :class:`Backend`; the test suite runs against each of them.
 
-``EVENTSTREAM_NO_EXTENSIONS=1`` selects the pure-Python backend; otherwise the compiled one is used,
-and failing to import it is an error (it is never silently replaced).
+Which one a process uses is decided once, by :func:`load_backend`:
+
+- ``EVENTSTREAM_NO_EXTENSIONS=1`` selects the pure-Python backend;
+- otherwise an installation built with the compiled backend (every Linux build, and the Linux
+  wheels) uses it, and failing to import it is an ``ImportError``: it is never silently replaced;
+- an installation built without it (on a platform other than Linux, or with
+  ``EVENTSTREAM_NO_EXTENSIONS=1`` at build time; setup.py records which in
+  ``eventstream/_build_info.py``) uses the pure-Python backend and says so in one INFO line on the
+  ``eventstream`` logger; ``EVENTSTREAM_REQUIRE_COMPILED=1`` makes that an ``ImportError`` instead.
+
+A source checkout used without being installed (no ``_build_info``) expects the compiled backend.
 """
 
 from __future__ import annotations
@@ -173,31 +182,64 @@ class Backend(Protocol):
 
 
 _ENV = "EVENTSTREAM_NO_EXTENSIONS"
+_REQUIRE_ENV = "EVENTSTREAM_REQUIRE_COMPILED"
 _loaded: Backend | None = None
 
 
+def _switch(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0")
+
+
+def _built_without_compiled() -> str | None:
+    """Why this installation was built without the compiled backend, or ``None`` if it was built
+    with it (or is a source checkout that was never built, which expects it too)."""
+    try:
+        from eventstream import _build_info
+    except ImportError:
+        return None
+    if _build_info.COMPILED:
+        return None
+    return _build_info.REASON or "it was built without it"
+
+
 def load_backend() -> Backend:
-    """The backend of this process, chosen once: compiled unless ``EVENTSTREAM_NO_EXTENSIONS=1``.
+    """The backend of this process, chosen once (see the module docstring for the rules).
 
     Raises ``ImportError`` naming what is missing if the compiled backend was expected and cannot
-    be loaded; set ``EVENTSTREAM_NO_EXTENSIONS=1`` to run on the pure-Python backend instead.
+    be loaded (set ``EVENTSTREAM_NO_EXTENSIONS=1`` to run on the pure-Python backend instead), or
+    if ``EVENTSTREAM_REQUIRE_COMPILED=1`` is set and this installation has no compiled backend.
     """
     global _loaded
     chosen = _loaded
     if chosen is None:
-        if os.environ.get(_ENV, "") not in ("", "0"):
+        if _switch(_ENV):
             from eventstream import _pure
 
             chosen = _pure.BACKEND
+        elif (why := _built_without_compiled()) is not None:
+            if _switch(_REQUIRE_ENV):
+                raise ImportError(
+                    f"eventstream's compiled backend is required ({_REQUIRE_ENV}=1), but this "
+                    f"installation has none: {why}. The compiled backend is built on Linux; "
+                    f"unset {_REQUIRE_ENV} to use the pure-Python backend."
+                )
+            from eventstream import _pure
+
+            chosen = _pure.BACKEND
+            logging.getLogger("eventstream").info(
+                "using the pure-Python backend, because %s (set %s=1 to make this an error)",
+                why,
+                _REQUIRE_ENV,
+            )
         else:
             try:
                 from eventstream import _core  # type: ignore[attr-defined,unused-ignore]
             except ImportError as exc:
                 raise ImportError(
                     "eventstream's compiled backend (eventstream._core) could not be loaded: "
-                    f"{exc}. "
-                    "Build it with `pip install -e .` (needs Cython and a C compiler), or set "
-                    f"{_ENV}=1 to use the pure-Python backend."
+                    f"{exc}. Reinstall eventstream (from a checkout: `pip install -e .`, which "
+                    f"needs Cython and a C compiler), or set {_ENV}=1 to use the pure-Python "
+                    "backend."
                 ) from exc
             chosen = _core.BACKEND
         _loaded = chosen

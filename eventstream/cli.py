@@ -11,9 +11,11 @@ import argparse
 import importlib
 import json
 import logging
+import platform
 import sys
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -30,6 +32,39 @@ EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_BROKER, EXIT_INTERRUPTED = 0, 1, 2,
 
 class UsageError(Exception):
     """Bad arguments: printed without a traceback, exit code 2."""
+
+
+def version_text() -> tuple[str, bool]:
+    """``eventstream <version> (<backend> backend, librdkafka <version>, ...)`` and whether the
+    backend loaded; a backend that cannot load is named in the text instead."""
+    from eventstream import __version__
+    from eventstream.backend import load_backend
+
+    where = f"confluent-kafka {confluent_kafka.__version__}, Python {platform.python_version()}"
+    try:
+        name = load_backend().name
+    except ImportError as exc:
+        return f"eventstream {__version__} (no backend loads: {exc}; {where})", False
+    if name == "compiled":
+        from eventstream import _core
+
+        librdkafka = _core.LIBRDKAFKA_VERSION
+    else:
+        librdkafka = confluent_kafka.libversion()[0]
+    return f"eventstream {__version__} ({name} backend, librdkafka {librdkafka}, {where})", True
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: like argparse's, but the text (which loads the backend) is made only when
+    asked for, and a backend that does not load makes it exit 1."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        text, loaded = version_text()
+        print(text)
+        parser.exit(EXIT_OK if loaded else EXIT_CHECK_FAILED)
 
 
 def load_event_type(path: str) -> type[Message]:
@@ -81,6 +116,16 @@ def _demo(args: argparse.Namespace) -> int:
         return run(settings(cluster.bootstrap_servers, consumer_properties=fast_fetch))
 
 
+log = logging.getLogger("eventstream.cli")
+
+#: How long tail waits for the brokers' metadata before reporting them unreachable.
+METADATA_TIMEOUT = 10.0
+#: How long it goes on trying when every connection is refused (nothing listens there).
+REFUSED_TIMEOUT = 3.0
+#: It waits in slices this long, so that Ctrl+C is handled at once (librdkafka's wait is in C).
+_WAIT_SLICE = 0.2
+
+
 def _tail(args: argparse.Namespace) -> int:
     from eventstream.librdkafka_log import ClientLog
 
@@ -97,6 +142,9 @@ def _tail(args: argparse.Namespace) -> int:
         }
     )
     try:
+        log.debug(
+            "tail: waiting for the metadata of %s (up to %g s)", args.brokers, METADATA_TIMEOUT
+        )
         topics = _metadata(consumer, args.brokers, args.topic)
         partitions = topics[args.topic].partitions
         start = (
@@ -105,7 +153,7 @@ def _tail(args: argparse.Namespace) -> int:
         consumer.assign([confluent_kafka.TopicPartition(args.topic, p, start) for p in partitions])
         printed = 0
         while args.count is None or printed < args.count:
-            msg = consumer.poll(0.2)
+            msg = consumer.poll(_WAIT_SLICE)
             if msg is None:
                 continue
             if msg.error() is not None:
@@ -134,31 +182,56 @@ def _record(
         "key": key.decode(errors="replace") if isinstance(key, bytes) else key,
         "headers": headers,
     }
+    value = msg.value()
+    if value is None:  # a tombstone (a delete marker for its key), not an empty event
+        record["event"] = None
+        record["tombstone"] = True
+        return record
     if headers.get("ce_type", type_name) != type_name:
         record["error"] = f"ce_type is {headers['ce_type']!r}, not {type_name!r}"
         return record
     try:
-        event = event_type.FromString(msg.value() or b"")
+        event = event_type.FromString(value)
         record["event"] = json_format.MessageToDict(event, preserving_proto_field_name=True)
     except Exception as exc:
         record["error"] = f"value does not decode as {type_name}: {exc}"
     return record
 
 
-def _metadata(client: Any, brokers: str, topic: str) -> Any:
-    try:
-        topics = client.list_topics(timeout=10).topics
-    except confluent_kafka.KafkaException as exc:
-        err = exc.args[0]
-        raise BrokerError(
-            f"cannot reach the brokers at {brokers}: {err.str()}",
-            code=err.code(),
-            name=err.name(),
-            retriable=True,
-        ) from None
+def _metadata(client: Any, brokers: str, topic: str, timeout: float = METADATA_TIMEOUT) -> Any:
+    """All topics' metadata, asked for in short slices so that Ctrl+C interrupts the wait.
+    Gives up after ``timeout``, or after :data:`REFUSED_TIMEOUT` if every connection fails."""
+    started = time.monotonic()
+    deadline = started + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            topics = client.list_topics(timeout=max(0.01, min(_WAIT_SLICE, remaining))).topics
+            break
+        except confluent_kafka.KafkaException as exc:
+            err = exc.args[0]
+            waited = time.monotonic() - started
+            refused = err.code() == confluent_kafka.KafkaError._TRANSPORT
+            if err.code() in _STILL_CONNECTING and waited < (
+                min(timeout, REFUSED_TIMEOUT) if refused else timeout
+            ):
+                continue
+            reason = "no connection could be made" if refused else "no answer"
+            raise BrokerError(
+                f"cannot reach the brokers at {brokers} ({reason} within {waited:.0f} s): "
+                f"{err.str()}",
+                code=err.code(),
+                name=err.name(),
+                retriable=True,
+            ) from None
     if topic not in topics:
         raise UsageError(f"topic {topic!r} does not exist on {brokers}")
     return topics
+
+
+_STILL_CONNECTING = frozenset(
+    {confluent_kafka.KafkaError._TIMED_OUT, confluent_kafka.KafkaError._TRANSPORT}
+)
 
 
 def _produce(args: argparse.Namespace) -> int:
@@ -166,7 +239,23 @@ def _produce(args: argparse.Namespace) -> int:
     from eventstream.topic import new_topic
 
     event_type = load_event_type(args.type)
-    lines = args.json or [line for line in sys.stdin.read().splitlines() if line.strip()]
+    key_field: str | None = args.key_field
+    if key_field is not None:
+        _check_key_field(event_type, key_field)
+    if args.json:
+        lines = args.json
+    else:
+        if sys.stdin.isatty():
+            print(
+                "eventstream produce: reading events from stdin, one JSON object a line "
+                "(end with Ctrl+D)",
+                file=sys.stderr,
+            )
+        lines = [line for line in sys.stdin.read().splitlines() if line.strip()]
+        if not lines:
+            raise UsageError(
+                "no events given: pass them as JSON arguments or one per line on stdin"
+            )
     events: list[Message] = []
     for number, text in enumerate(lines, start=1):
         try:
@@ -174,13 +263,12 @@ def _produce(args: argparse.Namespace) -> int:
         except json_format.ParseError as exc:
             raise UsageError(f"event {number} is not a JSON {event_type.__name__}: {exc}") from None
     config = TopicConfig(brokers=args.brokers, topic=args.topic, instance_id=args.source)
-    key_field = args.key_field
+    # A refused or unreachable broker shows up here only as the produce timeout (exit 3, "not
+    # acknowledged within ..."). TODO(lead): once the connection-state API lands, fail within a
+    # few seconds in a CLI user's words ("nothing answers at HOST:PORT") by checking it before
+    # and while waiting on produce().
     with new_topic(event_type, config) as topic:
-
-        def key(event: Message) -> str:
-            return str(getattr(event, key_field))
-
-        producer = topic.new_producer(key=key if key_field else None)
+        producer = topic.new_producer(key=_field_key(key_field) if key_field else None)
         try:
             producer.produce(*events, timeout=args.timeout)
         except BaseException:
@@ -191,8 +279,37 @@ def _produce(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _field_key(name: str) -> Callable[[Message], str]:
+    def key(event: Message) -> str:
+        return str(getattr(event, name))
+
+    return key
+
+
+def _check_key_field(event_type: type[Message], name: str) -> None:
+    """``--key-field`` must name a singular scalar field of the event class."""
+    fields = event_type.DESCRIPTOR.fields
+    found = event_type.DESCRIPTOR.fields_by_name.get(name)
+    known = ", ".join(f.name for f in fields) or "none"
+    if found is None:
+        raise UsageError(
+            f"--key-field {name}: {event_type.__name__} has no field {name!r} (its fields: {known})"
+        )
+    # protobuf >= 6 has FieldDescriptor.is_repeated; older ones only label (3: repeated).
+    repeated = bool(getattr(found, "is_repeated", getattr(found, "label", 0) == 3))
+    if found.message_type is not None or repeated:
+        raise UsageError(
+            f"--key-field {name}: {event_type.__name__}.{name} is not a single scalar field, "
+            "so it cannot be a key"
+        )
+
+
+#: The source checkout this module sits in, where the benchmark suite lives (if it is one).
+_CHECKOUT = Path(__file__).resolve().parent.parent
+
+
 def _bench(args: argparse.Namespace) -> int:
-    checkout = Path(__file__).resolve().parent.parent
+    checkout = _CHECKOUT
     if not (checkout / "benchmarks" / "__init__.py").exists():
         raise UsageError(
             "the benchmark suite ships with eventstream's source checkout, not the package: "
@@ -213,10 +330,26 @@ def _parser() -> argparse.ArgumentParser:
         "error; 130 interrupted.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument(
+        "--version",
+        action=_VersionAction,
+        help="print eventstream's version, its backend and librdkafka's version, and exit",
+    )
+    # -v also works after the subcommand; SUPPRESS keeps a -v given before it from being reset.
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log at DEBUG level"
+    )
+    commands = parser.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        help="what to do (COMMAND --help for more)",
+    )
 
     demo = commands.add_parser(
         "demo",
+        parents=[verbose],
         help="cache invalidation across service instances, live (the main job)",
         description="Several service instances keep local caches; a writer updates the source "
         "of truth and publishes invalidation events at a fixed rate. Shows events/s, end-to-end "
@@ -235,12 +368,14 @@ def _parser() -> argparse.ArgumentParser:
 
     tail = commands.add_parser(
         "tail",
+        parents=[verbose],
         help="print a topic's events as JSON lines",
         description="Print events as JSON lines with their headers and coordinates. Joins no "
-        "consumer group and commits nothing.",
+        "consumer group and commits nothing. A tombstone (a record without a value) prints as "
+        '"event": null, "tombstone": true.',
     )
     tail.add_argument("--brokers", required=True, help="bootstrap servers (host:port,...)")
-    tail.add_argument("--topic", required=True)
+    tail.add_argument("--topic", required=True, help="the topic to read (it must exist)")
     tail.add_argument("--type", required=True, help="event class as package.module:Class")
     tail.add_argument("--from-beginning", action="store_true", help="start at the oldest event")
     tail.add_argument("--count", type=int, help="stop after N events (default: run until ^C)")
@@ -248,16 +383,27 @@ def _parser() -> argparse.ArgumentParser:
 
     produce = commands.add_parser(
         "produce",
+        parents=[verbose],
         help="publish events given as JSON",
         description="Publish events given as JSON (arguments, or one per line on stdin) and "
         "wait until the broker acknowledged them.",
     )
     produce.add_argument("--brokers", required=True, help="bootstrap servers (host:port,...)")
-    produce.add_argument("--topic", required=True)
+    produce.add_argument(
+        "--topic", required=True, help="the topic to publish to (auto-created if the broker does)"
+    )
     produce.add_argument("--type", required=True, help="event class as package.module:Class")
-    produce.add_argument("--source", default="eventstream-cli", help="ce_source (instance id)")
-    produce.add_argument("--key-field", help="use this field of each event as its key")
-    produce.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
+    produce.add_argument(
+        "--source",
+        default="eventstream-cli",
+        help="the instance id, sent as ce_source (default eventstream-cli)",
+    )
+    produce.add_argument(
+        "--key-field", help="use this field of each event as its key (default: no key)"
+    )
+    produce.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for the acks (default 30)"
+    )
     produce.add_argument("json", nargs="*", help="events as JSON objects (default: stdin)")
     produce.set_defaults(run=_produce)
 
@@ -268,7 +414,9 @@ def _parser() -> argparse.ArgumentParser:
         "the suite (try `eventstream bench --help`).",
         add_help=False,
     )
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.add_argument(
+        "bench_args", nargs=argparse.REMAINDER, help="arguments of the benchmark suite"
+    )
     bench.set_defaults(run=_bench)
     return parser
 

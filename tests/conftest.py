@@ -45,6 +45,21 @@ from testevents_pb2 import Invalidate  # noqa: E402
 
 import eventstream  # noqa: E402
 
+
+# --- packaging: the `kafka` marker (CI's fast jobs run `-m "not kafka"`) ----------------------
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that needs the broker (uses ``kafka_bootstrap``, directly or through
+    another fixture) as ``kafka``, so that ``-m "not kafka"`` selects the tests that need none
+    and the selection cannot rot when a test gains a broker fixture."""
+    for item in items:
+        if "kafka_bootstrap" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.kafka)
+
+
+# --- end of the packaging block ------------------------------------------------------------
+
+
 _cluster: Any = None  # the harness cluster of this session, if it started one
 _cluster_error: BaseException | None = None
 

@@ -4,36 +4,53 @@ installed, through the ``pytest11`` entry point).
 - ``eventstream_brokers`` (session): bootstrap servers: the cluster named by
   ``--eventstream-brokers`` / ``EVENTSTREAM_BROKERS``, or an :class:`EmbeddedCluster` started for
   the session (fast, but not Apache Kafka: see its limits).
-- ``eventstream_topic``: a factory ``eventstream_topic(EventClass, partitions=1,
-  instance_id="test")`` returning a ``Topic[EventClass]`` on a new, uniquely named topic that
-  exists; every topic it made is closed after the test.
-- ``eventstream_recorder``: a new :class:`EventRecorder`, a handler a test can wait on.
+- ``eventstream_topic``: a :class:`~eventstream.testing.TopicFactory`,
+  ``eventstream_topic(EventClass, partitions=1, instance_id="test")``, returning a
+  ``Topic[EventClass]`` on a new, uniquely named topic that exists. Every topic it made is closed
+  after the test; on a real cluster the topic and its consumer group (``"{topic}::{instance_id}"``)
+  are then deleted, best-effort: a failure to delete is a warning
+  (:class:`EventstreamCleanupWarning`), not an error. The embedded cluster cannot delete topics
+  and lives only as long as the session, so nothing is deleted there.
+- ``eventstream_recorder``: a new :class:`~eventstream.testing.EventRecorder`, a handler a test
+  can wait on.
+
+Annotate fixture arguments with ``eventstream.testing.TopicFactory`` and
+``eventstream.testing.EventRecorder[EventClass]``.
 """
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
-from typing import Protocol, TypeVar
+import warnings
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
+from typing import TypeVar, cast
 
+import confluent_kafka
 import pytest
+from confluent_kafka.admin import AdminClient
 from google.protobuf.message import Message
 
 from eventstream.config import TopicConfig
 from eventstream.testing.embedded import EmbeddedCluster
+from eventstream.testing.factory import TopicFactory
 from eventstream.testing.recorder import EventRecorder
 from eventstream.topic import Topic, new_topic
 
-__all__ = ["TopicFactory"]
+__all__ = ["EventstreamCleanupWarning", "TopicFactory"]
 
 E = TypeVar("E", bound=Message)
 
+#: How long teardown waits for the cluster to delete a test's topics and groups.
+CLEANUP_TIMEOUT = 15.0
 
-class TopicFactory(Protocol):
-    def __call__(
-        self, event_type: type[E], *, partitions: int = 1, instance_id: str = "test"
-    ) -> Topic[E]: ...
+#: Bootstrap strings of the embedded clusters this plugin started (nothing to delete there).
+_embedded: set[str] = set()
+
+
+class EventstreamCleanupWarning(UserWarning):
+    """A topic or consumer group made by ``eventstream_topic`` could not be deleted."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -51,7 +68,11 @@ def eventstream_brokers(request: pytest.FixtureRequest) -> Iterator[str]:
         yield brokers
         return
     with EmbeddedCluster() as cluster:
-        yield cluster.bootstrap_servers
+        _embedded.add(cluster.bootstrap_servers)
+        try:
+            yield cluster.bootstrap_servers
+        finally:
+            _embedded.discard(cluster.bootstrap_servers)
 
 
 @pytest.fixture
@@ -65,15 +86,85 @@ def eventstream_topic(eventstream_brokers: str) -> Iterator[TopicFactory]:
             instance_id=instance_id,
         )
         topic = new_topic(event_type, config)
-        made.append(topic)  # type: ignore[arg-type]
+        made.append(cast("Topic[Message]", topic))
         topic.ensure_exists(partitions=partitions)
         return topic
 
-    yield make
-    for topic in made:
-        topic.close()
+    try:
+        yield make
+    finally:
+        try:
+            for topic in made:
+                topic.close()
+        finally:
+            if made and eventstream_brokers not in _embedded:
+                delete_topics_and_groups(
+                    eventstream_brokers,
+                    [t.name for t in made],
+                    [t.config.group_id for t in made],
+                )
 
 
 @pytest.fixture
 def eventstream_recorder() -> EventRecorder[Message]:
     return EventRecorder()
+
+
+def delete_topics_and_groups(
+    brokers: str,
+    topics: Sequence[str],
+    groups: Sequence[str],
+    timeout: float = CLEANUP_TIMEOUT,
+) -> list[str]:
+    """Delete ``groups`` then ``topics`` on the cluster at ``brokers``; ones that do not exist
+    are fine. Warns (:class:`EventstreamCleanupWarning`) about each one that could not be
+    deleted, and returns those warnings' texts. Never raises for the cluster's answer."""
+    failures: list[str] = []
+    admin = AdminClient({"bootstrap.servers": brokers, "socket.timeout.ms": 10_000})
+    for kind, requested, absent in (
+        ("consumer group", _request_groups(admin, groups, timeout), _GROUP_ABSENT),
+        ("topic", _request_topics(admin, topics, timeout), _TOPIC_ABSENT),
+    ):
+        for name, future in requested.items():
+            try:
+                future.result(timeout + 1.0)
+            except confluent_kafka.KafkaException as exc:
+                err = exc.args[0]
+                if err.code() not in absent:
+                    failures.append(f"{kind} {name!r}: {err.str()}")
+            except Exception as exc:  # a timeout, or anything else: never fail the test for it
+                failures.append(f"{kind} {name!r}: {type(exc).__name__}: {exc}")
+    for failure in failures:
+        warnings.warn(
+            f"eventstream_topic could not delete the {failure} on {brokers}; delete it by hand",
+            EventstreamCleanupWarning,
+            stacklevel=2,
+        )
+    return failures
+
+
+_GROUP_ABSENT = frozenset({confluent_kafka.KafkaError.GROUP_ID_NOT_FOUND})
+_TOPIC_ABSENT = frozenset({confluent_kafka.KafkaError.UNKNOWN_TOPIC_OR_PART})
+
+
+def _request_groups(
+    admin: AdminClient, groups: Sequence[str], timeout: float
+) -> dict[str, Future[None]]:
+    if not groups:
+        return {}
+    # confluent-kafka's stubs leave the futures' result type unknown.
+    return cast(
+        "dict[str, Future[None]]",
+        admin.delete_consumer_groups(list(groups), request_timeout=timeout),  # pyright: ignore[reportUnknownMemberType]
+    )
+
+
+def _request_topics(
+    admin: AdminClient, topics: Sequence[str], timeout: float
+) -> dict[str, Future[None]]:
+    if not topics:
+        return {}
+    return cast(
+        "dict[str, Future[None]]",
+        admin.delete_topics(list(topics), operation_timeout=timeout, request_timeout=timeout),  # pyright: ignore[reportUnknownMemberType]
+    )
