@@ -117,8 +117,9 @@ def delete_topics_and_groups(
     timeout: float = CLEANUP_TIMEOUT,
 ) -> list[str]:
     """Delete ``groups`` then ``topics`` on the cluster at ``brokers``; ones that do not exist
-    are fine, and so are groups a static member still holds (they go once its session ends). Warns (:class:`EventstreamCleanupWarning`) about each one that could not be
-    deleted, and returns those warnings' texts. Never raises for the cluster's answer."""
+    are fine, and so are groups a static member still holds (they go once its session ends).
+    Warns (:class:`EventstreamCleanupWarning`) about each one that could not be deleted, and
+    returns those warnings' texts. Never raises for the cluster's answer."""
     failures: list[str] = []
     admin = AdminClient({"bootstrap.servers": brokers, "socket.timeout.ms": 10_000})
     for kind, requested, absent in (
