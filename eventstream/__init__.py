@@ -9,6 +9,7 @@ from eventstream.backend import backend
 from eventstream.config import TopicConfig
 from eventstream.consumer import Consumer
 from eventstream.errors import (
+    ArgumentTypeError,
     AuthenticationError,
     AuthorizationError,
     BrokerError,
@@ -34,6 +35,7 @@ from eventstream.topic import Topic, new_noop_topic, new_topic
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArgumentTypeError",
     "AuthenticationError",
     "AuthorizationError",
     "BrokerError",

@@ -18,7 +18,9 @@ from eventstream import forks
 from eventstream.backend import ConsumerBackend, Dispatch, DispatchAbandoned
 from eventstream.closing import Closeable
 from eventstream.errors import (
+    ArgumentTypeError,
     ClosedError,
+    ConfigError,
     ConsumerAlreadyStartedError,
     EventStreamError,
     fresh,
@@ -146,23 +148,25 @@ class Consumer(Closeable, Generic[E]):
         of a newly assigned partition is handled. Its exceptions are logged.
 
         Raises :class:`ConsumerAlreadyStartedError` on a second call, :class:`ClosedError` after
-        :meth:`close`, ``TypeError`` for a handler that is not callable, ``ValueError`` for an
-        async handler without an event loop; a failure to start (e.g. the client could not be
-        made) leaves the consumer unstarted, so ``consume()`` may be called again.
+        :meth:`close`, :class:`ArgumentTypeError` for a handler that is not callable,
+        :class:`ConfigError` for an async handler without an event loop; a failure to start
+        (e.g. the client could not be made) leaves the consumer unstarted, so ``consume()`` may
+        be called again.
         """
         self._check_usable()
         if not callable(handler):
-            raise TypeError(f"handler must be callable, got {handler!r}")
+            raise ArgumentTypeError(f"handler must be callable, got {handler!r}")
         if on_rebalance is not None and not callable(on_rebalance):
-            raise TypeError(f"on_rebalance must be callable, got {on_rebalance!r}")
+            raise ArgumentTypeError(f"on_rebalance must be callable, got {on_rebalance!r}")
         is_async = _is_async(handler)
         if is_async and loop is None:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
-                raise ValueError(
+                raise ConfigError(
+                    "loop",
                     "an async handler runs on an event loop: call consume() from a coroutine, "
-                    "or pass loop="
+                    "or pass loop=",
                 ) from None
         with self._lock:
             if self._closed:

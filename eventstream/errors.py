@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 __all__ = [
+    "ArgumentTypeError",
     "AuthenticationError",
     "AuthorizationError",
     "BrokerError",
@@ -50,6 +51,11 @@ class ConfigError(EventStreamError, ValueError):
 
 class EventTypeError(EventStreamError, TypeError):
     """An event is not an instance of the topic's event class. Nothing of that call was sent."""
+
+
+class ArgumentTypeError(EventStreamError, TypeError):
+    """An argument is of the wrong kind: a handler or key function that is not callable, a
+    config that is not a :class:`~eventstream.TopicConfig`."""
 
 
 class SerializationError(EventStreamError, ValueError):

@@ -13,7 +13,13 @@ from eventstream.backend import Backend, ConsumerSpec, ProducerSpec, load_backen
 from eventstream.closing import Closeable
 from eventstream.config import TopicConfig
 from eventstream.consumer import Consumer
-from eventstream.errors import ClosedError, CloseError, EventTypeError
+from eventstream.errors import (
+    ArgumentTypeError,
+    ClosedError,
+    CloseError,
+    ConfigError,
+    EventTypeError,
+)
 from eventstream.health import Health
 from eventstream.membership import Membership, claim
 from eventstream.metadata import EventMetadata
@@ -50,7 +56,7 @@ class Topic(Closeable, Generic[E]):
                 f"event_type must be a generated protobuf message class, got {event_type!r}"
             )
         if not isinstance(config, TopicConfig):
-            raise TypeError(f"config must be a TopicConfig, got {config!r}")
+            raise ArgumentTypeError(f"config must be a TopicConfig, got {config!r}")
         self.event_type = event_type
         self.config = config
         self.type_name: str = event_type.DESCRIPTOR.full_name
@@ -84,7 +90,7 @@ class Topic(Closeable, Generic[E]):
         partition: events with one key land in one partition and keep their order."""
         self._check_open()
         if key is not None and not callable(key):
-            raise TypeError(f"key must be a function of the event, got {key!r}")
+            raise ArgumentTypeError(f"key must be a function of the event, got {key!r}")
         health = self._health(f"producer of topic {self.name!r}", fail_on_authorization=False)
         spec = ProducerSpec(
             properties=self.config.producer_settings(),
@@ -187,7 +193,10 @@ class Topic(Closeable, Generic[E]):
         """
         self._check_open()
         if partitions < 1 or replication_factor < 1:
-            raise ValueError("partitions and replication_factor must be at least 1")
+            raise ConfigError(
+                "partitions" if partitions < 1 else "replication_factor",
+                f"must be at least 1, got {min(partitions, replication_factor)}",
+            )
         return self._topic_admin().ensure_exists(partitions, replication_factor, timeout)
 
     def wait_until_ready(self, timeout: float = 30.0) -> None:

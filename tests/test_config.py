@@ -222,3 +222,23 @@ def test_a_bad_produce_timeout_is_refused_before_anything_is_sent(timeout: Any) 
             producer.produce(Invalidate(seq=1), timeout=timeout)
         assert info.value.field == "timeout"
         assert producer.status.state == "connecting"
+
+
+def test_every_misuse_of_the_public_api_is_an_eventstream_error() -> None:
+    from eventstream import ArgumentTypeError, EventStreamError, WaitTimeoutError
+    from eventstream.testing import EventRecorder
+
+    with pytest.raises(ArgumentTypeError) as bad_config:
+        eventstream.new_topic(Invalidate, {"brokers": "x"})  # type: ignore[arg-type]
+    assert isinstance(bad_config.value, TypeError)
+    with eventstream.new_topic(Invalidate, config()) as topic:
+        with pytest.raises(ArgumentTypeError):
+            topic.new_producer(key="user_id")  # type: ignore[arg-type]
+        with pytest.raises(ArgumentTypeError):
+            topic.new_consumer().consume("print")  # type: ignore[call-overload]
+        with pytest.raises(ConfigError) as bad_count:
+            topic.ensure_exists(partitions=0)
+        assert bad_count.value.field == "partitions"
+    with pytest.raises(WaitTimeoutError) as waited:
+        EventRecorder[Invalidate]().wait_for(1, timeout=0.01)
+    assert isinstance(waited.value, TimeoutError) and isinstance(waited.value, EventStreamError)

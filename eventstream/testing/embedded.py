@@ -23,7 +23,7 @@ import confluent_kafka
 
 from eventstream.admin import register_topic_creator, unregister_topic_creator
 from eventstream.backend import backend
-from eventstream.errors import ClosedError, TopicError
+from eventstream.errors import ClosedError, ConfigError, TopicError
 from eventstream.librdkafka_log import ClientLog
 
 __all__ = ["EmbeddedCluster"]
@@ -83,7 +83,7 @@ class EmbeddedCluster:
 
     def __init__(self, brokers: int = 1) -> None:
         if brokers < 1:
-            raise ValueError(f"brokers must be at least 1, got {brokers}")
+            raise ConfigError("brokers", f"must be at least 1, got {brokers}")
         self._brokers = brokers
         self._mock: _Mock | None = None
 

@@ -7,6 +7,7 @@ from typing import Generic, TypeVar
 
 from google.protobuf.message import Message
 
+from eventstream.errors import WaitTimeoutError
 from eventstream.metadata import EventMetadata
 
 __all__ = ["EventRecorder"]
@@ -44,10 +45,11 @@ class EventRecorder(Generic[E]):
 
     def wait_for(self, count: int, timeout: float = 30.0) -> list[E]:
         """Block until at least ``count`` events arrived; return the first ``count``.
-        Raises ``TimeoutError`` saying how many did arrive."""
+        Raises :class:`~eventstream.WaitTimeoutError` (also a ``TimeoutError``) saying how many
+        did arrive."""
         with self._arrived:
             if not self._arrived.wait_for(lambda: len(self._events) >= count, timeout):
-                raise TimeoutError(
+                raise WaitTimeoutError(
                     f"expected {count} events within {timeout:g} s, got {len(self._events)}"
                 )
             return self._events[:count]
