@@ -13,17 +13,21 @@ import json
 import logging
 import platform
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import confluent_kafka
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from eventstream.errors import BrokerError, ConfigError, EventStreamError
+
+if TYPE_CHECKING:
+    from eventstream.producer import Producer
 
 __all__ = ["main"]
 
@@ -262,21 +266,62 @@ def _produce(args: argparse.Namespace) -> int:
             events.append(json_format.Parse(text, event_type()))
         except json_format.ParseError as exc:
             raise UsageError(f"event {number} is not a JSON {event_type.__name__}: {exc}") from None
-    config = TopicConfig(brokers=args.brokers, topic=args.topic, instance_id=args.source)
-    # A refused or unreachable broker shows up here only as the produce timeout (exit 3, "not
-    # acknowledged within ..."). TODO(lead): once the connection-state API lands, fail within a
-    # few seconds in a CLI user's words ("nothing answers at HOST:PORT") by checking it before
-    # and while waiting on produce().
+    # No broker answering for a few seconds ends the command with that, in a CLI user's words,
+    # instead of waiting out --timeout.
+    config = TopicConfig(
+        brokers=args.brokers,
+        topic=args.topic,
+        instance_id=args.source,
+        disconnected_after=_NO_BROKER_AFTER,
+    )
     with new_topic(event_type, config) as topic:
         producer = topic.new_producer(key=_field_key(key_field) if key_field else None)
         try:
-            producer.produce(*events, timeout=args.timeout)
+            _produce_watched(producer, events, args.timeout, args.brokers)
         except BaseException:
             producer.close(timeout=0)  # the failure is reported; don't wait for events in doubt
             raise
         producer.close(timeout=args.timeout)
     print(f"published {len(events)} events to {args.topic!r}", file=sys.stderr)
     return EXIT_OK
+
+
+#: Seconds without any broker answering after which `produce` gives up (exit 3).
+_NO_BROKER_AFTER = 3.0
+
+
+def _produce_watched(
+    producer: Producer[Message], events: list[Message], timeout: float, brokers: str
+) -> None:
+    """``producer.produce(*events, timeout=timeout)`` on a worker thread, watched from this one:
+    when no broker answers for _NO_BROKER_AFTER seconds the call is abandoned and that is raised
+    as a BrokerError; Ctrl+C here is a KeyboardInterrupt at once."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            producer.produce(*events, timeout=timeout)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run, name="eventstream-produce", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.1)
+        status = producer.status
+        if worker.is_alive() and status.state == "disconnected":
+            # The Health's message ends "... (last error: <librdkafka's reason>). librdkafka ...".
+            reason = str(status.error).partition("(last error: ")[2].partition("). ")[0]
+            raise BrokerError(
+                f"no broker at {brokers} answers ({reason or status.error}); nothing was "
+                "acknowledged. Check --brokers, and that the cluster runs and is reachable.",
+                code=-187,
+                name="_ALL_BROKERS_DOWN",
+                retriable=True,
+            )
+    if outcome and outcome[0] is not None:
+        raise outcome[0]
 
 
 def _field_key(name: str) -> Callable[[Message], str]:
