@@ -24,12 +24,17 @@ import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from google.protobuf.message import Message
 
 from eventstream.health import Health
 from eventstream.partitions import PartitionChange
+
+if TYPE_CHECKING:
+    from eventstream.deliveries import Deliveries
+    from eventstream.failures import Failures
+    from eventstream.metrics import Histogram, ProducerMetrics
 
 __all__ = [
     "Backend",
@@ -68,6 +73,8 @@ class ProducerSpec:
     logger: logging.Logger
     #: Where the producer reports its connection state and errors (see eventstream.health).
     health: Health
+    #: Called with librdkafka's statistics JSON (about once a second) if someone wants it.
+    statistics: Callable[[str], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +94,10 @@ class ConsumerSpec:
     health: Health
     #: Where a partition without a committed offset starts: its oldest retained event, or the end.
     start_from_beginning: bool = False
+    #: Time handlers and end-to-end latency (TopicConfig.metrics): a clock read per event.
+    timed: bool = False
+    #: Called with librdkafka's statistics JSON (about once a second) if someone wants it.
+    statistics: Callable[[str], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +122,10 @@ class Dispatch:
     handler: Callable[..., object]
     mode: Literal["event", "batch"]
     with_metadata: bool
+    #: What becomes of records that cannot reach the handler and of handlers that still fail
+    #: after the retry policy (logged summarized, dead-lettered); its ``stopping`` is the
+    #: backend's.
+    failures: Failures
     #: Called on the poll thread (never while a handler runs) after partitions were assigned,
     #: revoked or lost, before any event of a newly assigned partition is handled.
     on_rebalance: Callable[[PartitionChange], object] | None = None
@@ -121,10 +136,11 @@ class DispatchAbandoned(BaseException):
 
 
 class ProducerBackend(Protocol):
-    def produce(self, events: Sequence[Message], timeout: float | None) -> None:
+    def produce(self, events: Sequence[Message], timeout: float | None) -> Deliveries:
         """Serialize, enqueue and block until every event of this call is acknowledged.
 
-        Raises ``EventTypeError`` (nothing sent) if an event is not ``spec.event_type``;
+        Returns where each event went, in call order. Raises ``EventTypeError`` (nothing sent) if
+        an event is not ``spec.event_type``;
         ``SerializationError``/``KeyError`` style misuse before anything is sent; ``ProduceError``
         with the first failed delivery's code; ``ProduceTimeoutError`` if ``timeout`` passed first.
         Thread-safe. Releases the GIL while waiting, in slices so that signals are handled.
@@ -133,7 +149,7 @@ class ProducerBackend(Protocol):
 
     def produce_async(
         self, events: Sequence[Message], loop: asyncio.AbstractEventLoop, timeout: float | None
-    ) -> asyncio.Future[None]:
+    ) -> asyncio.Future[Deliveries]:
         """Like :meth:`produce` but returns at once with a future of ``loop`` resolved (on ``loop``)
         when every event of the call is acknowledged, or failed with the same errors, including
         ``produce_timeout_error(...)`` (with the pending count and the client's last error) when
@@ -147,6 +163,10 @@ class ProducerBackend(Protocol):
 
     def close(self, timeout: float) -> None:
         """Flush (up to ``timeout``), stop the poll thread, destroy the client. Idempotent."""
+        ...
+
+    def metrics(self) -> ProducerMetrics:
+        """Counts and call durations since the producer was made. Any thread, no network."""
         ...
 
 
@@ -163,6 +183,15 @@ class ConsumerBackend(Protocol):
     def close(self, timeout: float) -> None:
         """Stop polling after the running handler returns, commit stored offsets, leave the group,
         join the poll thread. Idempotent. Raises what the poll thread failed with, if anything."""
+        ...
+
+    def stopping(self) -> bool:
+        """Whether the poll thread was asked to stop (close, a failure). Any thread."""
+        ...
+
+    def metrics(self) -> tuple[int, Histogram | None, Histogram | None]:
+        """(events handled, handler durations, end-to-end latencies): the durations only when
+        the spec is ``timed``. Any thread, no lock."""
         ...
 
 

@@ -8,13 +8,13 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
 from eventstream.errors import ConfigError, EventStreamError
 
-__all__ = ["TopicConfig"]
+__all__ = ["TOPIC_NAME", "TopicConfig"]
 
-_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 # Kafka's rule for group.instance.id (and topic names); also a valid URI reference for ce_source.
 _INSTANCE_ID = re.compile(r"[A-Za-z0-9._-]{1,200}")
 _BROKER = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})")
@@ -146,6 +146,12 @@ class TopicConfig:
     broker reachable for ``disconnected_after`` seconds, events skipped by retention, ... Its
     exceptions are logged, never raised.
 
+    ``metrics=True`` makes consumers time their handlers and the end-to-end latency and report
+    their lag (counters are always kept: ``producer.metrics()``, ``consumer.metrics()``);
+    ``on_metrics(snapshot)`` gets every client's metrics every ``metrics_interval`` seconds (and
+    implies ``metrics``); ``on_statistics(stats)`` gets librdkafka's statistics, parsed, at
+    ``statistics.interval.ms`` (1000 by default). All three callbacks run on a background thread.
+
     Raises :class:`~eventstream.ConfigError` naming the field for any invalid value, including a
     property librdkafka does not know or a value it rejects. Makes no network call.
     """
@@ -163,12 +169,16 @@ class TopicConfig:
     delivery_timeout: float = 30.0
     disconnected_after: float = 5.0
     on_error: Callable[[EventStreamError], object] | None = None
+    metrics: bool = False
+    on_metrics: Callable[[Any], object] | None = None
+    metrics_interval: float = 10.0
+    on_statistics: Callable[[dict[str, Any]], object] | None = None
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("eventstream"))
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         set_(self, "brokers", _brokers(self.brokers))
-        if not isinstance(self.topic, str) or not _TOPIC_NAME.fullmatch(self.topic):
+        if not isinstance(self.topic, str) or not TOPIC_NAME.fullmatch(self.topic):
             raise ConfigError(
                 "topic",
                 f"{self.topic!r} is not a legal Kafka topic name "
@@ -195,8 +205,17 @@ class TopicConfig:
             "disconnected_after",
             _seconds("disconnected_after", self.disconnected_after, 0.0, 86_400.0),
         )
-        if self.on_error is not None and not callable(self.on_error):
-            raise ConfigError("on_error", f"must be a callable or None, got {self.on_error!r}")
+        for name in ("on_error", "on_metrics", "on_statistics"):
+            value = getattr(self, name)
+            if value is not None and not callable(value):
+                raise ConfigError(name, f"must be a callable or None, got {value!r}")
+        if not isinstance(self.metrics, bool):
+            raise ConfigError("metrics", f"must be True or False, got {self.metrics!r}")
+        set_(
+            self,
+            "metrics_interval",
+            _seconds("metrics_interval", self.metrics_interval, 0.1, 86_400.0),
+        )
         if not isinstance(self.logger, logging.Logger):
             raise ConfigError("logger", f"must be a logging.Logger, got {self.logger!r}")
         for name in ("client_properties", "producer_properties", "consumer_properties"):
@@ -207,6 +226,11 @@ class TopicConfig:
     def group_id(self) -> str:
         """The consumer group of this instance: ``"{topic}::{instance_id}"``."""
         return f"{self.topic}::{self.instance_id}"
+
+    @property
+    def metrics_enabled(self) -> bool:
+        """Whether clients keep the metrics that cost a clock read per event (and the lag)."""
+        return self.metrics or self.on_metrics is not None
 
     @property
     def uses_consumer_protocol(self) -> bool:

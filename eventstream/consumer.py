@@ -6,17 +6,17 @@ import asyncio
 import concurrent.futures
 import contextlib
 import inspect
-import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, Literal, TypeVar, overload
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Generic, Literal, TypeVar, overload
 
 from google.protobuf.message import Message
 
 from eventstream import forks
 from eventstream.backend import ConsumerBackend, Dispatch, DispatchAbandoned
 from eventstream.closing import Closeable
+from eventstream.config import TOPIC_NAME, TopicConfig
 from eventstream.errors import (
     ArgumentTypeError,
     ClosedError,
@@ -26,15 +26,20 @@ from eventstream.errors import (
     fresh,
     wait_timeout_error,
 )
+from eventstream.failures import DeadLetters, FailureCounts, Failures, RetryPolicy
 from eventstream.health import Health
 from eventstream.membership import Membership
 from eventstream.metadata import EventMetadata
+from eventstream.metrics import ConsumerMetrics, LatencyRecorder
 from eventstream.partitions import PartitionChange
 from eventstream.status import ClientStatus
 
 __all__ = ["Consumer"]
 
 E = TypeVar("E", bound=Message)
+
+#: An event of a batch whose handler still failed: (its index, the exception, attempts made).
+Failed = tuple[int, Exception, int]
 
 
 def _is_async(handler: Callable[..., object]) -> bool:
@@ -58,14 +63,14 @@ class Consumer(Closeable, Generic[E]):
     def __init__(
         self,
         backend: ConsumerBackend,
-        topic: str,
-        logger: logging.Logger,
+        config: TopicConfig,
         health: Health,
         membership: Membership | None = None,
     ) -> None:
         self._backend = backend
-        self._topic = topic
-        self._logger = logger
+        self._config = config
+        self._topic = config.topic
+        self._logger = config.logger
         self._health = health
         self._membership = membership
         self._lock = threading.Lock()
@@ -74,6 +79,11 @@ class Consumer(Closeable, Generic[E]):
         self._abandon = False  # set when close() blocks the async handler's own loop
         self._loop: asyncio.AbstractEventLoop | None = None
         self._generation = forks.generation()
+        self._failures: Failures | None = None  # set by consume()
+        self._lag: Mapping[int, int] = {}  # from librdkafka's statistics (TopicConfig.metrics)
+        # An async handler's durations, timed on its loop (the backend times sync handlers).
+        self._async_handler_time = LatencyRecorder()
+        self._async_e2e = LatencyRecorder()
         if membership is not None:
             membership.release_with(self)
 
@@ -115,6 +125,8 @@ class Consumer(Closeable, Generic[E]):
         with_metadata: Literal[False] = False,
         loop: asyncio.AbstractEventLoop | None = None,
         on_rebalance: Callable[[PartitionChange], object] | None = None,
+        retry: RetryPolicy | None = None,
+        dead_letter_topic: str | None = None,
     ) -> None: ...
 
     @overload
@@ -125,6 +137,8 @@ class Consumer(Closeable, Generic[E]):
         with_metadata: Literal[True],
         loop: asyncio.AbstractEventLoop | None = None,
         on_rebalance: Callable[[PartitionChange], object] | None = None,
+        retry: RetryPolicy | None = None,
+        dead_letter_topic: str | None = None,
     ) -> None: ...
 
     def consume(
@@ -134,6 +148,8 @@ class Consumer(Closeable, Generic[E]):
         with_metadata: bool = False,
         loop: asyncio.AbstractEventLoop | None = None,
         on_rebalance: Callable[[PartitionChange], object] | None = None,
+        retry: RetryPolicy | None = None,
+        dead_letter_topic: str | None = None,
     ) -> None:
         """Start consuming in the background and return at once.
 
@@ -141,7 +157,13 @@ class Consumer(Closeable, Generic[E]):
         for every event on this consumer's poll thread, one event at a time in partition order.
         An ``async def`` handler runs on the application's event loop instead (``loop``, or the
         loop running when ``consume`` is called), still one event at a time in order.
-        A handler exception is logged with the event's coordinates and consumption continues.
+        A handler exception is logged with the event's coordinates and consumption continues;
+        with ``retry`` (a :class:`RetryPolicy`) the handler is called again first, a bounded
+        number of times. With ``dead_letter_topic``, records that do not decode, carry another
+        type or content type, or whose handler still fails go to that topic (original value, key
+        and headers, plus ``eventstream-dlq-*`` headers saying why, where from and when); the
+        dead-letter record is acknowledged before the original's offset is stored. Skipped
+        records are logged one by one for the first few, then summarized.
 
         ``on_rebalance(change)`` (a :class:`PartitionChange`) is called on the poll thread, never
         while a handler runs, whenever partitions are assigned, revoked or lost, before any event
@@ -158,6 +180,18 @@ class Consumer(Closeable, Generic[E]):
             raise ArgumentTypeError(f"handler must be callable, got {handler!r}")
         if on_rebalance is not None and not callable(on_rebalance):
             raise ArgumentTypeError(f"on_rebalance must be callable, got {on_rebalance!r}")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise ArgumentTypeError(f"retry must be a RetryPolicy, got {retry!r}")
+        if dead_letter_topic is not None and (
+            not isinstance(dead_letter_topic, str)
+            or not TOPIC_NAME.fullmatch(dead_letter_topic)
+            or dead_letter_topic == self._topic
+        ):
+            raise ConfigError(
+                "dead_letter_topic",
+                f"must be a legal Kafka topic name other than the consumed one, got "
+                f"{dead_letter_topic!r}",
+            )
         is_async = _is_async(handler)
         if is_async and loop is None:
             try:
@@ -177,6 +211,25 @@ class Consumer(Closeable, Generic[E]):
                     "create another consumer with Topic.new_consumer()"
                 )
             self._started = True
+        config = self._config
+        dead_letters = None
+        if dead_letter_topic is not None:
+            dead_letters = DeadLetters(
+                dead_letter_topic,
+                properties=config.producer_settings(),
+                origin=self._topic,
+                group=config.group_id,
+                logger=self._logger,
+                health=self._health,
+            )
+        failures = Failures(
+            self._topic,
+            self._logger,
+            retry=retry,
+            dead_letters=dead_letters,
+            stopping=self._backend.stopping,
+        )
+        self._failures = failures
         if is_async:
             assert loop is not None
             self._loop = loop
@@ -184,10 +237,11 @@ class Consumer(Closeable, Generic[E]):
                 handler,  # type: ignore[arg-type]  # _is_async checked it returns awaitables
                 with_metadata,
                 loop,
+                failures,
             )
-            dispatch = Dispatch(runner, "batch", True, on_rebalance)
+            dispatch = Dispatch(runner, "batch", True, failures, on_rebalance)
         else:
-            dispatch = Dispatch(handler, "event", with_metadata, on_rebalance)
+            dispatch = Dispatch(handler, "event", with_metadata, failures, on_rebalance)
         try:
             self._backend.start(dispatch)
         except BaseException:
@@ -200,26 +254,47 @@ class Consumer(Closeable, Generic[E]):
         handler: Callable[..., Awaitable[object]],
         with_metadata: bool,
         loop: asyncio.AbstractEventLoop,
-    ) -> Callable[[Sequence[Message], Sequence[EventMetadata]], None]:
-        logger = self._logger
+        failures: Failures,
+    ) -> Callable[[Sequence[Message], Sequence[EventMetadata]], list[Failed]]:
+        timed = self._config.metrics_enabled
+        handler_time = self._async_handler_time
+        e2e = self._async_e2e
+        stopping = self._backend.stopping
 
-        async def run(events: Sequence[Message], metadatas: Sequence[EventMetadata]) -> None:
-            for event, meta in zip(events, metadatas, strict=True):
-                try:
-                    if with_metadata:
-                        await handler(event, meta)
-                    else:
-                        await handler(event)
-                except Exception as exc:
-                    logger.error(
-                        "handler failed for event at %s[%d]@%d",
-                        meta.topic,
-                        meta.partition,
-                        meta.offset,
-                        exc_info=exc,
-                    )
+        async def run(
+            events: Sequence[Message], metadatas: Sequence[EventMetadata]
+        ) -> list[Failed]:
+            failed: list[Failed] = []
+            for index, (event, meta) in enumerate(zip(events, metadatas, strict=True)):
+                attempt = 1
+                started = 0
+                while True:
+                    if timed:
+                        started = time.monotonic_ns()
+                        if meta.timestamp_ms > 0:
+                            e2e.add((time.time_ns() // 1_000_000 - meta.timestamp_ms) * 1_000_000)
+                    try:
+                        if with_metadata:
+                            await handler(event, meta)
+                        else:
+                            await handler(event)
+                        break
+                    except Exception as exc:
+                        if attempt < failures.attempts and not stopping():
+                            failures.counts.retried += 1
+                            await asyncio.sleep(failures.delay(attempt))
+                            attempt += 1
+                            continue
+                        failed.append((index, exc, attempt))
+                        break
+                    finally:
+                        if timed:
+                            handler_time.add(time.monotonic_ns() - started)
+            return failed
 
-        def run_batch(events: Sequence[Message], metadatas: Sequence[EventMetadata]) -> None:
+        def run_batch(
+            events: Sequence[Message], metadatas: Sequence[EventMetadata]
+        ) -> list[Failed]:
             # Called on the poll thread: one hop to the loop per batch, waited for in slices so
             # that a close() on the loop's own thread (which blocks that loop) cannot deadlock.
             try:
@@ -228,8 +303,7 @@ class Consumer(Closeable, Generic[E]):
                 raise DispatchAbandoned() from None  # the loop is closed
             while True:
                 try:
-                    future.result(0.1)
-                    return
+                    return future.result(0.1)
                 except concurrent.futures.TimeoutError:
                     if loop.is_closed() or self._abandon:
                         future.cancel()
@@ -238,6 +312,37 @@ class Consumer(Closeable, Generic[E]):
                     raise DispatchAbandoned() from None
 
         return run_batch
+
+    def metrics(self) -> ConsumerMetrics:
+        """Counts since :meth:`consume` (and, with ``TopicConfig(metrics=True)``, handler and
+        end-to-end latencies and the lag per partition): a snapshot. Thread-safe; no network
+        call."""
+        handled, handler_time, e2e = self._backend.metrics()
+        if self._loop is not None and self._config.metrics_enabled:
+            handler_time, e2e = self._async_handler_time.snapshot(), self._async_e2e.snapshot()
+        counts = self._failures.counts if self._failures is not None else FailureCounts()
+        return ConsumerMetrics(
+            topic=self._topic,
+            group=self._config.group_id,
+            handled=handled,
+            skipped=counts.skipped,
+            failed=counts.failed,
+            dead_lettered=counts.dead_lettered,
+            retried=counts.retried,
+            lag=dict(self._lag),
+            handler_seconds=handler_time,
+            end_to_end_seconds=e2e,
+        )
+
+    def _statistics(self, stats: Mapping[str, Any]) -> None:
+        """librdkafka's statistics, parsed: keep the lag of this consumer's partitions."""
+        partitions = stats.get("topics", {}).get(self._topic, {}).get("partitions", {})
+        lag: dict[int, int] = {}
+        for key, value in partitions.items():
+            number, behind = int(key), value.get("consumer_lag", -1)
+            if number >= 0 and behind >= 0 and value.get("fetch_state") not in (None, "none"):
+                lag[number] = behind
+        self._lag = lag
 
     def wait_until_assigned(self, timeout: float = 30.0) -> dict[int, int]:
         """Block until the group gave this consumer its partitions and the position of each is
@@ -305,6 +410,8 @@ class Consumer(Closeable, Generic[E]):
         finally:
             if self._membership is not None:
                 self._membership.release()
+            if self._failures is not None:
+                self._failures.close()  # the skip summary; the dead-letter producer
 
     async def aclose(self, timeout: float = 30.0) -> None:
         """:meth:`close` without blocking the event loop (needed when the handler is async)."""

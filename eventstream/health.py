@@ -22,6 +22,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from eventstream import forks
 from eventstream.errors import (
@@ -34,7 +35,7 @@ from eventstream.errors import (
 )
 from eventstream.status import ClientStatus
 
-__all__ = ["ErrorCallback", "Health"]
+__all__ = ["ErrorCallback", "Health", "notify"]
 
 ErrorCallback = Callable[[EventStreamError], object]
 
@@ -261,6 +262,11 @@ class _Notifier:
 
 
 _notifier = _Notifier()
+
+
+def notify(callback: Callable[[Any], object], payload: Any, logger: logging.Logger) -> None:
+    """Call ``callback(payload)`` on the shared background thread (exceptions are logged)."""
+    _notifier.submit(callback, payload, logger)
 
 
 def _reset_after_fork() -> None:

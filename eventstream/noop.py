@@ -6,13 +6,16 @@ Events are still type-checked, so a program behaves the same whether streaming i
 from __future__ import annotations
 
 import asyncio
+from array import array
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from google.protobuf.message import Message
 
 from eventstream.backend import BackendName, ConsumerSpec, Dispatch, ProducerSpec
+from eventstream.deliveries import Deliveries
 from eventstream.errors import event_type_error
+from eventstream.metrics import Histogram, ProducerMetrics
 
 __all__ = ["NOOP_BACKEND"]
 
@@ -27,16 +30,21 @@ class _NoopProducer:
             if type(event) is not self._event_type:
                 raise event_type_error(index, type(event), self._event_type, self._type_name)
 
-    def produce(self, events: Sequence[Message], timeout: float | None) -> None:
+    def produce(self, events: Sequence[Message], timeout: float | None) -> Deliveries:
         self._check(events)
+        # Nowhere: partition -1, offset -1 (ce_ids "noop-1", ...).
+        n = len(events)
+        return Deliveries(array("i", [-1]) * n, array("q", [-1]) * n, "noop-", 1)
 
     def produce_async(
         self, events: Sequence[Message], loop: asyncio.AbstractEventLoop, timeout: float | None
-    ) -> asyncio.Future[None]:
-        self._check(events)
-        future: asyncio.Future[None] = loop.create_future()
-        future.set_result(None)
+    ) -> asyncio.Future[Deliveries]:
+        future: asyncio.Future[Deliveries] = loop.create_future()
+        future.set_result(self.produce(events, timeout))
         return future
+
+    def metrics(self) -> ProducerMetrics:
+        return ProducerMetrics(topic="noop")
 
     def flush(self, timeout: float) -> int:
         return 0
@@ -54,6 +62,12 @@ class _NoopConsumer:
 
     def close(self, timeout: float) -> None:
         pass
+
+    def stopping(self) -> bool:
+        return False
+
+    def metrics(self) -> tuple[int, Histogram | None, Histogram | None]:
+        return 0, None, None
 
 
 class _NoopBackend:

@@ -12,8 +12,10 @@ from google.protobuf.message import Message
 from eventstream import forks
 from eventstream.backend import ProducerBackend
 from eventstream.closing import Closeable
+from eventstream.deliveries import Deliveries
 from eventstream.errors import ClosedError, ConfigError
 from eventstream.health import Health
+from eventstream.metrics import ProducerMetrics
 from eventstream.status import ClientStatus
 
 __all__ = ["Producer"]
@@ -68,8 +70,10 @@ class Producer(Closeable, Generic[E]):
         if self._closed:
             raise ClosedError(f"the producer of {self._topic!r} is closed")
 
-    def produce(self, *events: E, timeout: float | None = None) -> None:
-        """Publish ``events`` and block until the broker acknowledged every one (acks=all).
+    def produce(self, *events: E, timeout: float | None = None) -> Deliveries:
+        """Publish ``events`` and block until the broker acknowledged every one (acks=all);
+        return where each went (:class:`Deliveries`: partition, offset and ``ce_id`` per event,
+        in call order).
 
         ``timeout`` (seconds) bounds the wait; ``None`` waits as long as librdkafka retries
         (``TopicConfig.delivery_timeout``). The GIL is released while waiting; Ctrl+C interrupts
@@ -87,9 +91,9 @@ class Producer(Closeable, Generic[E]):
         """
         self._check_usable()
         _check_timeout(timeout)
-        self._backend.produce(events, timeout)
+        return self._backend.produce(events, timeout)
 
-    async def produce_async(self, *events: E, timeout: float | None = None) -> None:
+    async def produce_async(self, *events: E, timeout: float | None = None) -> Deliveries:
         """Like :meth:`produce`, but awaits the acknowledgements without blocking the event loop.
 
         Type and serialization errors are raised before anything is sent. On ``timeout`` raises
@@ -98,7 +102,12 @@ class Producer(Closeable, Generic[E]):
         """
         self._check_usable()
         _check_timeout(timeout)
-        await self._backend.produce_async(events, asyncio.get_running_loop(), timeout)
+        return await self._backend.produce_async(events, asyncio.get_running_loop(), timeout)
+
+    def metrics(self) -> ProducerMetrics:
+        """Counts and call durations since the producer was made: a snapshot. Thread-safe; no
+        network call."""
+        return self._backend.metrics()
 
     def flush(self, timeout: float = 30.0) -> int:
         """Block until everything produced so far is acknowledged or ``timeout`` passed; returns

@@ -25,6 +25,7 @@ from eventstream.membership import Membership, claim
 from eventstream.metadata import EventMetadata
 from eventstream.noop import NOOP_BACKEND
 from eventstream.producer import Producer
+from eventstream.reporting import reporter
 
 __all__ = ["Topic", "new_noop_topic", "new_topic"]
 
@@ -92,6 +93,7 @@ class Topic(Closeable, Generic[E]):
         if key is not None and not callable(key):
             raise ArgumentTypeError(f"key must be a function of the event, got {key!r}")
         health = self._health(f"producer of topic {self.name!r}", fail_on_authorization=False)
+        report = reporter(self.config)
         spec = ProducerSpec(
             properties=self.config.producer_settings(),
             topic=self.name,
@@ -101,8 +103,11 @@ class Topic(Closeable, Generic[E]):
             key=key,
             logger=self.config.logger,
             health=health,
+            statistics=report,
         )
         producer: Producer[E] = Producer(self._backend.new_producer(spec), self.name, health)
+        if report is not None:
+            report.attach(producer, None)
         self._adopt(producer)
         return producer
 
@@ -140,6 +145,7 @@ class Topic(Closeable, Generic[E]):
                 f"consumer of topic {self.name!r} (group {self.config.group_id!r})",
                 fail_on_authorization=True,
             )
+            report = reporter(self.config)
             spec = ConsumerSpec(
                 properties=self.config.consumer_settings(
                     group_instance_id=None if membership is None else membership.group_instance_id,
@@ -151,10 +157,14 @@ class Topic(Closeable, Generic[E]):
                 metadata_factory=EventMetadata,
                 health=health,
                 start_from_beginning=start_from_beginning,
+                timed=self.config.metrics_enabled,
+                statistics=report,
             )
             consumer: Consumer[E] = Consumer(
-                self._backend.new_consumer(spec), self.name, self.config.logger, health, membership
+                self._backend.new_consumer(spec), self.config, health, membership
             )
+            if report is not None:
+                report.attach(consumer, consumer._statistics)  # pyright: ignore[reportPrivateUsage]
         except BaseException:
             if membership is not None:
                 membership.release()

@@ -9,28 +9,38 @@ header             value
 ``content-type``   ``application/protobuf``
 ``ce_specversion`` ``1.0``
 ``ce_id``          unique per event for its source: ``<16 hex digits of the producer>-<n>``
-``ce_source``      the producing instance id (``TopicConfig.instance_id``)
+``ce_source``      the producing instance id (``TopicConfig.instance_id``), a URI reference
 ``ce_type``        the protobuf full name of the event class, e.g. ``acme.cache.Invalidate``
+``ce_time``        when the produce call was made (RFC 3339, UTC, milliseconds)
 =================  ===========================================================================
 
-A consumer skips (and logs) a record whose ``ce_type`` names another type, and accepts records
-without these headers when the value decodes as its event class.
+Reading: a header that occurs more than once counts by its last occurrence (as Kafka's
+``Headers.lastHeader`` and librdkafka's ``rd_kafka_header_get_last`` read it). A record whose
+``ce_type`` names another type, or whose ``content-type`` is not a protobuf media type, is
+skipped; media types compare as media types (case-insensitive, parameters allowed). Records
+without these headers are accepted when the value decodes as the event class, so plain producers
+can publish too; the original Go producer's ``source-instance`` header counts as ``ce_source``.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 __all__ = [
-    "ACCEPTED_CONTENT_TYPES",
+    "ACCEPTED_MEDIA_TYPES",
     "CONTENT_TYPE",
     "HEADER_CONTENT_TYPE",
     "HEADER_ID",
+    "HEADER_LEGACY_SOURCE",
     "HEADER_SOURCE",
     "HEADER_SPECVERSION",
+    "HEADER_TIME",
     "HEADER_TYPE",
     "SPECVERSION",
+    "is_protobuf",
     "new_producer_id",
+    "timestamp",
 ]
 
 HEADER_CONTENT_TYPE = "content-type"
@@ -38,13 +48,33 @@ HEADER_SPECVERSION = "ce_specversion"
 HEADER_ID = "ce_id"
 HEADER_SOURCE = "ce_source"
 HEADER_TYPE = "ce_type"
+HEADER_TIME = "ce_time"
+#: The original Go producer (segmentio/kafka-go based) named its instance in this header.
+HEADER_LEGACY_SOURCE = "source-instance"
 
 CONTENT_TYPE = b"application/protobuf"
 SPECVERSION = b"1.0"
-#: Content types a consumer decodes as protobuf (the registered one and its older alias).
-ACCEPTED_CONTENT_TYPES = frozenset({CONTENT_TYPE, b"application/x-protobuf"})
+#: Media types a consumer decodes as protobuf (the registered one and its older alias), lower-case.
+ACCEPTED_MEDIA_TYPES = frozenset({"application/protobuf", "application/x-protobuf"})
+
+
+def is_protobuf(content_type: bytes) -> bool:
+    """Whether a ``content-type`` value names protobuf: ``type/subtype`` compared without regard
+    to case, parameters (``; proto=pkg.Type``) and surrounding spaces ignored (RFC 9110)."""
+    media = content_type.decode("latin-1").partition(";")[0].strip().lower()
+    return media in ACCEPTED_MEDIA_TYPES
 
 
 def new_producer_id() -> str:
     """16 random hex digits naming one producer; its events get ids ``<producer id>-<n>``."""
     return os.urandom(8).hex()
+
+
+def timestamp(seconds: float | None = None) -> bytes:
+    """``ce_time``: RFC 3339 in UTC with milliseconds, e.g. ``2026-12-01T09:30:00.123Z``."""
+    now = time.time() if seconds is None else seconds
+    whole = int(now)
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        + f".{int((now - whole) * 1000):03d}Z"
+    ).encode()

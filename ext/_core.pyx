@@ -19,10 +19,12 @@ from posix.dlfcn cimport dlopen, dlerror, RTLD_NOW, RTLD_LOCAL
 from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+from cpython cimport array
 
 from rdkafka cimport *
 from esk_sync cimport *
 
+import array as _array
 import atexit as _atexit
 import glob as _glob
 import os as _os
@@ -33,6 +35,10 @@ from eventstream import errors as _errors
 from eventstream import gaps as _gaps
 from eventstream import wire as _wire
 from eventstream.backend import DispatchAbandoned as _DispatchAbandoned
+from eventstream.failures import RawRecord as _RawRecord
+from eventstream.deliveries import Deliveries as _Deliveries
+from eventstream.metrics import Histogram as _Histogram
+from eventstream.metrics import ProducerMetrics as _ProducerMetrics
 from eventstream.partitions import PartitionChange as _PartitionChange
 
 cdef extern from "<dlfcn.h>" nogil:
@@ -197,6 +203,26 @@ cdef inline bint _in_code_set(const CodeSet *codes, int code) noexcept nogil:
         if codes.codes[i] == code:
             return True
     return False
+
+
+# A latency histogram in metrics.Histogram's buckets (bucket b: durations below 2**b ns). Written
+# by one thread; read by others without a lock (each counter is exact on its own).
+cdef struct Hist:
+    int64_t counts[ESK_BUCKETS]
+    int64_t sum_ns
+
+
+cdef inline void _hist_add(Hist *h, int64_t ns) noexcept nogil:
+    h.counts[esk_bucket(ns)] += 1
+    h.sum_ns += ns if ns > 0 else 0
+
+
+cdef array.array _INT32_ARRAY = _array.array("i")
+cdef array.array _INT64_ARRAY = _array.array("q")
+
+
+cdef object _hist_snapshot(const Hist *h):
+    return _Histogram.of([h.counts[i] for i in range(ESK_BUCKETS)], h.sum_ns)
 
 
 cdef rd_kafka_conf_t *_make_conf(object properties, str what) except NULL:

@@ -85,17 +85,29 @@ cdef struct ParsedHeaders:
     size_t event_id_len
 
 
-cdef void _parse_headers(const rd_kafka_message_t *m, ParsedHeaders *h, const char *n_type,
-                         const char *n_ct, const char *n_src, const char *n_id) noexcept nogil:
-    """Point h's fields into the message's headers (valid until the message is destroyed)."""
+cdef struct HeaderNames:
+    const char *type
+    const char *ct
+    const char *source
+    const char *legacy_source
+    const char *id
+
+
+cdef void _parse_headers(const rd_kafka_message_t *m, ParsedHeaders *h,
+                         const HeaderNames *n) noexcept nogil:
+    """Point h's fields into the message's headers (valid until the message is destroyed). A
+    repeated header counts by its last occurrence (wire.py)."""
     cdef rd_kafka_headers_t *hdrs = NULL
     h.has_type = h.has_ct = h.has_source = h.has_id = False
     if rd_kafka_message_headers(m, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR or hdrs == NULL:
         return
-    h.has_type = rd_kafka_header_get_last(hdrs, n_type, &h.ce_type, &h.ce_type_len) == 0
-    h.has_ct = rd_kafka_header_get_last(hdrs, n_ct, &h.content_type, &h.content_type_len) == 0
-    h.has_source = rd_kafka_header_get_last(hdrs, n_src, &h.source, &h.source_len) == 0
-    h.has_id = rd_kafka_header_get_last(hdrs, n_id, &h.event_id, &h.event_id_len) == 0
+    h.has_type = rd_kafka_header_get_last(hdrs, n.type, &h.ce_type, &h.ce_type_len) == 0
+    h.has_ct = rd_kafka_header_get_last(hdrs, n.ct, &h.content_type, &h.content_type_len) == 0
+    h.has_source = rd_kafka_header_get_last(hdrs, n.source, &h.source, &h.source_len) == 0
+    if not h.has_source:        # the original Go producer's header
+        h.has_source = rd_kafka_header_get_last(
+            hdrs, n.legacy_source, &h.source, &h.source_len) == 0
+    h.has_id = rd_kafka_header_get_last(hdrs, n.id, &h.event_id, &h.event_id_len) == 0
 
 
 cdef inline bint _value_is(const void *p, size_t n, bytes b):
@@ -124,17 +136,24 @@ cdef void _on_consumer_error(rd_kafka_t *rk, int err, const char *reason,
 cdef int _on_consumer_stats(rd_kafka_t *rk, char *json, size_t json_len, void *opaque) noexcept nogil:
     # Is any broker connection up? (see _on_stats in producer.pxi)
     cdef bint up = memmem(json, json_len, b'"state":"UP"', 12) != NULL
-    _consumer_tick(<ConsumerState *>opaque, up)
+    _consumer_tick(<ConsumerState *>opaque, up, json, json_len)
     return 0
 
 
-cdef void _consumer_tick(ConsumerState *st, bint up) noexcept with gil:
+cdef void _consumer_tick(ConsumerState *st, bint up, const char *json,
+                         size_t json_len) noexcept with gil:
     if st.owner == NULL:
         return
+    consumer = <Consumer>st.owner
     try:
-        (<Consumer>st.owner)._health.tick(up)
-    except BaseException:
-        pass
+        consumer._health.tick(up)
+        if consumer._statistics is not None:   # someone wants the statistics themselves
+            consumer._statistics(json[:json_len].decode("utf-8", "replace"))
+    except BaseException as exc:
+        try:
+            consumer._logger.error("could not use librdkafka's statistics", exc_info=exc)
+        except BaseException:
+            pass
 
 
 cdef void _note(ConsumerState *st, object note) noexcept with gil:
@@ -412,9 +431,16 @@ cdef class Consumer:
     cdef object _health
     cdef readonly list _notes           # see "callbacks" above; only the poll thread touches it
     cdef object _resets                 # gaps.OffsetResets: positions librdkafka had to reset
+    cdef object _failures               # failures.Failures: skips, retries, dead letters
+    cdef int64_t _handled               # events whose handler returned (poll thread writes)
+    cdef bint _timed                    # time handlers and end-to-end latency (metrics=True)
+    cdef object _statistics             # spec.statistics: the raw JSON's consumer, or None
+    cdef Hist _handler_hist
+    cdef Hist _e2e_hist
     cdef object _warning_hook           # self._on_librdkafka_warning (LogSink.on_warning)
-    cdef tuple _accepted_ct
-    cdef bytes _n_type, _n_ct, _n_src, _n_id
+    cdef bytes _ct                      # wire.CONTENT_TYPE: compared as bytes first
+    cdef bytes _n_type, _n_ct, _n_src, _n_legacy_src, _n_id
+    cdef HeaderNames _names             # points into the bytes above
     cdef object _thread                 # threading.Thread running _run()
     cdef object _handler
     cdef object _on_rebalance_hook
@@ -456,11 +482,17 @@ cdef class Consumer:
         self._metadata_factory = spec.metadata_factory
         self._health = spec.health
         self._notes = []
-        self._accepted_ct = tuple(bytes(ct) for ct in _wire.ACCEPTED_CONTENT_TYPES)
+        self._ct = bytes(_wire.CONTENT_TYPE)
         self._n_type = _wire.HEADER_TYPE.encode()
         self._n_ct = _wire.HEADER_CONTENT_TYPE.encode()
         self._n_src = _wire.HEADER_SOURCE.encode()
+        self._n_legacy_src = _wire.HEADER_LEGACY_SOURCE.encode()
         self._n_id = _wire.HEADER_ID.encode()
+        self._names.type = self._n_type
+        self._names.ct = self._n_ct
+        self._names.source = self._n_src
+        self._names.legacy_source = self._n_legacy_src
+        self._names.id = self._n_id
         self._lock = _threading.Lock()
         self._left = _threading.Event()
         self._fork_generation = _fork_generation
@@ -468,6 +500,8 @@ cdef class Consumer:
         self._st.from_beginning = bool(spec.start_from_beginning)
         self._resets = _gaps.OffsetResets(spec.topic)
         self._warning_hook = self._on_librdkafka_warning
+        self._timed = bool(spec.timed)
+        self._statistics = spec.statistics
         self._st.incremental = props.get("group.protocol", "classic").lower() == "consumer"
         # Borrowed: the handle never outlives self (the poll thread holds a reference to self
         # and destroys the handle before it ends).
@@ -518,6 +552,7 @@ cdef class Consumer:
             self._create_client()
             self._handler = dispatch.handler
             self._on_rebalance_hook = dispatch.on_rebalance
+            self._failures = dispatch.failures
             self._mode_batch = dispatch.mode == "batch"
             self._with_metadata = bool(dispatch.with_metadata)
             self._started = True
@@ -867,37 +902,90 @@ cdef class Consumer:
             return self.topic
         return name.decode("utf-8", "replace")
 
-    cdef object _decode(self, rd_kafka_message_t *m, ParsedHeaders *h, str topic):
-        """The event, or None if the record is skipped (logged). Checked in the order the
-        headers are written: content-type, then ce_type."""
-        if h.has_ct:
-            for accepted in self._accepted_ct:
-                if _value_is(h.content_type, h.content_type_len, accepted):
-                    break
-            else:
-                self._logger.warning(
-                    "skipping event at %s[%d]@%d: content-type %r is not protobuf",
-                    topic, m.partition, m.offset,
-                    _header_text(True, h.content_type, h.content_type_len),
-                )
+    cdef object _decode(self, rd_kafka_message_t *m, ParsedHeaders *h):
+        """The event, or None if the record is skipped (reported through Failures: logged,
+        summarized, dead-lettered). Checked in the order the headers are written:
+        content-type, then ce_type."""
+        if h.has_ct and not _value_is(h.content_type, h.content_type_len, self._ct):
+            # Not the canonical spelling: compare as a media type (case, parameters).
+            if h.content_type == NULL or not _wire.is_protobuf(
+                    (<const char *>h.content_type)[:h.content_type_len]):
+                self._skip(m, "content-type", f"content-type "
+                           f"{_header_text(True, h.content_type, h.content_type_len)!r} is not "
+                           "protobuf")
                 return None
         if h.has_type and not _value_is(h.ce_type, h.ce_type_len, self._type_name):
-            self._logger.warning(
-                "skipping event at %s[%d]@%d: ce_type %r is not %r",
-                topic, m.partition, m.offset, _header_text(True, h.ce_type, h.ce_type_len),
-                self._type_name_str,
-            )
+            self._skip(m, "type", f"ce_type {_header_text(True, h.ce_type, h.ce_type_len)!r} "
+                       f"is not {self._type_name_str!r}")
             return None
         value = (PyBytes_FromStringAndSize(<const char *>m.payload, m.len)
                  if m.payload != NULL else b"")
         try:
             return self._from_string(value)
         except Exception as exc:
-            self._logger.error(
-                "skipping event at %s[%d]@%d: value does not decode as %s: %s",
-                topic, m.partition, m.offset, self._type_name_str, exc,
-            )
+            self._skip(m, "decode", f"value does not decode as {self._type_name_str}: {exc}")
             return None
+
+    cdef int _skip(self, rd_kafka_message_t *m, str reason, str detail) except -1:
+        failures = self._failures
+        failures.skip(reason, m.partition, m.offset, detail,
+                      self._raw(m) if failures.wants_raw else None)
+        return 0
+
+    cdef object _raw(self, rd_kafka_message_t *m):
+        """The record as read, for a dead-letter copy (a failure path only)."""
+        cdef rd_kafka_headers_t *hdrs = NULL
+        cdef size_t idx = 0
+        cdef const char *name
+        cdef const void *val
+        cdef size_t size
+        headers = []
+        if rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR and hdrs != NULL:
+            while rd_kafka_header_get_all(hdrs, idx, &name, &val, &size) == 0:
+                headers.append((name.decode("utf-8", "replace"),
+                                None if val == NULL else (<const char *>val)[:size]))
+                idx += 1
+        return _RawRecord(
+            (<const char *>m.payload)[:m.len] if m.payload != NULL else None,
+            (<const char *>m.key)[:m.key_len] if m.key != NULL else None,
+            headers, m.partition, m.offset,
+        )
+
+    cdef object _handle(self, object handler, object event, object meta,
+                        rd_kafka_message_t *m, bint timed):
+        """Call the handler for one event, retrying as the policy says; True if it returned.
+        A BaseException that is not an Exception propagates (the loop stops, the offset is not
+        stored: the event is read again)."""
+        cdef int attempt = 1
+        cdef int64_t t0 = 0
+        failures = self._failures
+        while True:
+            if timed:
+                t0 = esk_now_ns()
+                self._record_e2e(m)
+            try:
+                if meta is None:
+                    handler(event)
+                else:
+                    handler(event, meta)
+                return True
+            except Exception as exc:
+                if attempt < failures.attempts:
+                    failures.wait(failures.delay(attempt))     # may raise DispatchAbandoned
+                    attempt += 1
+                    continue
+                failures.gave_up(exc, m.partition, m.offset, attempt,
+                                 self._raw(m) if failures.wants_raw else None)
+                return False
+            finally:
+                if timed:
+                    _hist_add(&self._handler_hist, esk_now_ns() - t0)
+
+    cdef inline void _record_e2e(self, rd_kafka_message_t *m) noexcept:
+        cdef rd_kafka_timestamp_type_t tstype
+        cdef int64_t ts = rd_kafka_message_timestamp(m, &tstype)
+        if ts > 0:
+            _hist_add(&self._e2e_hist, (esk_realtime_ms() - ts) * 1_000_000)
 
     cdef object _metadata(self, rd_kafka_message_t *m, ParsedHeaders *h, str topic):
         cdef rd_kafka_timestamp_type_t tstype
@@ -928,6 +1016,7 @@ cdef class Consumer:
         cdef ssize_t i
         cdef rd_kafka_message_t *m
         cdef ParsedHeaders h
+        cdef bint timed = self._timed
         handler = self._handler
         with_metadata = self._with_metadata
         for i in range(n):
@@ -937,61 +1026,73 @@ cdef class Consumer:
             if m.err != RD_KAFKA_RESP_ERR_NO_ERROR:
                 self._message_error(m)
                 continue
-            topic = self._topic_of(m)
-            _parse_headers(m, &h, self._n_type, self._n_ct, self._n_src, self._n_id)
-            event = self._decode(m, &h, topic)
+            _parse_headers(m, &h, &self._names)
+            event = self._decode(m, &h)
             if event is not None:
                 self._handling(m)
                 try:
-                    if with_metadata:
-                        handler(event, self._metadata(m, &h, topic))
-                    else:
-                        handler(event)
-                except Exception as exc:
-                    self._logger.error(
-                        "handler failed for event at %s[%d]@%d",
-                        topic, m.partition, m.offset, exc_info=exc,
-                    )
-                # A BaseException that is not an Exception propagates to _run: recorded, the
-                # loop stops, and this event's offset is not stored (it is read again).
+                    meta = self._metadata(m, &h, self._topic_of(m)) if with_metadata else None
+                    if self._handle(handler, event, meta, m, timed):
+                        self._handled += 1
                 finally:
                     esk_store_int(&self._st.in_handler, 0)
             self._store(m)      # only after the handler returned (or the record was skipped)
         return 0
 
     cdef int _dispatch_batch(self, rd_kafka_message_t **msgs, ssize_t n) except -1:
+        """A batch handler (the async runner) gets every decoded event of the batch and returns
+        the ones that failed after its retries, as (index, exception, attempts)."""
         cdef ssize_t i
         cdef rd_kafka_message_t *m
         cdef ParsedHeaders h
         events = []
         metadatas = []
+        where = []                      # the msgs index of each event
         for i in range(n):
             m = msgs[i]
             if m.err != RD_KAFKA_RESP_ERR_NO_ERROR:
                 self._message_error(m)
                 continue
-            topic = self._topic_of(m)
-            _parse_headers(m, &h, self._n_type, self._n_ct, self._n_src, self._n_id)
-            event = self._decode(m, &h, topic)
+            _parse_headers(m, &h, &self._names)
+            event = self._decode(m, &h)
             if event is not None:
                 events.append(event)
-                metadatas.append(self._metadata(m, &h, topic))
+                metadatas.append(self._metadata(m, &h, self._topic_of(m)))
+                where.append(i)
         if events:
             self._handling(msgs[0])
             try:
-                self._handler(events, metadatas)
+                failed = self._handler(events, metadatas) or ()
             except Exception as exc:
                 self._logger.error(
                     "batch handler failed for %d events of %r", len(events), self.topic,
                     exc_info=exc,
                 )
+                failed = ()
             # A BaseException propagates to _run: nothing of this batch is stored.
             finally:
                 esk_store_int(&self._st.in_handler, 0)
+            failures = self._failures
+            for index, error, attempts in failed:
+                m = msgs[<ssize_t>where[index]]
+                failures.gave_up(error, m.partition, m.offset, attempts,
+                                 self._raw(m) if failures.wants_raw else None)
+            self._handled += len(events) - len(failed)
         for i in range(n):
             if msgs[i].err == RD_KAFKA_RESP_ERR_NO_ERROR:
                 self._store(msgs[i])
         return 0
+
+    def stopping(self):
+        """Whether close() (or a failure) asked the poll thread to stop. Any thread."""
+        return bool(esk_load_int(&self._stop))
+
+    def metrics(self):
+        """(handled, handler Histogram or None, end-to-end Histogram or None). Any thread; the
+        counts are read without a lock (each is exact, they may be a few events apart)."""
+        if not self._timed:
+            return self._handled, None, None
+        return self._handled, _hist_snapshot(&self._handler_hist), _hist_snapshot(&self._e2e_hist)
 
     @property
     def closed(self):

@@ -32,6 +32,24 @@ static inline int64_t esk_now_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+/* Wall-clock time in milliseconds since the epoch (for Kafka record timestamps). */
+static inline int64_t esk_realtime_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
+}
+
+/* The bucket of a latency histogram that `ns` falls in: its bit length (0 for 0; bucket b holds
+ * durations below 2**b ns), capped at ESK_BUCKETS - 1. */
+#define ESK_BUCKETS 41
+static inline int esk_bucket(int64_t ns) {
+    int b;
+    if (ns <= 0)
+        return 0;
+    b = 64 - __builtin_clzll((unsigned long long)ns);
+    return b < ESK_BUCKETS ? b : ESK_BUCKETS - 1;
+}
+
 static inline void esk_sleep_ns(int64_t ns) {
     struct timespec ts;
     ts.tv_sec = (time_t)(ns / 1000000000LL);

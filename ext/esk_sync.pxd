@@ -37,6 +37,10 @@ cdef extern from "esk_sync.h" nogil:
     void esk_store_int(int *p, int v)
     void *esk_load_ptr(void **p)
     int64_t esk_now_ns()
+    int64_t esk_realtime_ms()
+    enum:
+        ESK_BUCKETS
+    int esk_bucket(int64_t ns)
     void esk_sleep_ns(int64_t ns)
     int esk_cond_init(pthread_cond_t *cond)
     int esk_cond_wait_until(pthread_cond_t *cond, pthread_mutex_t *mutex, int64_t deadline_ns)

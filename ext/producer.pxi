@@ -38,7 +38,7 @@ cdef enum:
     QUEUE_FULL_BACKOFF_NS = 1_000_000   # enqueue: pause while librdkafka's queue is full
     REASON_SIZE = 256
     ID_PREFIX_SIZE = 64
-    N_HEADERS = 5
+    N_HEADERS = 6
 
 cdef int64_t _NO_DEADLINE = 0x7FFFFFFFFFFFFFFF
 
@@ -80,6 +80,14 @@ cdef struct Tracker
 #   3. produce_async() with a timeout only: its _AsyncDeadline's, dropped when the future is done.
 # So a caller that gives up (timeout, Ctrl+C) leaves a tracker that stays valid until librdkafka
 # has reported every message that points at it.
+# One per message of a call, inside the tracker's allocation: the message's opaque. The delivery
+# report writes where the message went.
+cdef struct Slot:
+    Tracker *t
+    int32_t partition
+    int64_t offset              # RD_KAFKA_OFFSET_INVALID until reported (and after a failure)
+
+
 cdef struct Tracker:
     int64_t remaining           # atomic
     int64_t failed              # atomic: known not written (rejected, purged, never enqueued)
@@ -98,6 +106,9 @@ cdef struct Tracker:
     PyObject *loop
     Tracker *next               # link in ProducerState.completed
     ProducerState *state
+    uint64_t id_base            # the call's first ce_id sequence number, minus one
+    int64_t started_ns          # when the call began (ProducerMetrics.call_seconds)
+    Slot *slots                 # `total` of them, right after the struct (one allocation)
 
 
 cdef struct ProducerState:
@@ -121,6 +132,10 @@ cdef struct ProducerState:
     PyObject *topic             # owned: str, for errors built on the poll thread
     PyObject *logger            # owned: logging.Logger
     PyObject *health            # owned: eventstream.health.Health
+    PyObject *statistics        # owned or NULL: spec.statistics, the raw statistics' consumer
+    # ProducerMetrics (atomics: callers and the poll thread count):
+    int64_t calls, events, acked, failed_events, in_doubt_events
+    Hist call_hist
 
 
 # Header names and constant values of every message of a producer. The pointers point into
@@ -132,7 +147,8 @@ cdef struct HeaderSpec:
     const char *n_id
     const char *n_source
     const char *n_type
-    ssize_t nlen_ct, nlen_spec, nlen_id, nlen_source, nlen_type
+    const char *n_time
+    ssize_t nlen_ct, nlen_spec, nlen_id, nlen_source, nlen_type, nlen_time
     const char *v_ct
     const char *v_spec
     const char *v_source
@@ -150,11 +166,13 @@ cdef struct OutMsg:
 @cython.final
 cdef class _Batch:
     """One call's serialized events: `msgs` points into the bytes objects in `keep`, which this
-    object holds; valid while it lives (the call's frame). librdkafka copies what it keeps."""
+    object holds; valid while it lives (the call's frame). librdkafka copies what it keeps.
+    `time` is the call's ce_time (formatted once per call)."""
 
     cdef OutMsg *msgs
     cdef Py_ssize_t n
     cdef list keep
+    cdef bytes time                 # ce_time of every event of the call
 
     def __dealloc__(self):
         free(self.msgs)
@@ -163,9 +181,15 @@ cdef class _Batch:
 # ---- tracker -------------------------------------------------------------------------------
 
 cdef Tracker *_tracker_new(ProducerState *st, int64_t n, bint is_async) except NULL:
-    cdef Tracker *t = <Tracker *>calloc(1, sizeof(Tracker))
+    cdef int64_t i
+    cdef Tracker *t = <Tracker *>calloc(1, sizeof(Tracker) + n * sizeof(Slot))
     if t == NULL:
         raise MemoryError()
+    t.slots = <Slot *>(<char *>t + sizeof(Tracker))
+    for i in range(n):
+        t.slots[i].t = t
+        t.slots[i].offset = RD_KAFKA_OFFSET_INVALID
+    t.started_ns = esk_now_ns()
     if pthread_mutex_init(&t.lock, NULL) != 0:
         free(t)
         raise MemoryError()
@@ -256,12 +280,17 @@ cdef void _tracker_hand_over(Tracker *t) noexcept nogil:
 # (_on_log, shared with the consumer, is in _core.pyx.)
 
 cdef void _on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque) noexcept nogil:
-    cdef Tracker *t = <Tracker *>msg._private
-    if t == NULL:
+    cdef Slot *slot = <Slot *>msg._private
+    cdef Tracker *t
+    if slot == NULL:
         return
+    t = slot.t
+    slot.partition = msg.partition
     if msg.err != RD_KAFKA_RESP_ERR_NO_ERROR:
         # For a producer, msg.payload is the value we sent, not an error string.
         _tracker_fail(t, msg.err, rd_kafka_err2str(msg.err), 1)
+    else:
+        slot.offset = msg.offset
     if esk_add_i64(&t.remaining, -1) == 0:
         _tracker_complete(t)
 
@@ -299,27 +328,59 @@ cdef int _on_stats(rd_kafka_t *rk, char *json, size_t json_len, void *opaque) no
     # statistics.interval.ms: is any broker connection up? ("state":"UP" is how librdkafka's
     # statistics JSON spells a broker that is up; the group's state is lower-case "up".)
     cdef bint up = memmem(json, json_len, b'"state":"UP"', 12) != NULL
-    _health_tick(<ProducerState *>opaque, up)
+    _health_tick(<ProducerState *>opaque, up, json, json_len)
     return 0
 
 
-cdef void _health_tick(ProducerState *st, bint up) noexcept with gil:
+cdef void _health_tick(ProducerState *st, bint up, const char *json,
+                       size_t json_len) noexcept with gil:
     try:
         (<object>st.health).tick(up)
-    except BaseException:
-        pass
+        if st.statistics != NULL:      # someone wants the statistics themselves
+            (<object>st.statistics)(json[:json_len].decode("utf-8", "replace"))
+    except BaseException as exc:
+        try:
+            (<object>st.logger).error("could not use librdkafka's statistics", exc_info=exc)
+        except BaseException:
+            pass
 
 
 # ---- work that needs the GIL ------------------------------------------------------------------
 
-def _settle_future(fut, exc):
+def _settle_future(fut, exc, result):
     """Runs on the future's loop (via call_soon_threadsafe)."""
     if fut.done():              # cancelled by the application meanwhile
         return
     if exc is None:
-        fut.set_result(None)
+        fut.set_result(result)
     else:
         fut.set_exception(exc)
+
+
+cdef object _deliveries(ProducerState *st, Tracker *t):
+    """Where each event of a completed call went (Deliveries, in call order)."""
+    cdef Py_ssize_t i, n = t.total
+    cdef array.array partitions = array.clone(_INT32_ARRAY, n, zero=False)
+    cdef array.array offsets = array.clone(_INT64_ARRAY, n, zero=False)
+    cdef int32_t *p = <int32_t *>partitions.data.as_voidptr
+    cdef int64_t *o = <int64_t *>offsets.data.as_voidptr
+    for i in range(n):
+        p[i] = t.slots[i].partition
+        o[i] = t.slots[i].offset
+    prefix = st.id_prefix[:st.id_prefix_len].decode()
+    return _Deliveries(partitions, offsets, prefix, t.id_base + 1)
+
+
+cdef void _count_call(ProducerState *st, Tracker *t, int64_t failed, int64_t in_doubt) noexcept:
+    """ProducerMetrics: one call of t.total events ended (any thread; atomics)."""
+    cdef int64_t ns = esk_now_ns() - t.started_ns
+    esk_add_i64(&st.calls, 1)
+    esk_add_i64(&st.events, t.total)
+    esk_add_i64(&st.acked, t.total - failed - in_doubt)
+    esk_add_i64(&st.failed_events, failed)
+    esk_add_i64(&st.in_doubt_events, in_doubt)
+    esk_add_i64(&st.call_hist.counts[esk_bucket(ns)], 1)
+    esk_add_i64(&st.call_hist.sum_ns, ns)
 
 
 cdef object _fatal_info(rd_kafka_t *rk):
@@ -380,8 +441,15 @@ cdef void _resolve_completed(ProducerState *st) noexcept with gil:
         try:
             exc = _tracker_error(st, t)
             any_ok = any_ok or exc is None
+            if exc is None:
+                _count_call(st, t, 0, 0)
+            else:
+                _count_call(st, t, exc.failed, exc.in_doubt)
             try:
-                (<object>t.loop).call_soon_threadsafe(_settle_future, <object>t.future, exc)
+                (<object>t.loop).call_soon_threadsafe(
+                    _settle_future, <object>t.future, exc,
+                    _deliveries(st, t) if exc is None else None,
+                )
             except RuntimeError:
                 pass            # the loop is closed: nobody can await the future any more
         except BaseException as e:
@@ -503,7 +571,7 @@ cdef class Producer:
     cdef bint _closed
     cdef int _fork_generation       # _fork_generation when made: another value = a forked child
     # Header names and constant values, kept alive here; the C pointers below point into them.
-    cdef bytes _h_ct, _h_spec, _h_id, _h_source, _h_type
+    cdef bytes _h_ct, _h_spec, _h_id, _h_source, _h_type, _h_time
     cdef bytes _v_ct, _v_spec, _v_source, _v_type
     cdef HeaderSpec _hs
     cdef object __weakref__
@@ -528,6 +596,7 @@ cdef class Producer:
         self._h_id = _wire.HEADER_ID.encode()
         self._h_source = _wire.HEADER_SOURCE.encode()
         self._h_type = _wire.HEADER_TYPE.encode()
+        self._h_time = _wire.HEADER_TIME.encode()
         self._v_ct = bytes(_wire.CONTENT_TYPE)
         self._v_spec = bytes(_wire.SPECVERSION)
         self._v_source = spec.source.encode()
@@ -542,6 +611,8 @@ cdef class Producer:
         self._hs.nlen_source = len(self._h_source)
         self._hs.n_type = self._h_type
         self._hs.nlen_type = len(self._h_type)
+        self._hs.n_time = self._h_time
+        self._hs.nlen_time = len(self._h_time)
         self._hs.v_ct = self._v_ct
         self._hs.vlen_ct = len(self._v_ct)
         self._hs.v_spec = self._v_spec
@@ -567,6 +638,9 @@ cdef class Producer:
         Py_INCREF(self._logger)
         st.health = <PyObject *>self._health
         Py_INCREF(self._health)
+        if spec.statistics is not None:
+            st.statistics = <PyObject *>spec.statistics
+            Py_INCREF(spec.statistics)
         self._client_logger = self._logger.getChild("librdkafka")
         st.sink.logger = <PyObject *>self._client_logger     # borrowed: self outlives rk
         self._properties = dict(spec.properties)
@@ -650,6 +724,7 @@ cdef class Producer:
         Py_XDECREF(st.topic)
         Py_XDECREF(st.logger)
         Py_XDECREF(st.health)
+        Py_XDECREF(st.statistics)
         pthread_mutex_destroy(&st.lock)
         free(st)
 
@@ -718,6 +793,7 @@ cdef class Producer:
                 raise _errors.event_type_error(i, type(evs[i]), etype, self._type_name)
         batch = _Batch.__new__(_Batch)
         batch.keep = []
+        batch.time = _wire.timestamp()
         batch.msgs = msgs = <OutMsg *>malloc(n * sizeof(OutMsg))
         if msgs == NULL:
             raise MemoryError()
@@ -765,8 +841,8 @@ cdef class Producer:
                 raise _errors.key_type_error(i, self._type_name, k)
         return batch
 
-    cdef Py_ssize_t _enqueue(self, OutMsg *msgs, Tracker *t, uint64_t id_base, int64_t slice_end,
-                             int *err_out) noexcept nogil:
+    cdef Py_ssize_t _enqueue(self, OutMsg *msgs, const char *time, ssize_t time_len, Tracker *t,
+                             uint64_t id_base, int64_t slice_end, int *err_out) noexcept nogil:
         """Enqueue events t.enqueued..total-1, counting each in t.enqueued. Returns t.enqueued;
         *err_out is then 0 (all enqueued), QUEUE_FULL (still full at slice_end: retry after a
         signal check) or the hard error code. Runs without the GIL: `msgs` is kept alive by the
@@ -786,7 +862,6 @@ cdef class Producer:
         vus[0].vtype = RD_KAFKA_VTYPE_RKT
         vus[0].u.rkt = st.rkt
         vus[1].vtype = RD_KAFKA_VTYPE_OPAQUE
-        vus[1].u.ptr = t
         vus[2].vtype = RD_KAFKA_VTYPE_MSGFLAGS
         vus[2].u.i = RD_KAFKA_MSG_F_COPY
         vus[3].vtype = RD_KAFKA_VTYPE_VALUE
@@ -805,6 +880,8 @@ cdef class Producer:
             rd_kafka_header_add(hdrs, hs.n_id, hs.nlen_id, idbuf, <ssize_t>idlen)
             rd_kafka_header_add(hdrs, hs.n_source, hs.nlen_source, hs.v_source, hs.vlen_source)
             rd_kafka_header_add(hdrs, hs.n_type, hs.nlen_type, hs.v_type, hs.vlen_type)
+            rd_kafka_header_add(hdrs, hs.n_time, hs.nlen_time, time, time_len)
+            vus[1].u.ptr = &t.slots[i]
             vus[3].u.mem.ptr = <void *>msgs[i].value
             vus[3].u.mem.size = msgs[i].value_len
             vus[4].u.headers = hdrs
@@ -840,10 +917,13 @@ cdef class Producer:
         cdef int err = 0
         cdef int64_t slice_end
         cdef uint64_t id_base = <uint64_t>esk_fetch_add_u64(&self._st.counter, <uint64_t>t.total)
+        cdef const char *time = batch.time
+        cdef ssize_t time_len = len(batch.time)
+        t.id_base = id_base
         while True:
             slice_end = min(esk_now_ns() + WAIT_SLICE_NS, deadline)
             with nogil:
-                self._enqueue(batch.msgs, t, id_base, slice_end, &err)
+                self._enqueue(batch.msgs, time, time_len, t, id_base, slice_end, &err)
             if err == 0:
                 return 0
             if err == RD_KAFKA_RESP_ERR__QUEUE_FULL:
@@ -870,7 +950,7 @@ cdef class Producer:
         cdef bint done = False
         cdef int timed_out = 0
         if n == 0:
-            return
+            return _Deliveries.empty()
         self._ensure_alive()
         batch = self._prepare(evs, n)
         deadline = _deadline_after(timeout)
@@ -896,14 +976,18 @@ cdef class Producer:
             if done:
                 exc = _tracker_error(self._st, t)
                 if exc is not None:
+                    _count_call(self._st, t, exc.failed, exc.in_doubt)
                     raise exc
+                _count_call(self._st, t, 0, 0)
                 self._health.up()
-                return
+                return _deliveries(self._st, t)
             # Timed out: the call's unreported events are in doubt; those never enqueued failed.
-            raise _errors.produce_timeout_error(
+            exc = _errors.produce_timeout_error(
                 pending=esk_load_i64(&t.remaining), not_sent=not_sent if timed_out else 0,
                 total=n, topic=self.topic, timeout=timeout, last_error=self._health.last_error,
             )
+            _count_call(self._st, t, exc.failed, exc.in_doubt)
+            raise exc
         finally:
             if t != NULL:
                 _tracker_release(t)     # the caller's reference
@@ -922,7 +1006,7 @@ cdef class Producer:
         self._ensure_alive()
         fut = loop.create_future()
         if n == 0:
-            fut.set_result(None)
+            fut.set_result(_Deliveries.empty())
             return fut
         batch = self._prepare(evs, n)
         deadline = _deadline_after(timeout)
@@ -944,10 +1028,12 @@ cdef class Producer:
                 _tracker_hand_over(t)
             if timed_out:
                 # As in produce(): the events never enqueued make this a timeout, reported now.
-                fut.set_exception(_errors.produce_timeout_error(
+                exc = _errors.produce_timeout_error(
                     pending=esk_load_i64(&t.remaining), not_sent=not_sent, total=n,
                     topic=self.topic, timeout=timeout, last_error=self._health.last_error,
-                ))
+                )
+                fut.set_exception(exc)
+                exc = None
             elif deadline != _NO_DEADLINE:
                 expiry = _AsyncDeadline.__new__(_AsyncDeadline)
                 esk_add_int(&t.refs, 1)         # expiry's own, dropped by expiry._release()
@@ -1058,6 +1144,15 @@ cdef class Producer:
     @property
     def closed(self):
         return self._closed
+
+    def metrics(self):
+        """ProducerMetrics since the producer was made. Any thread; no lock."""
+        st = self._st
+        return _ProducerMetrics(
+            topic=self.topic, calls=esk_load_i64(&st.calls), events=esk_load_i64(&st.events),
+            acknowledged=esk_load_i64(&st.acked), failed=esk_load_i64(&st.failed_events),
+            in_doubt=esk_load_i64(&st.in_doubt_events), call_seconds=_hist_snapshot(&st.call_hist),
+        )
 
     @property
     def producer_id(self):

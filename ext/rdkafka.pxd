@@ -211,6 +211,10 @@ cdef extern from "rdkafka_abi.h" nogil:
     # The returned pointers point into the message: valid until rd_kafka_message_destroy().
     rd_kafka_resp_err_t rd_kafka_header_get_last "ESK_RDK(rd_kafka_header_get_last)" (
         const rd_kafka_headers_t *hdrs, const char *name, const void **valuep, size_t *sizep)
+    # The idx'th header (in order); _NOENT past the last.
+    rd_kafka_resp_err_t rd_kafka_header_get_all "ESK_RDK(rd_kafka_header_get_all)" (
+        const rd_kafka_headers_t *hdrs, size_t idx, const char **namep, const void **valuep,
+        size_t *sizep)
     rd_kafka_resp_err_t rd_kafka_message_headers "ESK_RDK(rd_kafka_message_headers)" (
         const rd_kafka_message_t *rkmessage, rd_kafka_headers_t **hdrsp)
     int64_t rd_kafka_message_timestamp "ESK_RDK(rd_kafka_message_timestamp)" (

@@ -110,6 +110,41 @@ class Collector:
         )
 
 
+class ErrorLog:
+    """A ``TopicConfig.on_error`` that records what it is given and lets a test wait for it."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.errors: list[Any] = []
+
+    def __call__(self, error: Any) -> None:
+        with self._cond:
+            self.errors.append(error)
+            self._cond.notify_all()
+
+    def wait_for(
+        self, kind: type[BaseException], timeout: float = WAIT, *, client: str = ""
+    ) -> Any:
+        """The first ``kind`` error (of the client whose description starts with ``client``,
+        e.g. "consumer" or "producer")."""
+
+        def found() -> list[Any]:
+            return [e for e in self.errors if isinstance(e, kind) and str(e).startswith(client)]
+
+        with self._cond:
+            if not self._cond.wait_for(found, timeout):
+                raise AssertionError(f"no {kind.__name__} within {timeout:g} s: {self.errors}")
+            return found()[0]
+
+    def wait_for_count(self, count: int, timeout: float = WAIT) -> list[Any]:
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self.errors) >= count, timeout):
+                raise AssertionError(
+                    f"fewer than {count} errors within {timeout:g} s: {self.errors}"
+                )
+            return list(self.errors)
+
+
 def _abbreviate(items: Sequence[Any], limit: int = 40) -> str:
     items = list(items)
     if len(items) <= limit:

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import Collector, wait_until
+from support import Collector, ErrorLog, wait_until
 from testevents_pb2 import Invalidate
 
 import eventstream
-from eventstream import BrokerError, EventStreamError
+from eventstream import BrokerError
 
 HERE = Path(__file__).resolve().parent
 pytestmark = pytest.mark.timeout(120)
@@ -131,14 +131,6 @@ def child_factory(kafka_bootstrap: str, topic_name: str) -> Iterator[Callable[..
         child.kill()
 
 
-class Fatal:
-    def __init__(self) -> None:
-        self.errors: list[EventStreamError] = []
-
-    def __call__(self, error: EventStreamError) -> None:
-        self.errors.append(error)
-
-
 def test_a_second_live_process_with_the_same_instance_id_is_an_error_naming_it(
     make_topic: Callable[..., eventstream.Topic[Any]], child_factory: Callable[..., Child]
 ) -> None:
@@ -188,7 +180,7 @@ def test_both_group_protocols_deliver_every_event_in_order(
         consumer_properties={"group.protocol": protocol},
     )
     collector = Collector()
-    errors = Fatal()
+    errors = ErrorLog()
     consumer = topic.new_consumer(start_from_beginning=True)
     consumer.consume(collector, with_metadata=True)
     assert consumer.wait_until_assigned(60).keys() == {0, 1, 2}

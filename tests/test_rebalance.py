@@ -10,11 +10,11 @@ from typing import Any
 import confluent_kafka
 import pytest
 from confluent_kafka.admin import AdminClient
-from support import Collector, wait_until
+from support import Collector, ErrorLog, wait_until
 from testevents_pb2 import Invalidate
 
 import eventstream
-from eventstream import BrokerError, EventStreamError, GapError, PartitionChange
+from eventstream import BrokerError, GapError, PartitionChange
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -38,25 +38,6 @@ class Changes:
             if not self._cond.wait_for(lambda: any(c.kind == kind for c in self.changes), timeout):
                 raise AssertionError(f"no {kind!r} change within {timeout} s: {self.changes}")
             return next(c for c in self.changes if c.kind == kind)
-
-
-class Errors:
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self.errors: list[EventStreamError] = []
-
-    def __call__(self, error: EventStreamError) -> None:
-        with self._cond:
-            self.errors.append(error)
-            self._cond.notify_all()
-
-    def wait_for(self, kind: type[EventStreamError], timeout: float = 60) -> EventStreamError:
-        with self._cond:
-            if not self._cond.wait_for(
-                lambda: any(isinstance(e, kind) for e in self.errors), timeout
-            ):
-                raise AssertionError(f"no {kind.__name__} within {timeout} s: {self.errors}")
-            return next(e for e in self.errors if isinstance(e, kind))
 
 
 def test_the_hook_hears_assignments_before_events_and_revocations_at_close(
@@ -118,7 +99,7 @@ def test_a_committed_offset_deleted_by_retention_is_a_reported_gap(
 ) -> None:
     """The instance handled (and committed) offsets 0..4; retention then deleted 0..11 while it
     was away. It resumes at the oldest retained event, 12, and says that 5..11 were skipped."""
-    errors = Errors()
+    errors = ErrorLog()
     topic = make_topic(on_error=errors)
     with topic.new_producer() as producer:
         producer.produce(*(Invalidate(seq=i) for i in range(5)))
@@ -157,7 +138,7 @@ def test_a_handler_past_max_poll_interval_loses_the_partitions_and_hears_so(
     """librdkafka leaves the group when the application does not poll for
     max.poll.interval.ms: the consumer reports no assignment as soon as that time has passed,
     warns once (retriable), hears "lost", rejoins, and the event is handled again."""
-    errors = Errors()
+    errors = ErrorLog()
     changes = Changes()
     topic = make_topic(
         on_error=errors,
@@ -204,7 +185,7 @@ def test_a_consumer_that_falls_behind_retention_reports_the_gap_and_goes_on(
     """While the handler is busy, retention deletes what the consumer has not fetched yet: its
     next fetch is out of range, librdkafka resets to the oldest retained event, and the consumer
     reports the skipped offsets once and goes on from there."""
-    errors = Errors()
+    errors = ErrorLog()
     topic = make_topic(
         on_error=errors,
         # Fetch little ahead, so most of the backlog is still on the broker when it is deleted.

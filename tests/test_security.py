@@ -9,13 +9,12 @@ to ``failed`` and ``close()`` raises, ``ensure_exists``/``wait_until_ready`` rai
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from kafka_harness import ClusterSecurity
-from support import Collector, wait_until
+from support import Collector, ErrorLog, wait_until
 from testevents_pb2 import Invalidate
 
 import eventstream
@@ -23,38 +22,11 @@ from eventstream import (
     AuthenticationError,
     AuthorizationError,
     BrokerError,
-    EventStreamError,
     ProduceError,
 )
 from eventstream.errors import ProduceAuthenticationError, ProduceAuthorizationError
 
 pytestmark = pytest.mark.timeout(90)
-
-
-class ErrorLog:
-    """A TopicConfig.on_error that records and lets a test wait."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self.errors: list[EventStreamError] = []
-
-    def __call__(self, error: EventStreamError) -> None:
-        with self._cond:
-            self.errors.append(error)
-            self._cond.notify_all()
-
-    def wait_for(
-        self, kind: type[BaseException], timeout: float = 30, *, client: str = ""
-    ) -> EventStreamError:
-        """The first ``kind`` error (of the client whose description starts with ``client``)."""
-
-        def found() -> list[EventStreamError]:
-            return [e for e in self.errors if isinstance(e, kind) and str(e).startswith(client)]
-
-        with self._cond:
-            if not self._cond.wait_for(found, timeout):
-                raise AssertionError(f"no {kind.__name__} within {timeout} s: {self.errors}")
-            return found()[0]
 
 
 def secure_config(

@@ -85,6 +85,7 @@ def check_headers(record: confluent_kafka.Message) -> tuple[str, int]:
             wire.HEADER_ID,
             wire.HEADER_SOURCE,
             wire.HEADER_TYPE,
+            wire.HEADER_TIME,
         ]
     ), headers
     values = dict(headers)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from support import Collector, closed_port, wait_until
+from support import Collector, ErrorLog, closed_port, wait_until
 from testevents_pb2 import Invalidate
 
 import eventstream
@@ -21,22 +21,6 @@ from eventstream import BrokerError, ClientStatus, EventStreamError, WaitTimeout
 from eventstream.testing import EmbeddedCluster
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class ErrorLog:
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self.errors: list[EventStreamError] = []
-
-    def __call__(self, error: EventStreamError) -> None:
-        with self._cond:
-            self.errors.append(error)
-            self._cond.notify_all()
-
-    def wait_for_count(self, count: int, timeout: float = 30) -> list[EventStreamError]:
-        with self._cond:
-            assert self._cond.wait_for(lambda: len(self.errors) >= count, timeout), self.errors
-            return list(self.errors)
 
 
 @pytest.fixture

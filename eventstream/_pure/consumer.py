@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import confluent_kafka
@@ -19,8 +20,11 @@ from eventstream.errors import (
     is_retriable,
     max_poll_exceeded,
 )
+from eventstream.failures import Failures, RawRecord
 from eventstream.librdkafka_log import ClientLog
+from eventstream.metrics import Histogram, LatencyRecorder
 from eventstream.partitions import PartitionChange
+from eventstream.skips import SkipReason
 
 __all__ = ["PureConsumer"]
 
@@ -31,12 +35,21 @@ _CONTENT_TYPE = wire.HEADER_CONTENT_TYPE
 _TYPE = wire.HEADER_TYPE
 _SOURCE = wire.HEADER_SOURCE
 _ID = wire.HEADER_ID
+_LEGACY_SOURCE = wire.HEADER_LEGACY_SOURCE
 
 
 # Fatal errors a consumer meets. confluent-kafka hands a consumer's fatal error over as a
 # record error of code _FATAL whose text quotes the cause, but offers no rd_kafka_fatal_error():
 # the cause's code is found from its librdkafka description in that text.
 _FATAL_CAUSES = (82, 111, 110, 25, 90)  # FENCED_INSTANCE_ID, UNRELEASED_INSTANCE_ID, ...
+
+
+def _raw(msg: confluent_kafka.Message) -> RawRecord:
+    """The record as read, for a dead-letter copy (a failure path only)."""
+    headers = cast("list[tuple[str, bytes | None]] | None", msg.headers())
+    return RawRecord(
+        msg.value(), msg.key(), list(headers or ()), msg.partition() or 0, msg.offset() or 0
+    )
 
 
 def _underlying(err: confluent_kafka.KafkaError) -> tuple[int, str, str, bool]:
@@ -69,6 +82,11 @@ class PureConsumer:
         self._dispatch_since = 0.0
         self._handling: tuple[int, int] | None = None  # (partition, offset) in the handler now
         self._topic_missing_logged = False
+        self._failures: Failures  # set by start(), before the poll thread runs
+        self._handled = 0
+        self._timed = spec.timed
+        self._handler_time = LatencyRecorder()
+        self._e2e = LatencyRecorder()
         props = spec.properties
         self._max_poll = int(props.get("max.poll.interval.ms", "300000")) / 1000
         self._cooperative = "cooperative" in props.get("partition.assignment.strategy", "") or (
@@ -96,6 +114,7 @@ class PureConsumer:
             )
             self._client = client
             self._dispatch = dispatch
+            self._failures = dispatch.failures
             self._thread = threading.Thread(
                 target=self._run,
                 args=(client, dispatch),
@@ -315,6 +334,11 @@ class PureConsumer:
 
     def _on_stats(self, stats: str) -> None:
         self._health.tick('"state":"UP"' in stats)
+        if self._spec.statistics is not None:  # someone wants the statistics themselves
+            try:
+                self._spec.statistics(stats)
+            except Exception as exc:
+                self._spec.logger.error("could not use librdkafka's statistics", exc_info=exc)
 
     def _on_librdkafka_warning(self, facility: str, text: str) -> None:
         """A fetch position out of the log is a gap (librdkafka resets it and says so)."""
@@ -390,61 +414,113 @@ class PureConsumer:
             raise failure
 
     def _decode(self, msg: confluent_kafka.Message) -> tuple[Message, Any] | None:
-        """Decode one record; ``None`` if it is skipped (already logged). Returns the event and
-        its ``(key, timestamp, source, id)`` extras."""
+        """Decode one record; ``None`` if it is skipped (reported through Failures). Returns the
+        event and its ``(key, timestamp, source, id)`` extras. A repeated header counts by its
+        last occurrence (wire.py)."""
         spec = self._spec
         err = msg.error()
         if err is not None:
             self._record_error(err)
             return None
-        source = event_id = None
+        ce_type = content_type = source = event_id = legacy_source = None
         # Received headers are always a list of (name, bytes or None); the stubs allow more.
         headers = cast("list[tuple[str, bytes | None]] | None", msg.headers())
+        has_type = has_ct = False
         if headers:
             for name, value in headers:
                 if name == _TYPE:
-                    if value is None or value.decode(errors="replace") != spec.type_name:
-                        spec.logger.warning(
-                            "skipping event at %s[%d]@%d: ce_type %r is not %r",
-                            msg.topic(),
-                            msg.partition(),
-                            msg.offset(),
-                            value.decode(errors="replace") if value is not None else None,
-                            spec.type_name,
-                        )
-                        return None
+                    ce_type, has_type = value, True
                 elif name == _SOURCE:
-                    source = value.decode(errors="replace") if value is not None else None
+                    source = value
                 elif name == _ID:
-                    event_id = value.decode(errors="replace") if value is not None else None
-                elif name == _CONTENT_TYPE and value not in wire.ACCEPTED_CONTENT_TYPES:
-                    spec.logger.warning(
-                        "skipping event at %s[%d]@%d: content-type %r is not protobuf",
-                        msg.topic(),
-                        msg.partition(),
-                        msg.offset(),
-                        value.decode(errors="replace") if value is not None else None,
-                    )
-                    return None
+                    event_id = value
+                elif name == _CONTENT_TYPE:
+                    content_type, has_ct = value, True
+                elif name == _LEGACY_SOURCE:
+                    legacy_source = value
+        if (
+            has_ct
+            and content_type != wire.CONTENT_TYPE
+            and (content_type is None or not wire.is_protobuf(content_type))
+        ):
+            shown = content_type.decode(errors="replace") if content_type is not None else None
+            self._skip(msg, "content-type", f"content-type {shown!r} is not protobuf")
+            return None
+        if has_type and (ce_type is None or ce_type.decode(errors="replace") != spec.type_name):
+            shown = ce_type.decode(errors="replace") if ce_type is not None else None
+            self._skip(msg, "type", f"ce_type {shown!r} is not {spec.type_name!r}")
+            return None
         try:
             event = spec.event_type.FromString(msg.value() or b"")
         except (DecodeError, RuntimeError, ValueError) as exc:
-            spec.logger.error(
-                "skipping event at %s[%d]@%d: value does not decode as %s: %s",
-                msg.topic(),
-                msg.partition(),
-                msg.offset(),
-                spec.type_name,
-                exc,
-            )
+            self._skip(msg, "decode", f"value does not decode as {spec.type_name}: {exc}")
             return None
-        return event, (msg.key(), msg.timestamp()[1], source, event_id)
+        if source is None:
+            source = legacy_source
+        return event, (
+            msg.key(),
+            msg.timestamp()[1],
+            None if source is None else source.decode(errors="replace"),
+            None if event_id is None else event_id.decode(errors="replace"),
+        )
+
+    def _skip(self, msg: confluent_kafka.Message, reason: SkipReason, detail: str) -> None:
+        failures = self._failures
+        failures.skip(
+            reason,
+            msg.partition() or 0,
+            msg.offset() or 0,
+            detail,
+            _raw(msg) if failures.wants_raw else None,
+        )
 
     def _metadata(self, msg: confluent_kafka.Message, extras: Any) -> Any:
         key, timestamp, source, event_id = extras
         return self._spec.metadata_factory(
             msg.topic(), msg.partition(), msg.offset(), key, timestamp, source, event_id
         )
+
+    def _handle(
+        self,
+        handler: Callable[..., object],
+        event: Message,
+        meta: Any,
+        msg: confluent_kafka.Message,
+    ) -> bool:
+        """Call the handler for one event, retrying as the policy says; True if it returned.
+        A BaseException that is not an Exception propagates (the offset is not stored)."""
+        failures = self._failures
+        timed = self._timed
+        attempt = 1
+        started = 0
+        while True:
+            if timed:
+                started = time.monotonic_ns()
+                stamp = msg.timestamp()[1]
+                if stamp > 0:
+                    self._e2e.add((time.time_ns() // 1_000_000 - stamp) * 1_000_000)
+            try:
+                if meta is None:
+                    handler(event)
+                else:
+                    handler(event, meta)
+                return True
+            except Exception as exc:
+                if attempt < failures.attempts:
+                    failures.wait(failures.delay(attempt))  # may raise DispatchAbandoned
+                    attempt += 1
+                    continue
+                failures.gave_up(
+                    exc,
+                    msg.partition() or 0,
+                    msg.offset() or 0,
+                    attempt,
+                    _raw(msg) if failures.wants_raw else None,
+                )
+                return False
+            finally:
+                if timed:
+                    self._handler_time.add(time.monotonic_ns() - started)
 
     def _dispatch_events(
         self,
@@ -454,7 +530,6 @@ class PureConsumer:
     ) -> None:
         handler = dispatch.handler
         with_metadata = dispatch.with_metadata
-        logger = self._spec.logger
         done: list[confluent_kafka.Message] = []
         try:
             for msg in batch:
@@ -465,18 +540,9 @@ class PureConsumer:
                     event, extras = decoded
                     self._handling = (msg.partition() or 0, msg.offset() or 0)
                     try:
-                        if with_metadata:
-                            handler(event, self._metadata(msg, extras))
-                        else:
-                            handler(event)
-                    except Exception as exc:
-                        logger.error(
-                            "handler failed for event at %s[%d]@%d",
-                            msg.topic(),
-                            msg.partition(),
-                            msg.offset(),
-                            exc_info=exc,
-                        )
+                        meta = self._metadata(msg, extras) if with_metadata else None
+                        if self._handle(handler, event, meta, msg):
+                            self._handled += 1
                     finally:
                         self._handling = None
                 done.append(msg)
@@ -491,18 +557,29 @@ class PureConsumer:
         batch: list[confluent_kafka.Message],
         dispatch: Dispatch,
     ) -> None:
+        """A batch handler (the async runner) gets every decoded event of the batch and returns
+        the ones that failed after its retries, as (index, exception, attempts)."""
         events: list[Message] = []
         metadatas: list[Any] = []
+        where: list[confluent_kafka.Message] = []
         for msg in batch:
             decoded = self._decode(msg)
             if decoded is not None:
                 event, extras = decoded
                 events.append(event)
                 metadatas.append(self._metadata(msg, extras))
+                where.append(msg)
         if events:
             self._handling = (batch[0].partition() or 0, batch[0].offset() or 0)
+            failed: Sequence[tuple[int, Exception, int]] = ()
             try:
-                dispatch.handler(events, metadatas)
+                failed = (
+                    cast(
+                        "Sequence[tuple[int, Exception, int]] | None",
+                        dispatch.handler(events, metadatas),
+                    )
+                    or ()
+                )
             except Exception as exc:
                 self._spec.logger.error(
                     "batch handler failed for %d events of %r",
@@ -512,7 +589,26 @@ class PureConsumer:
                 )
             finally:
                 self._handling = None
+            failures = self._failures
+            for index, error, attempts in failed:
+                msg = where[index]
+                failures.gave_up(
+                    error,
+                    msg.partition() or 0,
+                    msg.offset() or 0,
+                    attempts,
+                    _raw(msg) if failures.wants_raw else None,
+                )
+            self._handled += len(events) - len(failed)
         self._store(client, batch)
+
+    def stopping(self) -> bool:
+        return self._stop
+
+    def metrics(self) -> tuple[int, Histogram | None, Histogram | None]:
+        if not self._timed:
+            return self._handled, None, None
+        return self._handled, self._handler_time.snapshot(), self._e2e.snapshot()
 
     def _store(self, client: confluent_kafka.Consumer, done: list[confluent_kafka.Message]) -> None:
         if not done:

@@ -7,13 +7,16 @@ import contextlib
 import itertools
 import threading
 import time
+from array import array
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import confluent_kafka
 from google.protobuf.message import Message
 
 from eventstream import wire
 from eventstream.backend import ProducerSpec
+from eventstream.deliveries import Deliveries
 from eventstream.errors import (
     IN_DOUBT_CODES,
     BrokerError,
@@ -27,6 +30,7 @@ from eventstream.errors import (
     serialize_error,
 )
 from eventstream.librdkafka_log import ClientLog
+from eventstream.metrics import LatencyRecorder, ProducerMetrics
 
 __all__ = ["PureProducer", "prepare_records"]
 
@@ -79,14 +83,22 @@ class _Tracker:
         "failed",
         "fatal",
         "first_error",
+        "first_id",
         "in_doubt",
+        "offsets",
         "on_done",
+        "partitions",
         "remaining",
+        "started",
         "total",
     )
 
     def __init__(self, total: int) -> None:
         self.total = total
+        self.started = time.monotonic_ns()
+        self.partitions = array("i", bytes(4 * total))
+        self.offsets = array("q", [-1001]) * total  # RD_KAFKA_OFFSET_INVALID until reported
+        self.first_id = 0
         self.remaining = total + 1
         self.enqueued = 0
         self.failed = 0
@@ -97,12 +109,22 @@ class _Tracker:
         self._lock = threading.Lock()
         self.on_done: Callable[[], None] | None = None
 
-    def report(self, err: confluent_kafka.KafkaError | None, _msg: object = None) -> None:
+    def report(
+        self, index: int, err: confluent_kafka.KafkaError | None, msg: confluent_kafka.Message
+    ) -> None:
+        partition = msg.partition()
+        self.partitions[index] = -1 if partition is None else partition
         if err is not None:
             if err.fatal():
                 self.fatal = err
             self.fail(err.code(), err.name(), err.str(), 1)
+        else:
+            offset = msg.offset()
+            self.offsets[index] = -1001 if offset is None else offset
         self._count_down(1)
+
+    def deliveries(self, prefix: str) -> Deliveries:
+        return Deliveries(self.partitions, self.offsets, prefix, self.first_id)
 
     def fail(self, code: int, name: str, reason: str, count: int) -> None:
         with self._lock:
@@ -169,6 +191,10 @@ class PureProducer:
         # 0, or the error code new enqueues fail with (closing, or the producer failed).
         self._refuse: tuple[int, str] | None = None
         self._ids = itertools.count(1)
+        # ProducerMetrics, under _metrics_lock:
+        self._metrics_lock = threading.Lock()
+        self._calls = self._events = self._acked = self._failed = self._in_doubt = 0
+        self._call_time = LatencyRecorder()
         self._id_prefix = wire.new_producer_id() + "-"
         self._static_headers: list[tuple[str, str | bytes | None]] = [
             (wire.HEADER_CONTENT_TYPE, wire.CONTENT_TYPE),
@@ -245,6 +271,11 @@ class PureProducer:
 
     def _on_stats(self, stats: str) -> None:
         self._health.tick('"state":"UP"' in stats)
+        if self._spec.statistics is not None:  # someone wants the statistics themselves
+            try:
+                self._spec.statistics(stats)
+            except Exception as exc:
+                self._spec.logger.error("could not use librdkafka's statistics", exc_info=exc)
 
     def _fail_queued(self, code: int, name: str) -> None:
         """New enqueues fail with ``code``, and what is queued fails now (its delivery reports
@@ -323,9 +354,12 @@ class PureProducer:
         topic = self._spec.topic
         static = self._static_headers
         prefix = self._id_prefix
-        ids = self._ids
+        with self._lock:  # one block of ce_id sequence numbers per call, as the compiled backend
+            tracker.first_id = next(self._ids)
+            self._ids = itertools.count(tracker.first_id + len(records))
         report = tracker.report
-        for value, key in records:
+        call_time = (wire.HEADER_TIME, wire.timestamp())
+        for index, (value, key) in enumerate(records):
             refuse = self._refuse
             if refuse is not None:
                 tracker.fail(
@@ -335,11 +369,14 @@ class PureProducer:
                 return False
             headers: list[tuple[str, str | bytes | None]] = [
                 *static,
-                (wire.HEADER_ID, f"{prefix}{next(ids)}".encode()),
+                (wire.HEADER_ID, f"{prefix}{tracker.first_id + index}".encode()),
+                call_time,
             ]
             while True:
                 try:
-                    client.produce(topic, value, key, headers=headers, on_delivery=report)
+                    client.produce(
+                        topic, value, key, headers=headers, on_delivery=partial(report, index)
+                    )
                     break
                 except BufferError:
                     # librdkafka's queue is full: wait for delivery reports to make room.
@@ -356,9 +393,9 @@ class PureProducer:
             tracker.enqueued += 1
         return False
 
-    def produce(self, events: Sequence[Message], timeout: float | None) -> None:
+    def produce(self, events: Sequence[Message], timeout: float | None) -> Deliveries:
         if not events:
-            return
+            return Deliveries.empty()
         records = prepare_records(self._spec, events)
         self._refuse_call(len(records))
         tracker = _Tracker(len(records))
@@ -391,18 +428,45 @@ class PureProducer:
                 if not self._flushers:
                     state.notify_all()
         if timed_out:
-            raise self._timeout_error(tracker, timeout, not_sent)
+            timeout_error = self._timeout_error(tracker, timeout, not_sent)
+            self._count(tracker, timeout_error)
+            raise timeout_error
         error = tracker.error(self._spec.topic, self._failure(tracker))
+        self._count(tracker, error)
         if error is not None:
             raise error
         self._health.up()
+        return tracker.deliveries(self._id_prefix)
+
+    def _count(self, tracker: _Tracker, error: ProduceError | None) -> None:
+        """ProducerMetrics: one call ended (any thread)."""
+        failed, in_doubt = (0, 0) if error is None else (error.failed, error.in_doubt)
+        with self._metrics_lock:
+            self._calls += 1
+            self._events += tracker.total
+            self._acked += tracker.total - failed - in_doubt
+            self._failed += failed
+            self._in_doubt += in_doubt
+            self._call_time.add(time.monotonic_ns() - tracker.started)
+
+    def metrics(self) -> ProducerMetrics:
+        with self._metrics_lock:
+            return ProducerMetrics(
+                topic=self._spec.topic,
+                calls=self._calls,
+                events=self._events,
+                acknowledged=self._acked,
+                failed=self._failed,
+                in_doubt=self._in_doubt,
+                call_seconds=self._call_time.snapshot(),
+            )
 
     def produce_async(
         self, events: Sequence[Message], loop: asyncio.AbstractEventLoop, timeout: float | None
-    ) -> asyncio.Future[None]:
-        future: asyncio.Future[None] = loop.create_future()
+    ) -> asyncio.Future[Deliveries]:
+        future: asyncio.Future[Deliveries] = loop.create_future()
         if not events:
-            future.set_result(None)
+            future.set_result(Deliveries.empty())
             return future
         records = prepare_records(self._spec, events)
         self._refuse_call(len(records))
@@ -410,21 +474,22 @@ class PureProducer:
         topic = self._spec.topic
         health = self._health
 
-        def settle() -> None:
+        def settle(error: ProduceError | None) -> None:
             if future.done():
                 return
-            error = tracker.error(topic, self._failure(tracker))
             if error is None:
-                future.set_result(None)
+                future.set_result(tracker.deliveries(self._id_prefix))
                 health.up()
             else:
                 future.set_exception(error)
 
         def on_done() -> None:
             self._async_done()
+            error = tracker.error(topic, self._failure(tracker))
+            self._count(tracker, error)
             # A closed loop raises RuntimeError: nobody is waiting any more.
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(settle)
+                loop.call_soon_threadsafe(settle, error)
 
         def expire() -> None:
             if not future.done():

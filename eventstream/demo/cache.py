@@ -237,7 +237,7 @@ def _read_randomly(node: ServiceInstance, keys: list[str], stop: threading.Event
 
 def _write(
     settings: DemoSettings,
-    produce: Callable[..., None],
+    produce: Callable[..., object],
     source: SourceOfTruth,
     keys: list[str],
     rng: random.Random,
