@@ -8,6 +8,7 @@ with topic.new_producer() as producer:
 from eventstream.backend import backend
 from eventstream.config import TopicConfig
 from eventstream.consumer import Consumer
+from eventstream.deliveries import Deliveries, Delivery
 from eventstream.errors import (
     ArgumentTypeError,
     AuthenticationError,
@@ -26,7 +27,9 @@ from eventstream.errors import (
     TopicError,
     WaitTimeoutError,
 )
+from eventstream.failures import RetryPolicy
 from eventstream.metadata import EventMetadata
+from eventstream.metrics import ConsumerMetrics, Histogram, ProducerMetrics
 from eventstream.partitions import PartitionChange
 from eventstream.producer import Producer
 from eventstream.status import ClientState, ClientStatus
@@ -46,14 +49,20 @@ __all__ = [
     "ConfigError",
     "Consumer",
     "ConsumerAlreadyStartedError",
+    "ConsumerMetrics",
+    "Deliveries",
+    "Delivery",
     "EventMetadata",
     "EventStreamError",
     "EventTypeError",
     "GapError",
+    "Histogram",
     "PartitionChange",
     "ProduceError",
     "ProduceTimeoutError",
     "Producer",
+    "ProducerMetrics",
+    "RetryPolicy",
     "SerializationError",
     "Topic",
     "TopicConfig",

@@ -45,12 +45,18 @@ class Producer:
     def producer_id(self) -> str | None:
         """The ``<producer id>`` part of this producer's ``ce_id`` headers."""
     def __init__(self, spec: ProducerSpec) -> None: ...
-    def produce(self, events: Sequence[Message], timeout: float | None) -> Deliveries: ...
+    def produce(
+        self,
+        events: Sequence[Message],
+        timeout: float | None,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> Deliveries: ...
     def produce_async(
         self,
         events: Sequence[Message],
         loop: asyncio.AbstractEventLoop,
         timeout: float | None = None,
+        headers: Sequence[tuple[str, bytes]] = (),
     ) -> asyncio.Future[Deliveries]: ...
     def flush(self, timeout: float) -> int: ...
     def close(self, timeout: float) -> None: ...

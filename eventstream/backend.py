@@ -98,6 +98,9 @@ class ConsumerSpec:
     timed: bool = False
     #: Called with librdkafka's statistics JSON (about once a second) if someone wants it.
     statistics: Callable[[str], None] | None = None
+    #: Read the W3C trace context headers into the metadata (TopicConfig.telemetry): the
+    #: factory is then called with ``traceparent, tracestate`` too.
+    trace_headers: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,10 +139,16 @@ class DispatchAbandoned(BaseException):
 
 
 class ProducerBackend(Protocol):
-    def produce(self, events: Sequence[Message], timeout: float | None) -> Deliveries:
+    def produce(
+        self,
+        events: Sequence[Message],
+        timeout: float | None,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> Deliveries:
         """Serialize, enqueue and block until every event of this call is acknowledged.
 
-        Returns where each event went, in call order. Raises ``EventTypeError`` (nothing sent) if
+        ``headers`` are added to every event of the call (Telemetry's trace context). Returns
+        where each event went, in call order. Raises ``EventTypeError`` (nothing sent) if
         an event is not ``spec.event_type``;
         ``SerializationError``/``KeyError`` style misuse before anything is sent; ``ProduceError``
         with the first failed delivery's code; ``ProduceTimeoutError`` if ``timeout`` passed first.
@@ -148,7 +157,11 @@ class ProducerBackend(Protocol):
         ...
 
     def produce_async(
-        self, events: Sequence[Message], loop: asyncio.AbstractEventLoop, timeout: float | None
+        self,
+        events: Sequence[Message],
+        loop: asyncio.AbstractEventLoop,
+        timeout: float | None,
+        headers: Sequence[tuple[str, bytes]] = (),
     ) -> asyncio.Future[Deliveries]:
         """Like :meth:`produce` but returns at once with a future of ``loop`` resolved (on ``loop``)
         when every event of the call is acknowledged, or failed with the same errors, including

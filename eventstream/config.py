@@ -11,6 +11,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from eventstream.errors import ConfigError, EventStreamError
+from eventstream.telemetry import Telemetry
 
 __all__ = ["TOPIC_NAME", "TopicConfig"]
 
@@ -151,6 +152,8 @@ class TopicConfig:
     ``on_metrics(snapshot)`` gets every client's metrics every ``metrics_interval`` seconds (and
     implies ``metrics``); ``on_statistics(stats)`` gets librdkafka's statistics, parsed, at
     ``statistics.interval.ms`` (1000 by default). All three callbacks run on a background thread.
+    ``telemetry`` instruments produce calls and handlers (``eventstream.otel.OpenTelemetry()``
+    for traces and metrics in OpenTelemetry); without it nothing is added per event.
 
     Raises :class:`~eventstream.ConfigError` naming the field for any invalid value, including a
     property librdkafka does not know or a value it rejects. Makes no network call.
@@ -173,6 +176,7 @@ class TopicConfig:
     on_metrics: Callable[[Any], object] | None = None
     metrics_interval: float = 10.0
     on_statistics: Callable[[dict[str, Any]], object] | None = None
+    telemetry: Telemetry | None = None
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("eventstream"))
 
     def __post_init__(self) -> None:
@@ -209,6 +213,14 @@ class TopicConfig:
             value = getattr(self, name)
             if value is not None and not callable(value):
                 raise ConfigError(name, f"must be a callable or None, got {value!r}")
+        if self.telemetry is not None and not all(
+            callable(getattr(self.telemetry, name, None)) for name in ("send", "process")
+        ):
+            raise ConfigError(
+                "telemetry",
+                f"must have send() and process() (e.g. eventstream.otel.OpenTelemetry()), got "
+                f"{self.telemetry!r}",
+            )
         if not isinstance(self.metrics, bool):
             raise ConfigError("metrics", f"must be True or False, got {self.metrics!r}")
         set_(

@@ -212,6 +212,17 @@ class Consumer(Closeable, Generic[E]):
                 )
             self._started = True
         config = self._config
+        if config.telemetry is not None:
+            # The wrapper continues each event's trace; it takes the metadata (and passes it on
+            # only if the application asked for it).
+            handler = config.telemetry.process(
+                handler,
+                with_metadata=with_metadata,
+                topic=self._topic,
+                group=config.group_id,
+                asynchronous=is_async,
+            )
+            with_metadata = True
         dead_letters = None
         if dead_letter_topic is not None:
             dead_letters = DeadLetters(

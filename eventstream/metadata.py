@@ -13,6 +13,8 @@ class EventMetadata(NamedTuple):
 
     ``source`` and ``event_id`` are the ``ce_source``/``ce_id`` headers, ``None`` for records
     written without them. ``timestamp_ms`` is the record's Kafka timestamp (ms since the epoch).
+    ``traceparent`` / ``tracestate`` are the W3C trace context headers, read only when the topic
+    has ``TopicConfig.telemetry`` (else ``None``).
     """
 
     topic: str
@@ -22,6 +24,8 @@ class EventMetadata(NamedTuple):
     timestamp_ms: int
     source: str | None
     event_id: str | None
+    traceparent: str | None = None
+    tracestate: str | None = None
 
     @property
     def timestamp(self) -> datetime:

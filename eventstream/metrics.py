@@ -99,8 +99,9 @@ class ConsumerMetrics:
     ``retried``: handler calls after the first. With ``TopicConfig(metrics=True)`` also:
     ``handler_seconds`` (each handler call), ``end_to_end_seconds`` (from the record's timestamp,
     normally its produce time, to the start of its handler: includes clock differences between
-    hosts) and ``lag`` (partition -> records between the consumer's position and the end of the
-    partition, from librdkafka's statistics about once a second; empty until the first).
+    hosts) and ``lag`` (partition -> records between the group's committed offset and the end of
+    the partition, from librdkafka's statistics, served between batches about once a second:
+    not updated while a handler runs; empty until the first).
     """
 
     topic: str

@@ -30,14 +30,23 @@ class _NoopProducer:
             if type(event) is not self._event_type:
                 raise event_type_error(index, type(event), self._event_type, self._type_name)
 
-    def produce(self, events: Sequence[Message], timeout: float | None) -> Deliveries:
+    def produce(
+        self,
+        events: Sequence[Message],
+        timeout: float | None,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> Deliveries:
         self._check(events)
         # Nowhere: partition -1, offset -1 (ce_ids "noop-1", ...).
         n = len(events)
         return Deliveries(array("i", [-1]) * n, array("q", [-1]) * n, "noop-", 1)
 
     def produce_async(
-        self, events: Sequence[Message], loop: asyncio.AbstractEventLoop, timeout: float | None
+        self,
+        events: Sequence[Message],
+        loop: asyncio.AbstractEventLoop,
+        timeout: float | None,
+        headers: Sequence[tuple[str, bytes]] = (),
     ) -> asyncio.Future[Deliveries]:
         future: asyncio.Future[Deliveries] = loop.create_future()
         future.set_result(self.produce(events, timeout))

@@ -17,6 +17,7 @@ from eventstream.errors import ClosedError, ConfigError
 from eventstream.health import Health
 from eventstream.metrics import ProducerMetrics
 from eventstream.status import ClientStatus
+from eventstream.telemetry import Telemetry
 
 __all__ = ["Producer"]
 
@@ -43,9 +44,16 @@ class Producer(Closeable, Generic[E]):
     cannot be used in the child (:class:`ClosedError`); closing it there does nothing.
     """
 
-    def __init__(self, backend: ProducerBackend, topic: str, health: Health) -> None:
+    def __init__(
+        self,
+        backend: ProducerBackend,
+        topic: str,
+        health: Health,
+        telemetry: Telemetry | None = None,
+    ) -> None:
         self._backend = backend
         self._topic = topic
+        self._telemetry = telemetry
         self._health = health
         self._closed = False
         self._lock = threading.Lock()
@@ -91,7 +99,11 @@ class Producer(Closeable, Generic[E]):
         """
         self._check_usable()
         _check_timeout(timeout)
-        return self._backend.produce(events, timeout)
+        telemetry = self._telemetry
+        if telemetry is None:
+            return self._backend.produce(events, timeout)
+        with telemetry.send(self._topic, len(events)) as headers:
+            return self._backend.produce(events, timeout, headers)
 
     async def produce_async(self, *events: E, timeout: float | None = None) -> Deliveries:
         """Like :meth:`produce`, but awaits the acknowledgements without blocking the event loop.
@@ -102,7 +114,12 @@ class Producer(Closeable, Generic[E]):
         """
         self._check_usable()
         _check_timeout(timeout)
-        return await self._backend.produce_async(events, asyncio.get_running_loop(), timeout)
+        loop = asyncio.get_running_loop()
+        telemetry = self._telemetry
+        if telemetry is None:
+            return await self._backend.produce_async(events, loop, timeout)
+        with telemetry.send(self._topic, len(events)) as headers:
+            return await self._backend.produce_async(events, loop, timeout, headers)
 
     def metrics(self) -> ProducerMetrics:
         """Counts and call durations since the producer was made: a snapshot. Thread-safe; no

@@ -105,7 +105,9 @@ class Topic(Closeable, Generic[E]):
             health=health,
             statistics=report,
         )
-        producer: Producer[E] = Producer(self._backend.new_producer(spec), self.name, health)
+        producer: Producer[E] = Producer(
+            self._backend.new_producer(spec), self.name, health, self.config.telemetry
+        )
         if report is not None:
             report.attach(producer, None)
         self._adopt(producer)
@@ -159,6 +161,7 @@ class Topic(Closeable, Generic[E]):
                 start_from_beginning=start_from_beginning,
                 timed=self.config.metrics_enabled,
                 statistics=report,
+                trace_headers=self.config.telemetry is not None,
             )
             consumer: Consumer[E] = Consumer(
                 self._backend.new_consumer(spec), self.config, health, membership

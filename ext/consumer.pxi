@@ -435,6 +435,7 @@ cdef class Consumer:
     cdef int64_t _handled               # events whose handler returned (poll thread writes)
     cdef bint _timed                    # time handlers and end-to-end latency (metrics=True)
     cdef object _statistics             # spec.statistics: the raw JSON's consumer, or None
+    cdef bint _trace_headers            # spec.trace_headers: metadata carries the trace context
     cdef Hist _handler_hist
     cdef Hist _e2e_hist
     cdef object _warning_hook           # self._on_librdkafka_warning (LogSink.on_warning)
@@ -502,6 +503,7 @@ cdef class Consumer:
         self._warning_hook = self._on_librdkafka_warning
         self._timed = bool(spec.timed)
         self._statistics = spec.statistics
+        self._trace_headers = bool(spec.trace_headers)
         self._st.incremental = props.get("group.protocol", "classic").lower() == "consumer"
         # Borrowed: the handle never outlives self (the poll thread holds a reference to self
         # and destroys the handle before it ends).
@@ -990,12 +992,24 @@ cdef class Consumer:
     cdef object _metadata(self, rd_kafka_message_t *m, ParsedHeaders *h, str topic):
         cdef rd_kafka_timestamp_type_t tstype
         cdef int64_t ts = rd_kafka_message_timestamp(m, &tstype)
+        cdef rd_kafka_headers_t *hdrs = NULL
+        cdef const void *v
+        cdef size_t n
         key = (PyBytes_FromStringAndSize(<const char *>m.key, m.key_len)
                if m.key != NULL else None)
+        source = _header_text(h.has_source, h.source, h.source_len)
+        event_id = _header_text(h.has_id, h.event_id, h.event_id_len)
+        if not self._trace_headers:
+            return self._metadata_factory(topic, m.partition, m.offset, key, ts, source, event_id)
+        # TopicConfig.telemetry: the W3C trace context too (last occurrence, as every header).
+        traceparent = tracestate = None
+        if rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR and hdrs != NULL:
+            if rd_kafka_header_get_last(hdrs, b"traceparent", &v, &n) == 0:
+                traceparent = _header_text(True, v, n)
+            if rd_kafka_header_get_last(hdrs, b"tracestate", &v, &n) == 0:
+                tracestate = _header_text(True, v, n)
         return self._metadata_factory(
-            topic, m.partition, m.offset, key, ts,
-            _header_text(h.has_source, h.source, h.source_len),
-            _header_text(h.has_id, h.event_id, h.event_id_len),
+            topic, m.partition, m.offset, key, ts, source, event_id, traceparent, tracestate
         )
 
     cdef inline void _store(self, rd_kafka_message_t *m) noexcept:

@@ -39,6 +39,7 @@ cdef enum:
     REASON_SIZE = 256
     ID_PREFIX_SIZE = 64
     N_HEADERS = 6
+    MAX_CALL_HEADERS = 4                # headers a Telemetry adds to every event of a call
 
 cdef int64_t _NO_DEADLINE = 0x7FFFFFFFFFFFFFFF
 
@@ -156,6 +157,18 @@ cdef struct HeaderSpec:
     ssize_t vlen_ct, vlen_spec, vlen_source, vlen_type
 
 
+# Headers whose values change per call: ce_time, and what a Telemetry adds (a trace context).
+# The pointers point into bytes objects held by the call's _Batch.
+cdef struct CallHeaders:
+    const char *time
+    ssize_t time_len
+    int n_extra
+    const char *names[MAX_CALL_HEADERS]
+    ssize_t name_lens[MAX_CALL_HEADERS]
+    const char *values[MAX_CALL_HEADERS]
+    ssize_t value_lens[MAX_CALL_HEADERS]
+
+
 cdef struct OutMsg:
     const char *value
     size_t value_len
@@ -167,12 +180,12 @@ cdef struct OutMsg:
 cdef class _Batch:
     """One call's serialized events: `msgs` points into the bytes objects in `keep`, which this
     object holds; valid while it lives (the call's frame). librdkafka copies what it keeps.
-    `time` is the call's ce_time (formatted once per call)."""
+    `call` holds the call's ce_time (formatted once per call) and extra headers."""
 
     cdef OutMsg *msgs
     cdef Py_ssize_t n
     cdef list keep
-    cdef bytes time                 # ce_time of every event of the call
+    cdef CallHeaders call           # ce_time and extra headers of every event of the call
 
     def __dealloc__(self):
         free(self.msgs)
@@ -780,7 +793,7 @@ cdef class Producer:
             pthread_join(st.thread, NULL)
         st.thread_started = 0
 
-    cdef _Batch _prepare(self, list evs, Py_ssize_t n):
+    cdef _Batch _prepare(self, list evs, Py_ssize_t n, object headers):
         """Type-check, then serialize values and keys of the whole call, before anything is
         enqueued."""
         cdef Py_ssize_t i, size
@@ -793,7 +806,23 @@ cdef class Producer:
                 raise _errors.event_type_error(i, type(evs[i]), etype, self._type_name)
         batch = _Batch.__new__(_Batch)
         batch.keep = []
-        batch.time = _wire.timestamp()
+        stamp = _wire.timestamp()
+        batch.keep.append(stamp)
+        batch.call.time = stamp
+        batch.call.time_len = len(stamp)
+        batch.call.n_extra = 0
+        for name, value in headers:
+            if batch.call.n_extra == MAX_CALL_HEADERS:
+                raise ValueError(f"at most {MAX_CALL_HEADERS} telemetry headers per call")
+            bname = name.encode()
+            bvalue = bytes(value)
+            batch.keep.append(bname)
+            batch.keep.append(bvalue)
+            batch.call.names[batch.call.n_extra] = bname
+            batch.call.name_lens[batch.call.n_extra] = len(bname)
+            batch.call.values[batch.call.n_extra] = bvalue
+            batch.call.value_lens[batch.call.n_extra] = len(bvalue)
+            batch.call.n_extra += 1
         batch.msgs = msgs = <OutMsg *>malloc(n * sizeof(OutMsg))
         if msgs == NULL:
             raise MemoryError()
@@ -841,7 +870,7 @@ cdef class Producer:
                 raise _errors.key_type_error(i, self._type_name, k)
         return batch
 
-    cdef Py_ssize_t _enqueue(self, OutMsg *msgs, const char *time, ssize_t time_len, Tracker *t,
+    cdef Py_ssize_t _enqueue(self, OutMsg *msgs, const CallHeaders *call, Tracker *t,
                              uint64_t id_base, int64_t slice_end, int *err_out) noexcept nogil:
         """Enqueue events t.enqueued..total-1, counting each in t.enqueued. Returns t.enqueued;
         *err_out is then 0 (all enqueued), QUEUE_FULL (still full at slice_end: retry after a
@@ -856,6 +885,7 @@ cdef class Producer:
         cdef char idbuf[ID_PREFIX_SIZE + 24]
         cdef size_t idlen
         cdef Py_ssize_t i
+        cdef int x
         cdef HeaderSpec *hs = &self._hs
 
         err_out[0] = 0
@@ -873,14 +903,17 @@ cdef class Producer:
             if code != 0:
                 err_out[0] = code
                 return i
-            hdrs = rd_kafka_headers_new(N_HEADERS)
+            hdrs = rd_kafka_headers_new(N_HEADERS + call.n_extra)
             rd_kafka_header_add(hdrs, hs.n_ct, hs.nlen_ct, hs.v_ct, hs.vlen_ct)
             rd_kafka_header_add(hdrs, hs.n_spec, hs.nlen_spec, hs.v_spec, hs.vlen_spec)
             idlen = esk_format_id(idbuf, st.id_prefix, st.id_prefix_len, id_base + <uint64_t>i + 1)
             rd_kafka_header_add(hdrs, hs.n_id, hs.nlen_id, idbuf, <ssize_t>idlen)
             rd_kafka_header_add(hdrs, hs.n_source, hs.nlen_source, hs.v_source, hs.vlen_source)
             rd_kafka_header_add(hdrs, hs.n_type, hs.nlen_type, hs.v_type, hs.vlen_type)
-            rd_kafka_header_add(hdrs, hs.n_time, hs.nlen_time, time, time_len)
+            rd_kafka_header_add(hdrs, hs.n_time, hs.nlen_time, call.time, call.time_len)
+            for x in range(call.n_extra):
+                rd_kafka_header_add(hdrs, call.names[x], call.name_lens[x], call.values[x],
+                                    call.value_lens[x])
             vus[1].u.ptr = &t.slots[i]
             vus[3].u.mem.ptr = <void *>msgs[i].value
             vus[3].u.mem.size = msgs[i].value_len
@@ -917,13 +950,11 @@ cdef class Producer:
         cdef int err = 0
         cdef int64_t slice_end
         cdef uint64_t id_base = <uint64_t>esk_fetch_add_u64(&self._st.counter, <uint64_t>t.total)
-        cdef const char *time = batch.time
-        cdef ssize_t time_len = len(batch.time)
         t.id_base = id_base
         while True:
             slice_end = min(esk_now_ns() + WAIT_SLICE_NS, deadline)
             with nogil:
-                self._enqueue(batch.msgs, time, time_len, t, id_base, slice_end, &err)
+                self._enqueue(batch.msgs, &batch.call, t, id_base, slice_end, &err)
             if err == 0:
                 return 0
             if err == RD_KAFKA_RESP_ERR__QUEUE_FULL:
@@ -941,8 +972,9 @@ cdef class Producer:
 
     # -- the Backend protocol --
 
-    def produce(self, events, timeout):
-        """Serialize, enqueue and wait for every event of this call to be acknowledged."""
+    def produce(self, events, timeout, headers=()):
+        """Serialize, enqueue and wait for every event of this call to be acknowledged;
+        `headers` go on every event of the call."""
         cdef list evs = events if type(events) is list else list(events)
         cdef Py_ssize_t n = len(evs)
         cdef Tracker *t
@@ -952,7 +984,7 @@ cdef class Producer:
         if n == 0:
             return _Deliveries.empty()
         self._ensure_alive()
-        batch = self._prepare(evs, n)
+        batch = self._prepare(evs, n, headers)
         deadline = _deadline_after(timeout)
         self._enter(n)
         t = NULL
@@ -993,7 +1025,7 @@ cdef class Producer:
                 _tracker_release(t)     # the caller's reference
             self._exit()
 
-    def produce_async(self, events, loop, timeout=None):
+    def produce_async(self, events, loop, timeout=None, headers=()):
         """Enqueue like produce() and return a future of `loop`, resolved on `loop` when every
         event of the call is acknowledged, or failed with the same errors, including
         produce_timeout_error() when `timeout` passes first. Called on `loop`'s thread."""
@@ -1008,7 +1040,7 @@ cdef class Producer:
         if n == 0:
             fut.set_result(_Deliveries.empty())
             return fut
-        batch = self._prepare(evs, n)
+        batch = self._prepare(evs, n, headers)
         deadline = _deadline_after(timeout)
         self._enter(n)
         t = NULL

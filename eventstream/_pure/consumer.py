@@ -423,6 +423,7 @@ class PureConsumer:
             self._record_error(err)
             return None
         ce_type = content_type = source = event_id = legacy_source = None
+        traceparent = tracestate = None
         # Received headers are always a list of (name, bytes or None); the stubs allow more.
         headers = cast("list[tuple[str, bytes | None]] | None", msg.headers())
         has_type = has_ct = False
@@ -438,6 +439,10 @@ class PureConsumer:
                     content_type, has_ct = value, True
                 elif name == _LEGACY_SOURCE:
                     legacy_source = value
+                elif name == "traceparent":
+                    traceparent = value
+                elif name == "tracestate":
+                    tracestate = value
         if (
             has_ct
             and content_type != wire.CONTENT_TYPE
@@ -457,12 +462,18 @@ class PureConsumer:
             return None
         if source is None:
             source = legacy_source
-        return event, (
+        extras: tuple[Any, ...] = (
             msg.key(),
             msg.timestamp()[1],
             None if source is None else source.decode(errors="replace"),
             None if event_id is None else event_id.decode(errors="replace"),
         )
+        if self._spec.trace_headers:  # TopicConfig.telemetry: the W3C trace context too
+            extras += (
+                None if traceparent is None else traceparent.decode(errors="replace"),
+                None if tracestate is None else tracestate.decode(errors="replace"),
+            )
+        return event, extras
 
     def _skip(self, msg: confluent_kafka.Message, reason: SkipReason, detail: str) -> None:
         failures = self._failures
@@ -475,10 +486,7 @@ class PureConsumer:
         )
 
     def _metadata(self, msg: confluent_kafka.Message, extras: Any) -> Any:
-        key, timestamp, source, event_id = extras
-        return self._spec.metadata_factory(
-            msg.topic(), msg.partition(), msg.offset(), key, timestamp, source, event_id
-        )
+        return self._spec.metadata_factory(msg.topic(), msg.partition(), msg.offset(), *extras)
 
     def _handle(
         self,

@@ -346,7 +346,13 @@ class PureProducer:
                 cause=failure,
             )
 
-    def _enqueue(self, records: list[Record], tracker: _Tracker, deadline: float | None) -> bool:
+    def _enqueue(
+        self,
+        records: list[Record],
+        tracker: _Tracker,
+        deadline: float | None,
+        extra: Sequence[tuple[str, bytes]] = (),
+    ) -> bool:
         """Hand every record to librdkafka, counting each in ``tracker.enqueued``. Returns True if
         librdkafka's queue stayed full until ``deadline`` (the rest is then not sent: the caller
         reports a timeout); a hard error counts the rest as failed."""
@@ -371,6 +377,7 @@ class PureProducer:
                 *static,
                 (wire.HEADER_ID, f"{prefix}{tracker.first_id + index}".encode()),
                 call_time,
+                *extra,
             ]
             while True:
                 try:
@@ -393,7 +400,12 @@ class PureProducer:
             tracker.enqueued += 1
         return False
 
-    def produce(self, events: Sequence[Message], timeout: float | None) -> Deliveries:
+    def produce(
+        self,
+        events: Sequence[Message],
+        timeout: float | None,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> Deliveries:
         if not events:
             return Deliveries.empty()
         records = prepare_records(self._spec, events)
@@ -402,7 +414,7 @@ class PureProducer:
         deadline = None if timeout is None else time.monotonic() + timeout
         timed_out = False
         try:
-            timed_out = self._enqueue(records, tracker, deadline)
+            timed_out = self._enqueue(records, tracker, deadline, headers)
         finally:
             not_sent = tracker.total - tracker.enqueued
             tracker.hand_over()
@@ -462,7 +474,11 @@ class PureProducer:
             )
 
     def produce_async(
-        self, events: Sequence[Message], loop: asyncio.AbstractEventLoop, timeout: float | None
+        self,
+        events: Sequence[Message],
+        loop: asyncio.AbstractEventLoop,
+        timeout: float | None,
+        headers: Sequence[tuple[str, bytes]] = (),
     ) -> asyncio.Future[Deliveries]:
         future: asyncio.Future[Deliveries] = loop.create_future()
         if not events:
@@ -501,7 +517,7 @@ class PureProducer:
         # Counted before the guard goes (on_done uncounts it), once every event is enqueued (the
         # poll thread would flush earlier events before the rest are gathered).
         try:
-            timed_out = self._enqueue(records, tracker, deadline)
+            timed_out = self._enqueue(records, tracker, deadline, headers)
         except BaseException:
             tracker.on_done = None  # no future is returned: nothing to settle or count
             tracker.hand_over()
