@@ -7,10 +7,21 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-ORDER = ("c", "compiled", "pure", "confluent", "aiokafka", "kafka-python")
+ORDER = (
+    "c",
+    "compiled",
+    "compiled-metrics",
+    "compiled-otel",
+    "pure",
+    "confluent",
+    "aiokafka",
+    "kafka-python",
+)
 COLORS = {
     "c": "#7f7f7f",
     "compiled": "#d62728",
+    "compiled-metrics": "#e377c2",
+    "compiled-otel": "#8c564b",
     "pure": "#ff9896",
     "confluent": "#1f77b4",
     "aiokafka": "#2ca02c",
@@ -197,6 +208,12 @@ def context(results: dict[str, Any]) -> list[dict[str, Any]]:
                     "scenario": scenario,
                     "case": case_label(size, parts),
                     "rate compiled/pure": ratio(rates, key, "compiled", "pure"),
+                    "CPU per event with metrics / without": ratio(
+                        cpu, key, "compiled-metrics", "compiled"
+                    ),
+                    "CPU per event with OpenTelemetry / without": ratio(
+                        cpu, key, "compiled-otel", "compiled"
+                    ),
                     "CPU per event confluent/compiled": ratio(cpu, key, "confluent", "compiled"),
                     "CPU per event compiled/c": ratio(cpu, key, "compiled", "c"),
                 }

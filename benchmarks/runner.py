@@ -34,6 +34,8 @@ DEFAULT_OUT = HERE / "results"
 CONTENDERS: dict[str, str] = {
     "c": "C over librdkafka",
     "compiled": "eventstream compiled",
+    "compiled-metrics": "eventstream compiled, metrics=True",
+    "compiled-otel": "eventstream compiled, OpenTelemetry",
     "pure": "eventstream pure",
     "confluent": "confluent-kafka typed loop",
     "aiokafka": "aiokafka",
@@ -41,8 +43,14 @@ CONTENDERS: dict[str, str] = {
 }
 SCENARIOS = ("produce", "consume", "latency", "e2e", "restart")
 NATIVE = ("c",)
-# Contenders measured in some scenarios only (none at present).
-ONLY_IN: dict[str, tuple[str, ...]] = {}
+# Contenders measured in some scenarios only: what metrics and tracing cost is a throughput
+# question.
+ONLY_IN: dict[str, tuple[str, ...]] = {
+    "compiled-metrics": ("produce", "consume"),
+    "compiled-otel": ("produce", "consume"),
+}
+#: eventstream's contenders (public API, one backend per process).
+EVENTSTREAM = ("compiled", "compiled-metrics", "compiled-otel", "pure")
 # Scenarios that measure some contenders only: a restart is about eventstream's group
 # membership (static by default), which the peers leave to their users.
 SCENARIO_CONTENDERS: dict[str, tuple[str, ...]] = {"restart": ("compiled", "pure")}
@@ -698,7 +706,7 @@ class Runner:
                 consumer = self.procs.start(contender, "e2e-consume", spec, bar)
                 try:
                     group = spec["group"]
-                    if contender in ("compiled", "pure"):
+                    if contender in EVENTSTREAM:
                         group = f"{topic}::{group}"  # eventstream's per-instance group
                     self.admin.wait_assigned(group, topic, case.partitions, consumer)
                     producer = self.procs.start(contender, "e2e-produce", spec, None)

@@ -18,6 +18,8 @@ from benchmarks import common
 
 MODULES = {
     "compiled": "benchmarks.clients.eventstream_client",
+    "compiled-metrics": "benchmarks.clients.eventstream_client",
+    "compiled-otel": "benchmarks.clients.eventstream_client",
     "pure": "benchmarks.clients.eventstream_client",
     "confluent": "benchmarks.clients.confluent_client",
     "aiokafka": "benchmarks.clients.aiokafka_client",
@@ -39,10 +41,10 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     spec = json.loads(argv[0])
-    if spec["contender"] in ("compiled", "pure"):
+    if spec["contender"] in MODULES and MODULES[spec["contender"]].endswith("eventstream_client"):
         import eventstream
 
-        want = spec["contender"]
+        want = spec["contender"].partition("-")[0]
         if eventstream.backend() != want:
             print(
                 f"worker: wanted the {want} backend, got {eventstream.backend()}", file=sys.stderr

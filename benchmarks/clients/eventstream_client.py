@@ -13,10 +13,40 @@ from benchmarks import common, payload, scenarios
 def _topic(spec: dict[str, Any], instance_id: str, **fields: Any) -> Any:
     from eventstream import TopicConfig, new_topic
 
+    variant = spec.get("contender", "compiled")
+    if variant == "compiled-metrics":
+        fields["metrics"] = True  # handler and end-to-end timing, the lag
+    elif variant == "compiled-otel":
+        fields["telemetry"] = _open_telemetry()
     config = TopicConfig(
         brokers=spec["brokers"], topic=spec["topic"], instance_id=instance_id, **fields
     )
     return new_topic(payload.event_class(), config)
+
+
+def _open_telemetry() -> Any:
+    """eventstream.otel with OpenTelemetry's SDK as an application would set it up: spans go
+    through a BatchSpanProcessor (to an exporter that drops them: exporting is not eventstream's
+    cost), metrics to a reader."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+
+    from eventstream.otel import OpenTelemetry
+
+    class Drop(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(Drop()))
+    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    return OpenTelemetry(tracer_provider, meter_provider)
 
 
 def describe(spec: dict[str, Any]) -> dict[str, Any]:
