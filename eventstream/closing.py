@@ -7,12 +7,31 @@ import asyncio
 from types import TracebackType
 from typing import Self
 
+from eventstream import forks
+from eventstream.errors import ClosedError
+
 __all__ = ["Closeable"]
 
 
 class Closeable:
     def close(self) -> None:
         raise NotImplementedError
+
+    # Producer and Consumer: made in this process (forks.generation()) and not closed.
+    _generation: int
+    _closed: bool
+    _topic: str
+
+    def _check_usable(self) -> None:
+        """Raise ClosedError if closed, or if made in the parent of this forked process."""
+        what = f"the {type(self).__name__.lower()} of {self._topic!r}"
+        if self._generation != forks.generation():
+            raise ClosedError(
+                f"{what} was created in the parent of this forked process; librdkafka clients "
+                "cannot cross fork(): create a new Topic here"
+            )
+        if self._closed:
+            raise ClosedError(f"{what} is closed")
 
     async def aclose(self) -> None:
         """:meth:`close` without blocking the event loop."""

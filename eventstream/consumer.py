@@ -108,15 +108,6 @@ class Consumer(Closeable, Generic[E]):
         was made with ``shared=True``."""
         return None if self._membership is None else self._membership.group_instance_id
 
-    def _check_usable(self) -> None:
-        if self._generation != forks.generation():
-            raise ClosedError(
-                f"the consumer of {self._topic!r} was created in the parent of this forked "
-                "process; librdkafka clients cannot cross fork(): create a new Topic here"
-            )
-        if self._closed:
-            raise ClosedError(f"the consumer of {self._topic!r} is closed")
-
     @overload
     def consume(
         self,

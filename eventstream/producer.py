@@ -13,7 +13,7 @@ from eventstream import forks
 from eventstream.backend import ProducerBackend
 from eventstream.closing import Closeable
 from eventstream.deliveries import Deliveries
-from eventstream.errors import ClosedError, ConfigError
+from eventstream.errors import ConfigError
 from eventstream.health import Health
 from eventstream.metrics import ProducerMetrics
 from eventstream.status import ClientStatus
@@ -68,15 +68,6 @@ class Producer(Closeable, Generic[E]):
         """The producer's state (``connecting``, ``ready``, ``disconnected``, ``failed``,
         ``closed``), its latest error and since when. Thread-safe; no network call."""
         return self._health.status
-
-    def _check_usable(self) -> None:
-        if self._generation != forks.generation():
-            raise ClosedError(
-                f"the producer of {self._topic!r} was created in the parent of this forked "
-                "process; librdkafka clients cannot cross fork(): create a new Topic here"
-            )
-        if self._closed:
-            raise ClosedError(f"the producer of {self._topic!r} is closed")
 
     def produce(self, *events: E, timeout: float | None = None) -> Deliveries:
         """Publish ``events`` and block until the broker acknowledged every one (acks=all);

@@ -6,14 +6,15 @@ asked for: otherwise librdkafka's statistics are only scanned (in C) for the con
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from eventstream.config import TopicConfig
-from eventstream.health import notify
+from eventstream.health import Health, notify
 
-__all__ = ["Reporter", "reporter"]
+__all__ = ["Reporter", "reporter", "statistics_tick"]
 
 
 class _Client(Protocol):
@@ -52,3 +53,17 @@ def reporter(config: TopicConfig) -> Reporter | None:
     if config.metrics_enabled or config.on_statistics is not None:
         return Reporter(config)
     return None
+
+
+def statistics_tick(
+    raw: str, health: Health, statistics: Callable[[str], None] | None, logger: logging.Logger
+) -> None:
+    """A confluent-kafka client's ``stats_cb`` (the pure-Python backend): the connection state
+    (``"state":"UP"`` is how librdkafka's statistics spell a broker that is up), then whoever
+    wants the statistics themselves (the compiled backend does the same in C)."""
+    health.tick('"state":"UP"' in raw)
+    if statistics is not None:
+        try:
+            statistics(raw)
+        except Exception as exc:
+            logger.error("could not use librdkafka's statistics", exc_info=exc)

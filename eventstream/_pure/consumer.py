@@ -24,6 +24,7 @@ from eventstream.failures import Failures, RawRecord
 from eventstream.librdkafka_log import ClientLog
 from eventstream.metrics import Histogram, LatencyRecorder
 from eventstream.partitions import PartitionChange
+from eventstream.reporting import statistics_tick
 from eventstream.skips import SkipReason
 
 __all__ = ["PureConsumer"]
@@ -333,12 +334,7 @@ class PureConsumer:
         return self._health.client_error(code, name, reason, fatal=fatal)
 
     def _on_stats(self, stats: str) -> None:
-        self._health.tick('"state":"UP"' in stats)
-        if self._spec.statistics is not None:  # someone wants the statistics themselves
-            try:
-                self._spec.statistics(stats)
-            except Exception as exc:
-                self._spec.logger.error("could not use librdkafka's statistics", exc_info=exc)
+        statistics_tick(stats, self._health, self._spec.statistics, self._spec.logger)
 
     def _on_librdkafka_warning(self, facility: str, text: str) -> None:
         """A fetch position out of the log is a gap (librdkafka resets it and says so)."""

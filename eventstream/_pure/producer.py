@@ -31,6 +31,7 @@ from eventstream.errors import (
 )
 from eventstream.librdkafka_log import ClientLog
 from eventstream.metrics import LatencyRecorder, ProducerMetrics
+from eventstream.reporting import statistics_tick
 
 __all__ = ["PureProducer", "prepare_records"]
 
@@ -270,12 +271,7 @@ class PureProducer:
             self._fail_queued(failure.code, failure.name)
 
     def _on_stats(self, stats: str) -> None:
-        self._health.tick('"state":"UP"' in stats)
-        if self._spec.statistics is not None:  # someone wants the statistics themselves
-            try:
-                self._spec.statistics(stats)
-            except Exception as exc:
-                self._spec.logger.error("could not use librdkafka's statistics", exc_info=exc)
+        statistics_tick(stats, self._health, self._spec.statistics, self._spec.logger)
 
     def _fail_queued(self, code: int, name: str) -> None:
         """New enqueues fail with ``code``, and what is queued fails now (its delivery reports
