@@ -273,6 +273,10 @@ class TopicConfig:
                 # waits out the linger.
                 "linger.ms": "5",
                 "message.timeout.ms": str(max(1, round(self.delivery_timeout * 1000))),
+                # The Java client's partitioner (murmur2 of the key): a key lands on the same
+                # partition whichever client produced it, and an empty key is a key (librdkafka's
+                # default, consistent_random, scatters empty keys).
+                "partitioner": "murmur2_random",
             }
         )
         conf.update(_strings(self.client_properties))

@@ -181,3 +181,45 @@ def test_a_bad_key_is_a_serialization_error_naming_the_event_and_nothing_is_sent
     assert "event 3 of the call" in str(info.value) and "nothing was sent" in str(info.value)
     assert producer.status.state == "connecting"  # no client was even made
     producer.close()
+
+
+def test_keys_land_where_the_java_client_puts_them_and_an_empty_key_is_a_key(
+    make_topic, collector: Collector
+) -> None:
+    """murmur2 (Kafka's Java partitioner): the same key always lands on the same partition,
+    including the empty key (librdkafka's default partitioner would scatter it)."""
+    topic = make_topic(partitions=3)
+    keys = [""] * 12 + ["k0"] * 4 + ["k1"] * 4
+    with topic.new_producer(key=lambda e: e.key) as producer:
+        deliveries = producer.produce(*(Invalidate(key=k, seq=i) for i, k in enumerate(keys)))
+    by_key: dict[str, set[int]] = {}
+    for delivery, key in zip(deliveries, keys, strict=True):
+        by_key.setdefault(key, set()).add(delivery.partition)
+    assert all(len(partitions) == 1 for partitions in by_key.values()), by_key
+    # Kafka's murmur2 of b"k0" and b"k1" on 3 partitions (the Java client's placement).
+    assert by_key["k0"] == {_java_partition(b"k0", 3)}
+    assert by_key["k1"] == {_java_partition(b"k1", 3)}
+
+
+def _java_partition(key: bytes, partitions: int) -> int:
+    """org.apache.kafka.common.utils.Utils.murmur2, then toPositive(...) % partitions."""
+    m, r = 0x5BD1E995, 24
+    h = (0x9747B28C ^ len(key)) & 0xFFFFFFFF
+    for i in range(0, len(key) - len(key) % 4, 4):
+        k = int.from_bytes(key[i : i + 4], "little")
+        k = (k * m) & 0xFFFFFFFF
+        k ^= k >> r
+        k = (k * m) & 0xFFFFFFFF
+        h = ((h * m) & 0xFFFFFFFF) ^ k
+    tail = key[len(key) - len(key) % 4 :]
+    if len(tail) >= 3:
+        h ^= tail[2] << 16
+    if len(tail) >= 2:
+        h ^= tail[1] << 8
+    if tail:
+        h ^= tail[0]
+        h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 15
+    return (h & 0x7FFFFFFF) % partitions

@@ -197,9 +197,13 @@ class PureProducer:
         self._calls = self._events = self._acked = self._failed = self._in_doubt = 0
         self._call_time = LatencyRecorder()
         self._id_prefix = wire.new_producer_id() + "-"
-        self._static_headers: list[tuple[str, str | bytes | None]] = [
+        # In the compiled backend's order: content-type, ce_specversion, ce_id, ce_source,
+        # ce_type, ce_time (then a Telemetry's headers).
+        self._leading_headers: list[tuple[str, str | bytes | None]] = [
             (wire.HEADER_CONTENT_TYPE, wire.CONTENT_TYPE),
             (wire.HEADER_SPECVERSION, wire.SPECVERSION),
+        ]
+        self._trailing_headers: list[tuple[str, str | bytes | None]] = [
             (wire.HEADER_SOURCE, spec.source.encode()),
             (wire.HEADER_TYPE, spec.type_name.encode()),
         ]
@@ -354,7 +358,7 @@ class PureProducer:
         reports a timeout); a hard error counts the rest as failed."""
         client = self._started()
         topic = self._spec.topic
-        static = self._static_headers
+        leading, trailing = self._leading_headers, self._trailing_headers
         prefix = self._id_prefix
         with self._lock:  # one block of ce_id sequence numbers per call, as the compiled backend
             tracker.first_id = next(self._ids)
@@ -370,8 +374,9 @@ class PureProducer:
                 tracker.enqueued = tracker.total
                 return False
             headers: list[tuple[str, str | bytes | None]] = [
-                *static,
+                *leading,
                 (wire.HEADER_ID, f"{prefix}{tracker.first_id + index}".encode()),
+                *trailing,
                 call_time,
                 *extra,
             ]
