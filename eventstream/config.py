@@ -49,6 +49,16 @@ _PROMISES = {
 
 PropertyValue = str | int | float | bool
 
+# confluent-kafka's callback "properties", and what takes their place.
+_CALLBACKS = {
+    "error_cb": "TopicConfig(on_error=...)",
+    "stats_cb": "TopicConfig(on_statistics=...) (and statistics.interval.ms)",
+    "throttle_cb": "TopicConfig(on_statistics=...): throttling is in the statistics",
+    "logger": "TopicConfig(logger=...)",
+    "on_delivery": "the Deliveries that produce() returns",
+    "oauth_cb": "nothing yet: OAUTHBEARER token refresh is not supported",
+}
+
 #: Where a property came from, in the order a later one wins.
 PropertyField = Literal["client_properties", "producer_properties", "consumer_properties"]
 
@@ -69,6 +79,12 @@ def _property_map(field_name: str, value: object) -> Mapping[str, str]:
             text = "true" if raw else "false"
         elif isinstance(raw, str | int | float):
             text = str(raw)
+        elif callable(raw) or name in _CALLBACKS:
+            instead = _CALLBACKS.get(name, "TopicConfig's on_error, on_statistics or on_metrics")
+            raise ConfigError(
+                f"{field_name}[{name!r}]",
+                f"librdkafka callbacks are not properties here: use {instead}",
+            )
         else:
             raise ConfigError(
                 f"{field_name}[{name!r}]", f"must be a str, int, float or bool, got {raw!r}"

@@ -242,3 +242,14 @@ def test_every_misuse_of_the_public_api_is_an_eventstream_error() -> None:
     with pytest.raises(WaitTimeoutError) as waited:
         EventRecorder[Invalidate]().wait_for(1, timeout=0.01)
     assert isinstance(waited.value, TimeoutError) and isinstance(waited.value, EventStreamError)
+
+
+@pytest.mark.parametrize(
+    ("name", "instead"),
+    [("stats_cb", "on_statistics"), ("error_cb", "on_error"), ("oauth_cb", "not supported")],
+)
+def test_callback_properties_say_what_takes_their_place(name: str, instead: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config(client_properties={name: print})
+    assert info.value.field == f"client_properties[{name!r}]"
+    assert instead in str(info.value)
