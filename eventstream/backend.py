@@ -108,12 +108,15 @@ class Dispatch:
     """How the consumer backend hands events to the application.
 
     ``mode == "event"``: ``handler(event)``, or ``handler(event, metadata)`` when ``with_metadata``,
-    once per event on the poll thread. An exception from the handler is logged by the backend with
-    the event's coordinates (``logger.error(..., exc_info=...)``) and the offset is still stored.
+    once per event on the poll thread. An ``Exception`` from the handler is retried as
+    ``failures`` says, then handed to ``failures.gave_up`` (logged summarized, dead-lettered), and
+    the offset is still stored. Records that cannot reach the handler go to ``failures.skip``.
 
     ``mode == "batch"``: ``handler(events, metadatas)`` once per polled batch, in partition order;
-    ``metadatas`` is always given. The handler deals with per-event failures itself; an exception
-    escaping it is logged and the batch's offsets are stored anyway (never stall a partition).
+    ``metadatas`` is always given. The handler retries per event itself and returns the events
+    that still failed as ``(index, exception, attempts)`` (the backend hands each to
+    ``failures.gave_up``); an exception escaping it is logged and the batch's offsets are stored
+    anyway (never stall a partition).
 
     In both modes the offset of an event is stored only after the handler returned for it.
     A ``BaseException`` that is not an ``Exception`` (KeyboardInterrupt, SystemExit, or
