@@ -1,8 +1,8 @@
 """Records a consumer did not hand to its handler, logged without flooding: :class:`SkipLog`.
 
 A topic that carries 1,000 records of a foreign type must not produce 1,000 warnings. The first
-few skips are logged one by one, with their coordinates; after that they are counted, and a
-summary line per interval says how many were skipped and why.
+few skips of each kind are logged one by one, with their coordinates; after that they are
+counted, and a summary line per interval says how many were skipped and why.
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ class SkipLog:
     ) -> None:
         self._topic = topic
         self._logger = logger
-        self._first = first  # logged one by one
+        self._first = first  # logged one by one, of each reason
         self._interval = interval
-        self._logged = 0
+        self._logged: Counter[str] = Counter()
         self._pending: Counter[str] = Counter()
         self._since = time.monotonic()
         self.total = 0
@@ -61,10 +61,10 @@ class SkipLog:
         """One record was not handled: ``detail`` says why; ``dead_letter_topic`` where it went."""
         self.total += 1
         where = f"; dead-lettered to {dead_letter_topic!r}" if dead_letter_topic else ""
-        if self._logged < self._first:
-            self._logged += 1
+        if self._logged[reason] < self._first:
+            self._logged[reason] += 1
             verb = "handler failed for" if reason == "handler" else "skipping"
-            more = "" if self._logged < self._first else " (from now on they are summarized)"
+            more = "" if self._logged[reason] < self._first else " (from now on summarized)"
             self._logger.log(
                 level,
                 "%s event at %s[%d]@%d: %s%s%s",
