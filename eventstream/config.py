@@ -67,7 +67,8 @@ def _property_map(field_name: str, value: object) -> Mapping[str, str]:
     if not isinstance(value, Mapping):
         raise ConfigError(field_name, f"must be a mapping of librdkafka properties, got {value!r}")
     out: dict[str, str] = {}
-    for name, raw in value.items():  # pyright: ignore[reportUnknownVariableType]
+    items: Mapping[object, object] = value  # pyright: ignore[reportUnknownVariableType]
+    for name, raw in items.items():
         if not isinstance(name, str) or not name:
             raise ConfigError(field_name, f"property names must be non-empty strings, got {name!r}")
         if name in RESERVED_PROPERTIES:
