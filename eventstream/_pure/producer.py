@@ -44,6 +44,7 @@ _POLL_SLICE = 0.1
 _DESTROY = -197  # librdkafka's _DESTROY: what events enqueued after close fail with
 
 Record = tuple[bytes, bytes | None]
+_UNREPORTED = -2  # a partition number no delivery report gives
 
 
 def prepare_records(spec: ProducerSpec, events: Sequence[Message]) -> list[Record]:
@@ -74,11 +75,15 @@ def prepare_records(spec: ProducerSpec, events: Sequence[Message]) -> list[Recor
 
 class _Tracker:
     """Delivery state of one produce call. Delivery callbacks run on whichever thread serves
-    librdkafka (the poll thread, or a caller flushing). Like the compiled backend's: ``remaining``
-    holds one guard for the enqueuing caller until :meth:`hand_over`."""
+    librdkafka (the poll thread, or callers flushing), possibly on several at once. The call is
+    finished by whoever draws number ``total + 1`` from ``_settled``: each delivery report draws
+    one, :meth:`hand_over` draws the rest at once (one per event never enqueued, one for the
+    enqueuing caller's guard). Drawing is one C call, atomic under the GIL, so exactly one
+    drawer finishes the call, and no lock is taken per event."""
 
     __slots__ = (
         "_lock",
+        "_settled",
         "done",
         "enqueued",
         "failed",
@@ -89,7 +94,6 @@ class _Tracker:
         "offsets",
         "on_done",
         "partitions",
-        "remaining",
         "started",
         "total",
     )
@@ -97,32 +101,33 @@ class _Tracker:
     def __init__(self, total: int) -> None:
         self.total = total
         self.started = time.monotonic_ns()
-        self.partitions = array("i", bytes(4 * total))
+        self.partitions = array("i", [_UNREPORTED]) * total
         self.offsets = array("q", [-1001]) * total  # RD_KAFKA_OFFSET_INVALID until reported
         self.first_id = 0
-        self.remaining = total + 1
+        self._settled = itertools.count(1)
         self.enqueued = 0
         self.failed = 0
         self.in_doubt = 0
         self.first_error: tuple[int, str, str] | None = None
         self.fatal: confluent_kafka.KafkaError | None = None  # a fatal delivery error, if any
         self.done = threading.Event()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # failures only
         self.on_done: Callable[[], None] | None = None
 
     def report(
         self, index: int, err: confluent_kafka.KafkaError | None, msg: confluent_kafka.Message
     ) -> None:
-        partition = msg.partition()
-        self.partitions[index] = -1 if partition is None else partition
-        if err is not None:
+        if err is None:
+            partition, offset = msg.partition(), msg.offset()
+            self.partitions[index] = -1 if partition is None else partition
+            self.offsets[index] = -1001 if offset is None else offset
+        else:
+            self.partitions[index] = -1
             if err.fatal():
                 self.fatal = err
             self.fail(err.code(), err.name(), err.str(), 1)
-        else:
-            offset = msg.offset()
-            self.offsets[index] = -1001 if offset is None else offset
-        self._count_down(1)
+        if next(self._settled) == self.total + 1:
+            self._finish()
 
     def deliveries(self, prefix: str) -> Deliveries:
         return Deliveries(self.partitions, self.offsets, prefix, self.first_id)
@@ -138,16 +143,20 @@ class _Tracker:
 
     def hand_over(self) -> None:
         """The caller is done enqueueing: never-enqueued events leave the count, the guard goes."""
-        self._count_down(self.total - self.enqueued + 1)
+        count = self.total - self.enqueued + 1
+        # Draws ``count`` consecutive numbers in one C call (islice over the count).
+        drawn_last = next(itertools.islice(self._settled, count - 1, count))
+        if drawn_last - count < self.total + 1 <= drawn_last:
+            self._finish()
 
-    def _count_down(self, count: int) -> None:
-        with self._lock:
-            self.remaining -= count
-            finished = self.remaining == 0
-        if finished:
-            self.done.set()
-            if self.on_done is not None:
-                self.on_done()
+    def pending(self) -> int:
+        """Events enqueued and not yet reported (for a timeout's message)."""
+        return max(0, self.partitions.count(_UNREPORTED) - (self.total - self.enqueued))
+
+    def _finish(self) -> None:
+        self.done.set()
+        if self.on_done is not None:
+            self.on_done()
 
     def error(self, topic: str, cause: BrokerError | None) -> ProduceError | None:
         first = self.first_error
@@ -364,7 +373,14 @@ class PureProducer:
             tracker.first_id = next(self._ids)
             self._ids = itertools.count(tracker.first_id + len(records))
         report = tracker.report
-        call_time = (wire.HEADER_TIME, wire.timestamp())
+        # The call's headers with a hole at 2 for each event's ce_id (one list copy an event).
+        template: list[tuple[str, str | bytes | None]] = [
+            *leading,
+            (wire.HEADER_ID, None),
+            *trailing,
+            (wire.HEADER_TIME, wire.timestamp()),
+            *extra,
+        ]
         for index, (value, key) in enumerate(records):
             refuse = self._refuse
             if refuse is not None:
@@ -373,13 +389,8 @@ class PureProducer:
                 )
                 tracker.enqueued = tracker.total
                 return False
-            headers: list[tuple[str, str | bytes | None]] = [
-                *leading,
-                (wire.HEADER_ID, f"{prefix}{tracker.first_id + index}".encode()),
-                *trailing,
-                call_time,
-                *extra,
-            ]
+            headers = template.copy()
+            headers[2] = (wire.HEADER_ID, f"{prefix}{tracker.first_id + index}".encode())
             while True:
                 try:
                     client.produce(
@@ -539,7 +550,7 @@ class PureProducer:
         self, tracker: _Tracker, timeout: float | None, not_sent: int
     ) -> ProduceError:
         return produce_timeout_error(
-            pending=max(0, tracker.remaining),
+            pending=tracker.pending(),
             not_sent=not_sent,
             total=tracker.total,
             topic=self._spec.topic,
