@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-# The wire format of eventstream (README "Wire format"): every contender sends these 5 headers.
+# The wire format of eventstream (README "Wire format"): every contender sends these 6 headers.
 CONTENT_TYPE = b"application/protobuf"
 SPECVERSION = b"1.0"
 TYPE_NAME = "eventstream.bench.BenchEvent"
@@ -213,6 +213,16 @@ def pace(rate: float, total: int, send: Callable[[int, int], None], progress: Pr
         calls += 1
         progress.update(sent)
     return calls
+
+
+def event_time() -> bytes:
+    """``ce_time`` as eventstream writes it (RFC 3339, UTC, milliseconds), made once per call."""
+    now = time.time()
+    whole = int(now)
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        + f".{int((now - whole) * 1000):03d}Z"
+    ).encode()
 
 
 def producer_id() -> str:

@@ -577,7 +577,7 @@ class Contenders:
                 "client": f"C program (benchmarks/native/esbench.c) over librdkafka {version}",
                 "producer": dict(producer) | {"(librdkafka defaults)": common.RDK_BATCH_DEFAULTS},
                 "consumer": dict(common.RDK_CONSUMER),
-                "produce call": "per event: rd_kafka_produceva (5 headers, pre-serialized "
+                "produce call": "per event: rd_kafka_produceva (6 headers, pre-serialized "
                 "payload, MSG_F_COPY); then rd_kafka_flush for the batch",
                 "consume": "rd_kafka_consumer_poll + ce_type lookup + offset_store_message "
                 "(no protobuf decoding)",

@@ -1,4 +1,4 @@
-"""aiokafka: ``send`` each event with the five headers, then await the batch's futures.
+"""aiokafka: ``send`` each event with the six headers, then await the batch's futures.
 Consume: ``getmany`` + ``ce_type`` lookup + ``FromString`` + handler (offsets auto-committed,
 aiokafka's default discipline)."""
 
@@ -52,6 +52,7 @@ class _Sender:
         send = self.client.send
         topic, prefix, ids = self.topic, self.prefix, self.ids
         source, type_name = self.source, self.type_name
+        event_time = common.event_time()
         futures = []
         for event in events:
             headers = [
@@ -60,6 +61,7 @@ class _Sender:
                 ("ce_id", f"{prefix}{next(ids)}".encode()),
                 ("ce_source", source),
                 ("ce_type", type_name),
+                ("ce_time", event_time),
             ]
             futures.append(await send(topic, event.SerializeToString(), headers=headers))
         await asyncio.gather(*futures)

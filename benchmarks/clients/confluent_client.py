@@ -1,6 +1,6 @@
 """The hand-written typed loop over confluent-kafka: what a careful user writes without eventstream.
 
-Produce: ``SerializeToString``, ``produce`` with eventstream's five CloudEvents headers and an
+Produce: ``SerializeToString``, ``produce`` with eventstream's six CloudEvents headers and an
 ``on_delivery`` callback per event, then ``flush()`` to confirm the batch. Consume: drain
 ``consume()`` (block for one event, then take what is buffered), look up ``ce_type``,
 ``FromString``, call the handler, store the offsets of the batch after it was handled (the same
@@ -54,6 +54,7 @@ class _Sender:
         produce = self.client.produce
         topic, prefix, ids, cb = self.topic, self.prefix, self.ids, self._on_delivery
         source, type_name = self.source, self.type_name
+        event_time = common.event_time()
         for event in events:
             headers = [
                 ("content-type", common.CONTENT_TYPE),
@@ -61,6 +62,7 @@ class _Sender:
                 ("ce_id", f"{prefix}{next(ids)}".encode()),
                 ("ce_source", source),
                 ("ce_type", type_name),
+                ("ce_time", event_time),
             ]
             value = event.SerializeToString()
             while True:

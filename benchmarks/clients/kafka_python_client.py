@@ -1,4 +1,4 @@
-"""kafka-python: ``send`` each event with the five headers, ``flush()``, then check every future.
+"""kafka-python: ``send`` each event with the six headers, ``flush()``, then check every future.
 Consume: ``poll(max_records=1000)`` + ``ce_type`` lookup + ``FromString`` + handler (offsets
 auto-committed, kafka-python's default discipline)."""
 
@@ -62,6 +62,7 @@ class _Sender:
         send = self.client.send
         topic, prefix, ids = self.topic, self.prefix, self.ids
         source, type_name = self.source, self.type_name
+        event_time = common.event_time()
         futures = []
         for event in events:
             headers = [
@@ -70,6 +71,7 @@ class _Sender:
                 ("ce_id", f"{prefix}{next(ids)}".encode()),
                 ("ce_source", source),
                 ("ce_type", type_name),
+                ("ce_time", event_time),
             ]
             futures.append(send(topic, value=event.SerializeToString(), headers=headers))
         self.client.flush()

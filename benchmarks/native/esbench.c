@@ -1,7 +1,7 @@
 /*
  * esbench: the C contender of eventstream's benchmarks, the ceiling for what a client over
  * librdkafka can do on this machine and broker. It sends the same pre-serialized BenchEvent
- * payloads with the same five CloudEvents headers as eventstream, with the same librdkafka
+ * payloads with the same six CloudEvents headers as eventstream, with the same librdkafka
  * properties (given with -X), and consumes them the way eventstream's consumer does: poll,
  * look up ce_type, store the offset after "handling" (counting). No protobuf decoding: the C
  * program is the floor of per-event cost, not a fair typed client.
@@ -201,16 +201,31 @@ static rd_kafka_t *new_client(int type) {
 static char id_prefix[17];
 static unsigned long long next_id = 1;
 
-/* Enqueue one event with eventstream's five headers; retries while librdkafka's queue is full. */
+/* ce_time of the current call: like eventstream, formatted once per call (set_event_time). */
+static char event_time[32];
+static int event_time_len;
+
+static void set_event_time(void) {
+    struct timespec ts;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    size_t n = strftime(event_time, sizeof event_time, "%Y-%m-%dT%H:%M:%S", &tm);
+    event_time_len = (int)n + snprintf(event_time + n, sizeof event_time - n, ".%03ldZ",
+                                       ts.tv_nsec / 1000000L);
+}
+
+/* Enqueue one event with eventstream's six headers; retries while librdkafka's queue is full. */
 static void produce_one(rd_kafka_t *rk, rd_kafka_topic_t *rkt, const unsigned char *value) {
     char id[48];
     int idlen = snprintf(id, sizeof id, "%s-%llu", id_prefix, next_id++);
-    rd_kafka_headers_t *hdrs = rd_kafka_headers_new(5);
+    rd_kafka_headers_t *hdrs = rd_kafka_headers_new(6);
     rd_kafka_header_add(hdrs, "content-type", -1, "application/protobuf", 20);
     rd_kafka_header_add(hdrs, "ce_specversion", -1, "1.0", 3);
     rd_kafka_header_add(hdrs, "ce_id", -1, id, idlen);
     rd_kafka_header_add(hdrs, "ce_source", -1, opt.source, (ssize_t)strlen(opt.source));
     rd_kafka_header_add(hdrs, "ce_type", -1, opt.type, (ssize_t)strlen(opt.type));
+    rd_kafka_header_add(hdrs, "ce_time", -1, event_time, event_time_len);
     rd_kafka_vu_t vu[4];
     memset(vu, 0, sizeof vu);
     vu[0].vtype = VT_RKT;
@@ -259,6 +274,7 @@ static int run_produce(void) {
     rd_kafka_t *rk = new_client(RD_KAFKA_PRODUCER);
     rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, opt.topic, NULL);
     /* Warm-up: connections, producer id, metadata; not timed. */
+    set_event_time();
     for (long i = 0; i < opt.warmup; i++)
         produce_one(rk, rkt, payload);
     wait_acks(rk);
@@ -267,6 +283,7 @@ static int run_produce(void) {
     uint64_t t0 = now_ns();
     for (long done = 0; done < opt.count;) {
         long n = opt.count - done < opt.batch ? opt.count - done : opt.batch;
+        set_event_time();
         for (long i = 0; i < n; i++)
             produce_one(rk, rkt, payload);
         wait_acks(rk);
@@ -287,6 +304,7 @@ static int run_latency(void) {
     uint64_t *samples = calloc((size_t)opt.count, sizeof *samples);
     for (long i = 0; i < opt.warmup + opt.count; i++) {
         uint64_t t0 = now_ns();
+        set_event_time();
         produce_one(rk, rkt, payload);
         wait_acks(rk);
         if (i >= opt.warmup) {
@@ -325,6 +343,7 @@ static int run_e2e_produce(void) {
         if (due > opt.count)
             due = opt.count;
         uint64_t t = now_ns();
+        set_event_time();
         for (; sent < due; sent++) {
             stamp(value, t, (uint64_t)sent);
             produce_one(rk, rkt, value);
