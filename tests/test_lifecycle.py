@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
-from support import Collector
+from support import Collector, wait_until
 from testevents_pb2 import Invalidate
 
 import eventstream
@@ -202,3 +203,32 @@ def test_wait_until_ready(make_config, topic_name: str) -> None:
     finally:
         missing.close()
         topic.close()
+
+
+def test_close_that_times_out_names_the_event_whose_handler_still_runs(
+    make_topic, caplog: pytest.LogCaptureFixture
+) -> None:
+    topic = make_topic(instance_id="svc-slow")
+    with topic.new_producer() as producer:
+        producer.produce(Invalidate(seq=1), Invalidate(seq=2))
+    entered, release = threading.Event(), threading.Event()
+    handled: list[int] = []
+
+    def handler(event: Invalidate) -> None:
+        if event.seq == 2:
+            entered.set()
+            release.wait(30)
+        handled.append(event.seq)
+
+    consumer = topic.new_consumer(start_from_beginning=True)
+    consumer.consume(handler)
+    assert entered.wait(30), "the handler of the second event never ran"
+    try:
+        consumer.close(timeout=0.2)
+    finally:
+        release.set()
+    still_running = [r for r in caplog.records if "the handler is still running" in r.message]
+    assert len(still_running) == 1, caplog.text
+    assert f"for the event at {topic.name}[0]@1." in still_running[0].message
+    wait_until(lambda: handled == [1, 2], "the handler to finish after close() gave up")
+    topic.close()

@@ -81,7 +81,7 @@ class PureConsumer:
         # When the poll thread last came back from librdkafka to handle a batch (0: inside it);
         # a handler running longer than max.poll.interval.ms has lost the partitions.
         self._dispatch_since = 0.0
-        self._handling: tuple[int, int] | None = None  # (partition, offset) in the handler now
+        self._handling: confluent_kafka.Message | None = None  # the record in the handler now
         self._topic_missing_logged = False
         self._failures: Failures  # set by start(), before the poll thread runs
         self._handled = 0
@@ -297,6 +297,7 @@ class PureConsumer:
         handling = self._handling
         topic = self._spec.topic
         if handling is not None:
+            partition, offset = handling.partition() or 0, handling.offset() or 0
             self._spec.logger.error(
                 "consumer of %r: close() stopped waiting after %g s: the handler is still "
                 "running for the event at %s[%d]@%d. The consumer leaves its group once it "
@@ -306,8 +307,8 @@ class PureConsumer:
                 topic,
                 timeout,
                 topic,
-                handling[0],
-                handling[1],
+                partition,
+                offset,
             )
         else:
             self._spec.logger.error(
@@ -409,10 +410,12 @@ class PureConsumer:
         if failure is not None:
             raise failure
 
-    def _decode(self, msg: confluent_kafka.Message) -> tuple[Message, Any] | None:
+    def _decode(
+        self, msg: confluent_kafka.Message, with_extras: bool = True
+    ) -> tuple[Message, Any] | None:
         """Decode one record; ``None`` if it is skipped (reported through Failures). Returns the
-        event and its ``(key, timestamp, source, id)`` extras. A repeated header counts by its
-        last occurrence (wire.py)."""
+        event and its ``(key, timestamp, source, id)`` extras (``None`` unless ``with_extras``).
+        A repeated header counts by its last occurrence (wire.py)."""
         spec = self._spec
         err = msg.error()
         if err is not None:
@@ -456,6 +459,8 @@ class PureConsumer:
         except (DecodeError, RuntimeError, ValueError) as exc:
             self._skip(msg, "decode", f"value does not decode as {spec.type_name}: {exc}")
             return None
+        if not with_extras:
+            return event, None
         if source is None:
             source = legacy_source
         extras: tuple[Any, ...] = (
@@ -539,10 +544,10 @@ class PureConsumer:
             for msg in batch:
                 if self._stop:
                     break
-                decoded = self._decode(msg)
+                decoded = self._decode(msg, with_metadata)
                 if decoded is not None:
                     event, extras = decoded
-                    self._handling = (msg.partition() or 0, msg.offset() or 0)
+                    self._handling = msg
                     try:
                         meta = self._metadata(msg, extras) if with_metadata else None
                         if self._handle(handler, event, meta, msg):
@@ -574,7 +579,7 @@ class PureConsumer:
                 metadatas.append(self._metadata(msg, extras))
                 where.append(msg)
         if events:
-            self._handling = (batch[0].partition() or 0, batch[0].offset() or 0)
+            self._handling = batch[0]
             failed: Sequence[tuple[int, Exception, int]] = ()
             try:
                 failed = (
