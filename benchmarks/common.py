@@ -34,6 +34,7 @@ RDK_CONSUMER = {
     "partition.assignment.strategy": "cooperative-sticky",
     "enable.partition.eof": "false",
     "fetch.wait.max.ms": "100",
+    "fetch.queue.backoff.ms": "10",
 }
 # librdkafka defaults that bound a producer batch (not set, recorded for comparison).
 RDK_BATCH_DEFAULTS = {"batch.size": "1000000", "batch.num.messages": "10000"}

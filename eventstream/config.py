@@ -321,6 +321,11 @@ class TopicConfig:
                 "enable.partition.eof": "false",
                 # Cache invalidation wants events promptly, not in large fetches.
                 "fetch.wait.max.ms": "100",
+                # A partition whose local queue was full waits this long before its next fetch
+                # (librdkafka's default is 1000): at 1000 a consumer that drains its queue faster
+                # stalls for most of a second, reading a backlog of 150k events at 6 partitions
+                # took 1.17 s instead of 0.40 s.
+                "fetch.queue.backoff.ms": "10",
             }
         )
         if not self.uses_consumer_protocol:
