@@ -13,6 +13,8 @@ Equivalent to::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
 
@@ -41,4 +43,21 @@ def _build() -> type[Message]:
     return message_factory.GetMessageClass(pool.FindMessageTypeByName(name))
 
 
-CacheInvalidated = _build()
+if TYPE_CHECKING:
+    # What protoc's --pyi_out would declare: type checkers see the fields and the keyword
+    # constructor (types-protobuf's Message takes no field arguments).
+    class CacheInvalidated(Message):
+        key: str
+        version: int
+        written_at_us: int
+
+        def __init__(
+            self,
+            *,
+            key: str | None = ...,
+            version: int | None = ...,
+            written_at_us: int | None = ...,
+        ) -> None: ...
+
+else:
+    CacheInvalidated = _build()
