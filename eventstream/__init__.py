@@ -8,7 +8,7 @@ with topic.new_producer() as producer:
 from eventstream.backend import backend
 from eventstream.config import TopicConfig
 from eventstream.consumer import Consumer
-from eventstream.deliveries import Deliveries, Delivery
+from eventstream.deliveries import Deliveries, Delivery, Token
 from eventstream.errors import (
     ArgumentTypeError,
     AuthenticationError,
@@ -64,6 +64,7 @@ __all__ = [
     "ProducerMetrics",
     "RetryPolicy",
     "SerializationError",
+    "Token",
     "Topic",
     "TopicConfig",
     "TopicError",

@@ -1,12 +1,72 @@
-"""What a ``produce()`` call returns: where each of its events went (:class:`Deliveries`)."""
+"""What a ``produce()`` call returns: where each of its events went (:class:`Deliveries`), and
+the position a reader must reach to have seen them (:class:`Token`)."""
 
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterator, Sequence
-from typing import NamedTuple, overload
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import NamedTuple, cast, overload
 
-__all__ = ["Deliveries", "Delivery"]
+__all__ = ["Deliveries", "Delivery", "Token"]
+
+
+class Token(Mapping[int, int]):
+    """What a reader must have applied to have seen some events: ``{partition: offset}``, the
+    offset just past the last of those events in each partition (a consumer whose position in
+    every listed partition is at least that has handled them all).
+
+    Immutable and hashable. ``a | b`` (or :meth:`merge`) is the token of both: the larger offset
+    per partition. Made by :attr:`Deliveries.token`; build one from a mapping to wait for
+    positions learned elsewhere.
+    """
+
+    __slots__ = ("_offsets",)
+
+    def __init__(self, offsets: Mapping[int, int] | Iterable[tuple[int, int]] = ()) -> None:
+        merged: dict[int, int] = {}
+        items = cast(
+            "Iterable[tuple[int, int]]",
+            offsets.items() if isinstance(offsets, Mapping) else offsets,  # pyright: ignore[reportUnknownMemberType]
+        )
+        for partition, offset in items:
+            if merged.get(partition, -1) < offset:
+                merged[partition] = offset
+        self._offsets = merged
+
+    def __getitem__(self, partition: int) -> int:
+        return self._offsets[partition]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._offsets)
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def merge(self, *others: Mapping[int, int]) -> Token:
+        """The token of this and ``others`` together: the larger offset per partition."""
+        pairs = [*self._offsets.items()]
+        for other in others:
+            pairs.extend(other.items())
+        return Token(pairs)
+
+    def __or__(self, other: Mapping[int, int]) -> Token:
+        return self.merge(other)
+
+    def reached_by(self, positions: Mapping[int, int]) -> bool:
+        """Whether ``positions`` (``{partition: next offset to read}``) have passed every event
+        of this token."""
+        return all(positions.get(p, -1) >= offset for p, offset in self._offsets.items())
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._offsets.items()))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return dict(self._offsets) == dict(other)  # pyright: ignore[reportUnknownArgumentType]
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"Token({dict(sorted(self._offsets.items()))})"
 
 
 class Delivery(NamedTuple):
@@ -59,6 +119,18 @@ class Deliveries(Sequence[Delivery]):
         return isinstance(other, Sequence) and list(self) == list(other)  # pyright: ignore[reportUnknownArgumentType]
 
     __hash__ = None  # type: ignore[assignment]
+
+    @property
+    def token(self) -> Token:
+        """The :class:`Token` of this call's events: ``{partition: offset + 1}`` of the last
+        event written to each partition. A reader at or past it has handled every one of them
+        (``cache.get(key, after=deliveries.token)``, ``topic.wait_applied(deliveries.token)``).
+        Events without a known offset (the no-op topic's) are left out."""
+        return Token(
+            (p, o + 1)
+            for p, o in zip(self._partitions, self._offsets, strict=True)
+            if p >= 0 and o >= 0
+        )
 
     @classmethod
     def empty(cls) -> Deliveries:
