@@ -7,7 +7,8 @@ The build needs Cython >= 3.0 and a C compiler, but no librdkafka headers or lib
 reaches the librdkafka that confluent-kafka bundles at import time (see ext/rdkafka_abi.h).
 
 Which backend an installation gets is decided here, once, and written into the package as
-``eventstream/_build_info.py`` (``COMPILED``, ``REASON``), which ``eventstream.backend`` reads:
+``eventstream/_build_info.py`` (``COMPILED``, ``REASON``), which
+``eventstream._runtime.backend`` reads:
 
 - on Linux the compiled backend is built, and a missing Cython or compiler fails the build with a
   message naming it: an installation there never quietly lacks the extension;

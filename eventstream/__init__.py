@@ -5,10 +5,14 @@ with topic.new_producer() as producer:
     producer.produce(Invalidate(key="user:42"))   # blocks until the broker acknowledged it
 """
 
-from eventstream.backend import backend
+from eventstream._runtime.backend import backend
+from eventstream._runtime.failures.retry import RetryPolicy
+from eventstream._runtime.health import ClientState, ClientStatus
+from eventstream._runtime.records import Deliveries, Delivery, EventMetadata, PartitionChange, Token
+from eventstream._runtime.telemetry.instrumentation import Telemetry
+from eventstream._runtime.telemetry.metrics import ConsumerMetrics, Histogram, ProducerMetrics
 from eventstream.config import TopicConfig
 from eventstream.consumer import Consumer
-from eventstream.deliveries import Deliveries, Delivery, Token
 from eventstream.errors import (
     ArgumentTypeError,
     AuthenticationError,
@@ -27,12 +31,7 @@ from eventstream.errors import (
     TopicError,
     WaitTimeoutError,
 )
-from eventstream.failures import RetryPolicy
-from eventstream.metadata import EventMetadata
-from eventstream.metrics import ConsumerMetrics, Histogram, ProducerMetrics
-from eventstream.partitions import PartitionChange
 from eventstream.producer import Producer
-from eventstream.status import ClientState, ClientStatus
 from eventstream.topic import Topic, new_noop_topic, new_topic
 
 __version__ = "0.1.0"
@@ -64,6 +63,7 @@ __all__ = [
     "ProducerMetrics",
     "RetryPolicy",
     "SerializationError",
+    "Telemetry",
     "Token",
     "Topic",
     "TopicConfig",

@@ -11,9 +11,9 @@ from typing import Final, Literal, final
 
 from google.protobuf.message import Message
 
-from eventstream.backend import BackendName, ConsumerSpec, Dispatch, ProducerSpec
-from eventstream.deliveries import Deliveries
-from eventstream.metrics import Histogram, ProducerMetrics
+from eventstream._runtime.backend import BackendName, ConsumerSpec, Dispatch, ProducerSpec
+from eventstream._runtime.records import Deliveries
+from eventstream._runtime.telemetry.metrics import Histogram, ProducerMetrics
 
 __all__ = [
     "BACKEND",
@@ -35,7 +35,7 @@ LIBRDKAFKA_VERSION: Final[str]
 
 @final
 class Producer:
-    """``eventstream.backend.ProducerBackend`` over librdkafka. Thread-safe."""
+    """``eventstream._runtime.backend.ProducerBackend`` over librdkafka. Thread-safe."""
 
     @property
     def topic(self) -> str: ...
@@ -64,7 +64,7 @@ class Producer:
 
 @final
 class Consumer:
-    """``eventstream.backend.ConsumerBackend`` over librdkafka."""
+    """``eventstream._runtime.backend.ConsumerBackend`` over librdkafka."""
 
     @property
     def topic(self) -> str: ...
@@ -78,7 +78,7 @@ class Consumer:
     def metrics(self) -> tuple[int, Histogram | None, Histogram | None]: ...
 
 class CompiledBackend:
-    """``eventstream.backend.Backend`` over librdkafka's C API."""
+    """``eventstream._runtime.backend.Backend`` over librdkafka's C API."""
 
     name: BackendName
     def check_properties(

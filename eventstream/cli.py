@@ -42,7 +42,7 @@ def version_text() -> tuple[str, bool]:
     """``eventstream <version> (<backend> backend, librdkafka <version>, ...)`` and whether the
     backend loaded; a backend that cannot load is named in the text instead."""
     from eventstream import __version__
-    from eventstream.backend import load_backend
+    from eventstream._runtime.backend import load_backend
 
     where = f"confluent-kafka {confluent_kafka.__version__}, Python {platform.python_version()}"
     try:
@@ -131,7 +131,7 @@ _WAIT_SLICE = 0.2
 
 
 def _tail(args: argparse.Namespace) -> int:
-    from eventstream.librdkafka_log import ClientLog
+    from eventstream._runtime.librdkafka import ClientLog
 
     event_type = load_event_type(args.type)
     type_name = event_type.DESCRIPTOR.full_name

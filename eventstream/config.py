@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
+from eventstream._runtime.telemetry.instrumentation import Telemetry
 from eventstream.errors import ConfigError, EventStreamError
-from eventstream.telemetry import Telemetry
 
 __all__ = ["TOPIC_NAME", "TopicConfig"]
 
@@ -338,7 +338,7 @@ class TopicConfig:
         return conf
 
     def _check_properties(self) -> None:
-        from eventstream.backend import load_backend
+        from eventstream._runtime.backend import load_backend
 
         check = load_backend().check_properties
         checks: tuple[tuple[Literal["producer", "consumer"], str, dict[str, str]], ...] = (

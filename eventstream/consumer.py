@@ -13,9 +13,16 @@ from typing import Any, Generic, Literal, TypeVar, overload
 
 from google.protobuf.message import Message
 
-from eventstream import forks
-from eventstream.backend import ConsumerBackend, Dispatch, DispatchAbandoned
-from eventstream.closing import Closeable
+from eventstream._runtime import forks
+from eventstream._runtime.backend import ConsumerBackend, Dispatch, DispatchAbandoned
+from eventstream._runtime.closing import Closeable
+from eventstream._runtime.failures.dead_letters import DeadLetters
+from eventstream._runtime.failures.policy import FailureCounts, Failures
+from eventstream._runtime.failures.retry import RetryPolicy
+from eventstream._runtime.health import ClientStatus, Health
+from eventstream._runtime.membership import Membership
+from eventstream._runtime.records import EventMetadata, PartitionChange
+from eventstream._runtime.telemetry.metrics import ConsumerMetrics, LatencyRecorder
 from eventstream.config import TOPIC_NAME, TopicConfig
 from eventstream.errors import (
     ArgumentTypeError,
@@ -26,13 +33,6 @@ from eventstream.errors import (
     fresh,
     wait_timeout_error,
 )
-from eventstream.failures import DeadLetters, FailureCounts, Failures, RetryPolicy
-from eventstream.health import Health
-from eventstream.membership import Membership
-from eventstream.metadata import EventMetadata
-from eventstream.metrics import ConsumerMetrics, LatencyRecorder
-from eventstream.partitions import PartitionChange
-from eventstream.status import ClientStatus
 
 __all__ = ["Consumer"]
 

@@ -33,7 +33,7 @@ from opentelemetry import metrics, propagate, trace
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from eventstream.telemetry import TelemetryHandler
+from eventstream._runtime.telemetry.instrumentation import TelemetryHandler
 
 __all__ = ["OpenTelemetry"]
 
@@ -41,7 +41,7 @@ _SYSTEM = {"messaging.system": "kafka"}
 
 
 class OpenTelemetry:
-    """:class:`~eventstream.telemetry.Telemetry` over OpenTelemetry. Thread-safe. Without
+    """:class:`~eventstream.Telemetry` over OpenTelemetry. Thread-safe. Without
     arguments it uses the global tracer provider, meter provider and propagator."""
 
     def __init__(

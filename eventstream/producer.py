@@ -9,15 +9,14 @@ from typing import Generic, TypeVar
 
 from google.protobuf.message import Message
 
-from eventstream import forks
-from eventstream.backend import ProducerBackend
-from eventstream.closing import Closeable
-from eventstream.deliveries import Deliveries
+from eventstream._runtime import forks
+from eventstream._runtime.backend import ProducerBackend
+from eventstream._runtime.closing import Closeable
+from eventstream._runtime.health import ClientStatus, Health
+from eventstream._runtime.records import Deliveries
+from eventstream._runtime.telemetry.instrumentation import Telemetry
+from eventstream._runtime.telemetry.metrics import ProducerMetrics
 from eventstream.errors import ConfigError
-from eventstream.health import Health
-from eventstream.metrics import ProducerMetrics
-from eventstream.status import ClientStatus
-from eventstream.telemetry import Telemetry
 
 __all__ = ["Producer"]
 

@@ -8,9 +8,14 @@ from typing import Generic, TypeVar
 
 from google.protobuf.message import Message
 
-from eventstream.admin import TopicAdmin
-from eventstream.backend import Backend, ConsumerSpec, ProducerSpec, load_backend
-from eventstream.closing import Closeable
+from eventstream._noop import NOOP_BACKEND
+from eventstream._runtime.admin import TopicAdmin
+from eventstream._runtime.backend import Backend, ConsumerSpec, ProducerSpec, load_backend
+from eventstream._runtime.closing import Closeable
+from eventstream._runtime.health import Health
+from eventstream._runtime.membership import Membership, claim
+from eventstream._runtime.records import EventMetadata
+from eventstream._runtime.telemetry.reporting import reporter
 from eventstream.config import TopicConfig
 from eventstream.consumer import Consumer
 from eventstream.errors import (
@@ -20,12 +25,7 @@ from eventstream.errors import (
     ConfigError,
     EventTypeError,
 )
-from eventstream.health import Health
-from eventstream.membership import Membership, claim
-from eventstream.metadata import EventMetadata
-from eventstream.noop import NOOP_BACKEND
 from eventstream.producer import Producer
-from eventstream.reporting import reporter
 
 __all__ = ["Topic", "new_noop_topic", "new_topic"]
 

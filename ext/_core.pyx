@@ -32,14 +32,14 @@ import threading as _threading
 import weakref as _weakref
 
 from eventstream import errors as _errors
-from eventstream import gaps as _gaps
-from eventstream import wire as _wire
-from eventstream.backend import DispatchAbandoned as _DispatchAbandoned
-from eventstream.failures import RawRecord as _RawRecord
-from eventstream.deliveries import Deliveries as _Deliveries
-from eventstream.metrics import Histogram as _Histogram
-from eventstream.metrics import ProducerMetrics as _ProducerMetrics
-from eventstream.partitions import PartitionChange as _PartitionChange
+from eventstream._runtime.failures import gaps as _gaps
+from eventstream._runtime import wire as _wire
+from eventstream._runtime.backend import DispatchAbandoned as _DispatchAbandoned
+from eventstream._runtime.records import RawRecord as _RawRecord
+from eventstream._runtime.records import Deliveries as _Deliveries
+from eventstream._runtime.telemetry.metrics import Histogram as _Histogram
+from eventstream._runtime.telemetry.metrics import ProducerMetrics as _ProducerMetrics
+from eventstream._runtime.records import PartitionChange as _PartitionChange
 
 cdef extern from "<dlfcn.h>" nogil:
     int RTLD_NOLOAD
@@ -148,7 +148,7 @@ LIBRDKAFKA_PATH, LIBRDKAFKA_VERSION = _load()
 
 # Bumped in a child process after fork(): clients made before it belong to the parent, whose
 # librdkafka threads do not exist in the child. Every client records it; the guard before each
-# call and __dealloc__ compare (see eventstream.forks for the pure-Python side).
+# call and __dealloc__ compare (see eventstream._runtime.forks for the pure-Python side).
 cdef int _fork_generation = 0
 
 
@@ -321,7 +321,7 @@ cdef str _client_error(dict props, rd_kafka_type_t kind):
 # --------------------------------------------------------------------------------------------
 
 class CompiledBackend:
-    """eventstream.backend.Backend over librdkafka's C API."""
+    """eventstream._runtime.backend.Backend over librdkafka's C API."""
 
     name = "compiled"
 

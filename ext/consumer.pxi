@@ -414,7 +414,7 @@ cdef void _on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 
 
 cdef class Consumer:
-    """eventstream.backend.ConsumerBackend over librdkafka (see the comments above)."""
+    """eventstream._runtime.backend.ConsumerBackend over librdkafka (see the comments above)."""
 
     cdef rd_kafka_t *_rk                # see "Lifetime" above
     cdef rd_kafka_queue_t *_queue       # the consumer queue (a reference, destroyed with _rk)

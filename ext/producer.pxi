@@ -132,7 +132,7 @@ cdef struct ProducerState:
     size_t id_prefix_len
     PyObject *topic             # owned: str, for errors built on the poll thread
     PyObject *logger            # owned: logging.Logger
-    PyObject *health            # owned: eventstream.health.Health
+    PyObject *health            # owned: eventstream._runtime.health.Health
     PyObject *statistics        # owned or NULL: spec.statistics, the raw statistics' consumer
     # ProducerMetrics (atomics: callers and the poll thread count):
     int64_t calls, events, acked, failed_events, in_doubt_events
@@ -568,7 +568,7 @@ cdef class _AsyncDeadline:
 
 @cython.final
 cdef class Producer:
-    """eventstream.backend.ProducerBackend over librdkafka (see the comments above)."""
+    """eventstream._runtime.backend.ProducerBackend over librdkafka (see the comments above)."""
 
     cdef ProducerState *_st
     cdef readonly str topic

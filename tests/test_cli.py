@@ -129,8 +129,8 @@ def test_version_with_a_backend_that_does_not_load(
     def broken() -> object:
         raise ImportError("eventstream._core is broken (staged by the test)")
 
-    # (eventstream.backend is also the name of a function: patch the module itself)
-    monkeypatch.setattr(sys.modules["eventstream.backend"], "load_backend", broken)
+    # (eventstream._runtime.backend is also the name of a function: patch the module itself)
+    monkeypatch.setattr(sys.modules["eventstream._runtime.backend"], "load_backend", broken)
     with pytest.raises(SystemExit) as stopped:
         cli.main(["--version"])
     assert stopped.value.code == 1

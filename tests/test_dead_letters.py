@@ -16,7 +16,7 @@ from testevents_pb2 import Invalidate, Unrelated
 
 import eventstream
 from eventstream import RetryPolicy
-from eventstream.failures import DEAD_LETTER_HEADERS
+from eventstream._runtime.wire import DEAD_LETTER_HEADERS
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from eventstream import health as health_module
-from eventstream.health import Health
+from eventstream._runtime import health as health_module
+from eventstream._runtime.health import Health
 
 
 class Clock:

@@ -109,7 +109,7 @@ def test_on_metrics_and_on_statistics_are_called_periodically(
 
 
 def test_histogram_quantiles_are_upper_bounds_within_a_factor_of_two() -> None:
-    from eventstream.metrics import LatencyRecorder
+    from eventstream._runtime.telemetry.metrics import LatencyRecorder
 
     recorder = LatencyRecorder()
     for ns in (1_000, 2_000, 3_000, 1_000_000):

@@ -90,5 +90,5 @@ def _refuse_clients(monkeypatch: pytest.MonkeyPatch) -> _Refuse:
     refuse = _Refuse()
     for name in ("Producer", "Consumer"):
         monkeypatch.setattr(confluent_kafka, name, refuse(f"confluent_kafka.{name}"))
-    monkeypatch.setattr("eventstream.admin.AdminClient", refuse("AdminClient"))
+    monkeypatch.setattr("eventstream._runtime.admin.AdminClient", refuse("AdminClient"))
     return refuse

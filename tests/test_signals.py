@@ -27,7 +27,7 @@ from signal_producer import EVENTS, INSTANCE, events, marker
 from support import raw_consume_all, sanitizer_report
 
 import eventstream
-from eventstream import wire
+from eventstream._runtime import wire
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -1,7 +1,8 @@
 """The pure-Python backend over confluent-kafka's Python API: the fallback, and the reference.
 
-Selected with ``EVENTSTREAM_NO_EXTENSIONS=1``. Semantics are those of ``eventstream.backend``; the
-compiled backend (``eventstream._core``) must behave the same and passes the same tests.
+Selected with ``EVENTSTREAM_NO_EXTENSIONS=1``. Semantics are those of
+``eventstream._runtime.backend``; the compiled backend (``eventstream._core``) must behave the
+same and passes the same tests.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import confluent_kafka
 
 from eventstream._pure.consumer import PureConsumer
 from eventstream._pure.producer import PureProducer
-from eventstream.backend import BackendName, ConsumerSpec, ProducerSpec
+from eventstream._runtime.backend import BackendName, ConsumerSpec, ProducerSpec
 
 __all__ = ["BACKEND", "PureBackend"]
 

@@ -10,8 +10,15 @@ from typing import Any, cast
 import confluent_kafka
 from google.protobuf.message import DecodeError, Message
 
-from eventstream import gaps, wire
-from eventstream.backend import ConsumerSpec, Dispatch, DispatchAbandoned
+from eventstream._runtime import wire
+from eventstream._runtime.backend import ConsumerSpec, Dispatch, DispatchAbandoned
+from eventstream._runtime.failures import gaps
+from eventstream._runtime.failures.policy import Failures
+from eventstream._runtime.failures.skips import SkipReason
+from eventstream._runtime.librdkafka import ClientLog
+from eventstream._runtime.records import PartitionChange, RawRecord
+from eventstream._runtime.telemetry.metrics import Histogram, LatencyRecorder
+from eventstream._runtime.telemetry.reporting import statistics_tick
 from eventstream.errors import (
     BrokerError,
     ClosedError,
@@ -20,12 +27,6 @@ from eventstream.errors import (
     is_retriable,
     max_poll_exceeded,
 )
-from eventstream.failures import Failures, RawRecord
-from eventstream.librdkafka_log import ClientLog
-from eventstream.metrics import Histogram, LatencyRecorder
-from eventstream.partitions import PartitionChange
-from eventstream.reporting import statistics_tick
-from eventstream.skips import SkipReason
 
 __all__ = ["PureConsumer"]
 

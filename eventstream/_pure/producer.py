@@ -14,9 +14,12 @@ from functools import partial
 import confluent_kafka
 from google.protobuf.message import Message
 
-from eventstream import wire
-from eventstream.backend import ProducerSpec
-from eventstream.deliveries import Deliveries
+from eventstream._runtime import wire
+from eventstream._runtime.backend import ProducerSpec
+from eventstream._runtime.librdkafka import ClientLog
+from eventstream._runtime.records import Deliveries
+from eventstream._runtime.telemetry.metrics import LatencyRecorder, ProducerMetrics
+from eventstream._runtime.telemetry.reporting import statistics_tick
 from eventstream.errors import (
     IN_DOUBT_CODES,
     BrokerError,
@@ -29,9 +32,6 @@ from eventstream.errors import (
     produce_timeout_error,
     serialize_error,
 )
-from eventstream.librdkafka_log import ClientLog
-from eventstream.metrics import LatencyRecorder, ProducerMetrics
-from eventstream.reporting import statistics_tick
 
 __all__ = ["PureProducer", "prepare_records"]
 

@@ -18,9 +18,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from eventstream._runtime.records import EventMetadata
 from eventstream.config import TopicConfig
 from eventstream.demo.events import CacheInvalidated
-from eventstream.metadata import EventMetadata
 from eventstream.topic import Topic, new_topic
 
 __all__ = ["DemoSettings", "run"]

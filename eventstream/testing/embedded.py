@@ -21,10 +21,10 @@ from typing import Protocol
 
 import confluent_kafka
 
-from eventstream.admin import register_topic_creator, unregister_topic_creator
-from eventstream.backend import backend
+from eventstream._runtime.admin import register_topic_creator, unregister_topic_creator
+from eventstream._runtime.backend import backend
+from eventstream._runtime.librdkafka import ClientLog
 from eventstream.errors import ClosedError, ConfigError, TopicError
-from eventstream.librdkafka_log import ClientLog
 
 __all__ = ["EmbeddedCluster"]
 

@@ -7,8 +7,8 @@ from typing import Generic, TypeVar
 
 from google.protobuf.message import Message
 
+from eventstream._runtime.records import EventMetadata
 from eventstream.errors import WaitTimeoutError
-from eventstream.metadata import EventMetadata
 
 __all__ = ["EventRecorder"]
 

@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from google.protobuf.message import Message
 
-from eventstream.health import Health
-from eventstream.partitions import PartitionChange
+from eventstream._runtime.health import Health
+from eventstream._runtime.records import PartitionChange
 
 if TYPE_CHECKING:
-    from eventstream.deliveries import Deliveries
-    from eventstream.failures import Failures
-    from eventstream.metrics import Histogram, ProducerMetrics
+    from eventstream._runtime.failures.policy import Failures
+    from eventstream._runtime.records import Deliveries
+    from eventstream._runtime.telemetry.metrics import Histogram, ProducerMetrics
 
 __all__ = [
     "Backend",
@@ -71,7 +71,7 @@ class ProducerSpec:
     #: Optional key function; ``None`` produces unkeyed events.
     key: KeyFunction | None
     logger: logging.Logger
-    #: Where the producer reports its connection state and errors (see eventstream.health).
+    #: Where the producer reports its connection state and errors (see eventstream._runtime.health).
     health: Health
     #: Called with librdkafka's statistics JSON (about once a second) if someone wants it.
     statistics: Callable[[str], None] | None = None

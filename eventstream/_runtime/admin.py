@@ -12,6 +12,7 @@ import confluent_kafka
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from eventstream._runtime.librdkafka import ClientLog
 from eventstream.errors import (
     BrokerError,
     TopicError,
@@ -21,7 +22,6 @@ from eventstream.errors import (
     is_authorization,
     is_retriable,
 )
-from eventstream.librdkafka_log import ClientLog
 
 __all__ = ["TopicAdmin", "register_topic_creator", "unregister_topic_creator"]
 

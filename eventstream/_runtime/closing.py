@@ -7,7 +7,7 @@ import asyncio
 from types import TracebackType
 from typing import Self
 
-from eventstream import forks
+from eventstream._runtime import forks
 from eventstream.errors import ClosedError
 
 __all__ = ["Closeable"]

@@ -30,6 +30,7 @@ import time
 __all__ = [
     "ACCEPTED_MEDIA_TYPES",
     "CONTENT_TYPE",
+    "DEAD_LETTER_HEADERS",
     "HEADER_CONTENT_TYPE",
     "HEADER_ID",
     "HEADER_LEGACY_SOURCE",
@@ -56,6 +57,18 @@ CONTENT_TYPE = b"application/protobuf"
 SPECVERSION = b"1.0"
 #: Media types a consumer decodes as protobuf (the registered one and its older alias), lower-case.
 ACCEPTED_MEDIA_TYPES = frozenset({"application/protobuf", "application/x-protobuf"})
+
+#: Headers a dead-letter record carries besides the original's, in this order.
+DEAD_LETTER_HEADERS = (
+    "eventstream-dlq-reason",  # content-type | type | decode | handler
+    "eventstream-dlq-error",  # what went wrong, in words
+    "eventstream-dlq-topic",  # where the original was
+    "eventstream-dlq-partition",
+    "eventstream-dlq-offset",
+    "eventstream-dlq-group",  # the consumer group that gave up on it
+    "eventstream-dlq-attempts",  # handler calls made (0 if it never reached the handler)
+    "eventstream-dlq-time",  # when it was dead-lettered (RFC 3339, UTC)
+)
 
 
 def is_protobuf(content_type: bytes) -> bool:

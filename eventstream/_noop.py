@@ -12,10 +12,10 @@ from typing import Literal
 
 from google.protobuf.message import Message
 
-from eventstream.backend import BackendName, ConsumerSpec, Dispatch, ProducerSpec
-from eventstream.deliveries import Deliveries
+from eventstream._runtime.backend import BackendName, ConsumerSpec, Dispatch, ProducerSpec
+from eventstream._runtime.records import Deliveries
+from eventstream._runtime.telemetry.metrics import Histogram, ProducerMetrics
 from eventstream.errors import event_type_error
-from eventstream.metrics import Histogram, ProducerMetrics
 
 __all__ = ["NOOP_BACKEND"]
 

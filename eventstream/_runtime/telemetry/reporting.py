@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from eventstream._runtime.health import Health, notify
 from eventstream.config import TopicConfig
-from eventstream.health import Health, notify
 
 __all__ = ["Reporter", "reporter", "statistics_tick"]
 

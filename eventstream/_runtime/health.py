@@ -22,9 +22,10 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from eventstream import forks
+from eventstream._runtime import forks
 from eventstream.errors import (
     CONNECTIVITY_CODES,
     BrokerError,
@@ -33,9 +34,25 @@ from eventstream.errors import (
     is_authentication,
     is_authorization,
 )
-from eventstream.status import ClientStatus
 
-__all__ = ["ErrorCallback", "Health", "notify"]
+__all__ = ["ClientState", "ClientStatus", "ErrorCallback", "Health", "notify"]
+
+#: ``connecting``: no broker has answered yet; ``ready``: a broker answers; ``disconnected``: no
+#: broker answered for ``TopicConfig.disconnected_after`` seconds (librdkafka keeps retrying);
+#: ``failed``: a permanent error (authentication, a fatal error) stopped the client, ``error`` says
+#: which; ``closed``: closed by the application (or unusable in a forked child).
+ClientState = Literal["connecting", "ready", "disconnected", "failed", "closed"]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientStatus:
+    """A snapshot of a client's state. ``error`` is the latest error the client reported
+    (``None`` if none yet), ``since`` the ``time.monotonic()`` when ``state`` began."""
+
+    state: ClientState
+    error: EventStreamError | None
+    since: float
+
 
 ErrorCallback = Callable[[EventStreamError], object]
 

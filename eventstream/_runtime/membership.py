@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import weakref
 
-from eventstream import forks
+from eventstream._runtime import forks
 
 __all__ = ["Membership", "claim"]
 

@@ -1,13 +1,24 @@
-"""What a ``produce()`` call returns: where each of its events went (:class:`Deliveries`), and
-the position a reader must reach to have seen them (:class:`Token`)."""
+"""The values that cross the API in both directions, shared by every layer (a leaf: it imports
+nothing of eventstream): what ``produce()`` returns (:class:`Deliveries`, :class:`Delivery`) and
+the position a reader must reach to have seen those events (:class:`Token`); what a handler may
+learn about its event (:class:`EventMetadata`); what ``on_rebalance`` hears
+(:class:`PartitionChange`); a record as it was read (:class:`RawRecord`, for dead letters)."""
 
 from __future__ import annotations
 
 from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import NamedTuple, cast, overload
+from datetime import UTC, datetime
+from typing import Literal, NamedTuple, cast, overload
 
-__all__ = ["Deliveries", "Delivery", "Token"]
+__all__ = [
+    "Deliveries",
+    "Delivery",
+    "EventMetadata",
+    "PartitionChange",
+    "RawRecord",
+    "Token",
+]
 
 
 class Token(Mapping[int, int]):
@@ -135,3 +146,54 @@ class Deliveries(Sequence[Delivery]):
     @classmethod
     def empty(cls) -> Deliveries:
         return cls(array("i"), array("q"), "", 1)
+
+
+class EventMetadata(NamedTuple):
+    """Where an event was read from and who sent it. Immutable; cheap to build (a tuple).
+
+    ``source`` and ``event_id`` are the ``ce_source``/``ce_id`` headers, ``None`` for records
+    written without them. ``timestamp_ms`` is the record's Kafka timestamp (ms since the epoch).
+    ``traceparent`` / ``tracestate`` are the W3C trace context headers, read only when the topic
+    has ``TopicConfig.telemetry`` (else ``None``).
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    timestamp_ms: int
+    source: str | None
+    event_id: str | None
+    traceparent: str | None = None
+    tracestate: str | None = None
+
+    @property
+    def timestamp(self) -> datetime:
+        """The record's timestamp as an aware UTC datetime."""
+        return datetime.fromtimestamp(self.timestamp_ms / 1000, tz=UTC)
+
+
+class PartitionChange(NamedTuple):
+    """Partitions this consumer gained or gave up, passed to ``consume(on_rebalance=...)``.
+
+    ``kind`` is ``"assigned"`` (the consumer reads them from now on), ``"revoked"`` (handed to
+    another member in an orderly rebalance: the offsets of handled events were committed) or
+    ``"lost"`` (taken away without that, e.g. after the session timed out or a handler exceeded
+    ``max.poll.interval.ms``: other members may have handled events meanwhile, and events this
+    consumer handled may be handled again). A cache that must not miss invalidations can drop
+    what it holds for lost partitions.
+    """
+
+    kind: Literal["assigned", "revoked", "lost"]
+    topic: str
+    partitions: tuple[int, ...]
+
+
+class RawRecord(NamedTuple):
+    """A record as it was read: what a dead-letter record copies."""
+
+    value: bytes | None
+    key: bytes | None
+    headers: list[tuple[str, bytes | None]]
+    partition: int
+    offset: int

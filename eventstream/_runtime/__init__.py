@@ -1,0 +1,1 @@
+"""The cold paths both backends share (see eventstream/_runtime/README)."""

@@ -1,0 +1,1 @@
+"""Counting, timing and reporting what clients do: metrics, statistics, instrumentation."""
