@@ -6,13 +6,20 @@ Events are still type-checked, so a program behaves the same whether streaming i
 from __future__ import annotations
 
 import asyncio
+import time
 from array import array
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from google.protobuf.message import Message
 
-from eventstream._runtime.backend import BackendName, ConsumerSpec, Dispatch, ProducerSpec
+from eventstream._runtime.backend import (
+    BackendName,
+    ConsumerListener,
+    ConsumerSpec,
+    Dispatch,
+    ProducerSpec,
+)
 from eventstream._runtime.records import Deliveries
 from eventstream._runtime.telemetry.metrics import Histogram, ProducerMetrics
 from eventstream.errors import event_type_error
@@ -63,24 +70,61 @@ class _NoopProducer:
 
 
 class _NoopConsumer:
-    def start(self, dispatch: Dispatch) -> None:
+    """Subscribes nowhere; its one nominal partition at offset 0 lets wait_until_assigned()
+    return."""
+
+    def __init__(self) -> None:
+        self._stop = False
+
+    def open(self, dispatch: Dispatch) -> None:
         pass
 
-    def assignment(self) -> dict[int, int]:
-        return {0: 0}  # a nominal partition at offset 0, so wait_until_assigned() returns
+    def poll(self, wait_ms: int) -> None:
+        time.sleep(wait_ms / 1000)
 
-    def close(self, timeout: float) -> None:
+    def committed(self, partitions: Sequence[int], timeout_ms: int) -> list[int]:
+        return [-1001] * len(partitions)
+
+    def watermarks(self, partitions: Sequence[int], timeout_ms: int) -> tuple[list[int], list[int]]:
+        return [0] * len(partitions), [0] * len(partitions)
+
+    def store(self, offsets: Mapping[int, int]) -> None:
         pass
+
+    def seek(self, offsets: Mapping[int, int]) -> None:
+        pass
+
+    def watch_resumes(self, on: bool) -> None:
+        pass
+
+    def leave(self, slice_ms: int) -> bool:
+        return True
+
+    def destroy(self, left: bool) -> None:
+        pass
+
+    def positions(self) -> dict[int, int]:
+        return {0: 0}
+
+    def stop(self) -> None:
+        self._stop = True
 
     def stopping(self) -> bool:
-        return False
+        return self._stop
 
-    def metrics(self) -> tuple[int, Histogram | None, Histogram | None]:
+    def handling(self) -> tuple[int, int] | None:
+        return None
+
+    def dispatching_since(self) -> float:
+        return 0.0
+
+    def counts(self) -> tuple[int, Histogram | None, Histogram | None]:
         return 0, None, None
 
 
 class _NoopBackend:
     name: BackendName = "pure"
+    inert = True
 
     def check_properties(
         self, properties: Mapping[str, str], kind: Literal["producer", "consumer"]
@@ -90,7 +134,7 @@ class _NoopBackend:
     def new_producer(self, spec: ProducerSpec) -> _NoopProducer:
         return _NoopProducer(spec)
 
-    def new_consumer(self, spec: ConsumerSpec) -> _NoopConsumer:
+    def new_consumer(self, spec: ConsumerSpec, listener: ConsumerListener) -> _NoopConsumer:
         return _NoopConsumer()
 
 

@@ -8,19 +8,20 @@ import contextlib
 import inspect
 import threading
 import time
+import warnings
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Generic, Literal, TypeVar, overload
 
 from google.protobuf.message import Message
 
 from eventstream._runtime import forks
-from eventstream._runtime.backend import ConsumerBackend, Dispatch, DispatchAbandoned
-from eventstream._runtime.closing import Closeable
+from eventstream._runtime.backend import Dispatch, DispatchAbandoned
+from eventstream._runtime.closing import Closeable, check_timeout
+from eventstream._runtime.consuming import ConsumerRuntime
 from eventstream._runtime.failures.dead_letters import DeadLetters
 from eventstream._runtime.failures.policy import FailureCounts, Failures
 from eventstream._runtime.failures.retry import RetryPolicy
 from eventstream._runtime.health import ClientStatus, Health
-from eventstream._runtime.membership import Membership
 from eventstream._runtime.records import EventMetadata, PartitionChange
 from eventstream._runtime.telemetry.metrics import ConsumerMetrics, LatencyRecorder
 from eventstream.config import TOPIC_NAME, TopicConfig
@@ -30,6 +31,7 @@ from eventstream.errors import (
     ConfigError,
     ConsumerAlreadyStartedError,
     EventStreamError,
+    GapError,
     fresh,
     wait_timeout_error,
 )
@@ -60,19 +62,12 @@ class Consumer(Closeable, Generic[E]):
     closing it there does nothing.
     """
 
-    def __init__(
-        self,
-        backend: ConsumerBackend,
-        config: TopicConfig,
-        health: Health,
-        membership: Membership | None = None,
-    ) -> None:
-        self._backend = backend
+    def __init__(self, runtime: ConsumerRuntime, config: TopicConfig, health: Health) -> None:
+        self._runtime = runtime
         self._config = config
         self._topic = config.topic
         self._logger = config.logger
         self._health = health
-        self._membership = membership
         self._lock = threading.Lock()
         self._started = False
         self._closed = False
@@ -81,11 +76,23 @@ class Consumer(Closeable, Generic[E]):
         self._generation = forks.generation()
         self._failures: Failures | None = None  # set by consume()
         self._lag: Mapping[int, int] = {}  # from librdkafka's statistics (TopicConfig.metrics)
-        # An async handler's durations, timed on its loop (the backend times sync handlers).
+        # An async handler's durations, timed on its loop (the hot loop times sync handlers).
         self._async_handler_time = LatencyRecorder()
         self._async_e2e = LatencyRecorder()
-        if membership is not None:
-            membership.release_with(self)
+
+    def __del__(self) -> None:
+        # Never joins or frees: the poll thread, asked to stop, leaves and destroys by itself.
+        if getattr(self, "_closed", True) or self._generation != forks.generation():
+            return
+        if self._started:
+            warnings.warn(
+                f"an unclosed consumer of {self._topic!r} was garbage-collected: it stops "
+                "consuming and leaves its group; close() it (or its Topic) to choose when",
+                ResourceWarning,
+                source=self,
+                stacklevel=1,
+            )
+        self._runtime.abandon()
 
     @property
     def closed(self) -> bool:
@@ -106,7 +113,8 @@ class Consumer(Closeable, Generic[E]):
     def group_instance_id(self) -> str | None:
         """This consumer's static membership id (``"{instance_id}-{n}"``), or ``None`` when it
         was made with ``shared=True``."""
-        return None if self._membership is None else self._membership.group_instance_id
+        membership = self._runtime.membership
+        return None if membership is None else membership.group_instance_id
 
     @overload
     def consume(
@@ -118,6 +126,7 @@ class Consumer(Closeable, Generic[E]):
         on_rebalance: Callable[[PartitionChange], object] | None = None,
         retry: RetryPolicy | None = None,
         dead_letter_topic: str | None = None,
+        on_gap: Callable[[GapError], object] | None = None,
     ) -> None: ...
 
     @overload
@@ -130,6 +139,7 @@ class Consumer(Closeable, Generic[E]):
         on_rebalance: Callable[[PartitionChange], object] | None = None,
         retry: RetryPolicy | None = None,
         dead_letter_topic: str | None = None,
+        on_gap: Callable[[GapError], object] | None = None,
     ) -> None: ...
 
     def consume(
@@ -141,6 +151,7 @@ class Consumer(Closeable, Generic[E]):
         on_rebalance: Callable[[PartitionChange], object] | None = None,
         retry: RetryPolicy | None = None,
         dead_letter_topic: str | None = None,
+        on_gap: Callable[[GapError], object] | None = None,
     ) -> None:
         """Start consuming in the background and return at once.
 
@@ -158,7 +169,10 @@ class Consumer(Closeable, Generic[E]):
 
         ``on_rebalance(change)`` (a :class:`PartitionChange`) is called on the poll thread, never
         while a handler runs, whenever partitions are assigned, revoked or lost, before any event
-        of a newly assigned partition is handled. Its exceptions are logged.
+        of a newly assigned partition is handled (and after revoked or lost ones are
+        unassigned: no event of theirs is handled after it). ``on_gap(error)`` is called on the
+        poll thread with every :class:`GapError` the consumer reports: events it will never
+        handle (deleted by retention, lost with a deleted topic). Their exceptions are logged.
 
         Raises :class:`ConsumerAlreadyStartedError` on a second call, :class:`ClosedError` after
         :meth:`close`, :class:`ArgumentTypeError` for a handler that is not callable,
@@ -169,8 +183,9 @@ class Consumer(Closeable, Generic[E]):
         self._check_usable()
         if not callable(handler):
             raise ArgumentTypeError(f"handler must be callable, got {handler!r}")
-        if on_rebalance is not None and not callable(on_rebalance):
-            raise ArgumentTypeError(f"on_rebalance must be callable, got {on_rebalance!r}")
+        for name, hook in (("on_rebalance", on_rebalance), ("on_gap", on_gap)):
+            if hook is not None and not callable(hook):
+                raise ArgumentTypeError(f"{name} must be callable, got {hook!r}")
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ArgumentTypeError(f"retry must be a RetryPolicy, got {retry!r}")
         if dead_letter_topic is not None and (
@@ -226,11 +241,13 @@ class Consumer(Closeable, Generic[E]):
             )
         failures = Failures(
             self._topic,
+            self._runtime.type_name,
             self._logger,
             retry=retry,
             dead_letters=dead_letters,
-            stopping=self._backend.stopping,
+            timed=config.metrics_enabled,
         )
+        failures.stopping = self._runtime.stopping
         self._failures = failures
         if is_async:
             assert loop is not None
@@ -241,11 +258,11 @@ class Consumer(Closeable, Generic[E]):
                 loop,
                 failures,
             )
-            dispatch = Dispatch(runner, "batch", True, failures, on_rebalance)
+            dispatch = Dispatch(runner, "batch", True, failures, on_rebalance, on_gap)
         else:
-            dispatch = Dispatch(handler, "event", with_metadata, failures, on_rebalance)
+            dispatch = Dispatch(handler, "event", with_metadata, failures, on_rebalance, on_gap)
         try:
-            self._backend.start(dispatch)
+            self._runtime.start(dispatch)
         except BaseException:
             with self._lock:
                 self._started = False
@@ -261,7 +278,7 @@ class Consumer(Closeable, Generic[E]):
         timed = self._config.metrics_enabled
         handler_time = self._async_handler_time
         e2e = self._async_e2e
-        stopping = self._backend.stopping
+        stopping = self._runtime.stopping
 
         async def run(
             events: Sequence[Message], metadatas: Sequence[EventMetadata]
@@ -319,10 +336,13 @@ class Consumer(Closeable, Generic[E]):
         """Counts since :meth:`consume` (and, with ``TopicConfig(metrics=True)``, handler and
         end-to-end latencies and the lag per partition): a snapshot. Thread-safe; no network
         call."""
-        handled, handler_time, e2e = self._backend.metrics()
+        handled, handler_time, e2e = self._runtime.native.counts()
         if self._loop is not None and self._config.metrics_enabled:
             handler_time, e2e = self._async_handler_time.snapshot(), self._async_e2e.snapshot()
-        counts = self._failures.counts if self._failures is not None else FailureCounts()
+        failures = self._failures
+        counts = failures.counts if failures is not None else FailureCounts()
+        if handler_time is not None and failures is not None and failures.retry_time is not None:
+            handler_time = handler_time.merge(failures.retry_time.snapshot())
         return ConsumerMetrics(
             topic=self._topic,
             group=self._config.group_id,
@@ -366,7 +386,7 @@ class Consumer(Closeable, Generic[E]):
             failure = self._health.failure
             if failure is not None:
                 raise fresh(failure)
-            positions = self._backend.assignment()
+            positions = self._runtime.assignment()
             if positions and all(offset >= 0 for offset in positions.values()):
                 return positions
             if time.monotonic() >= deadline:
@@ -384,15 +404,18 @@ class Consumer(Closeable, Generic[E]):
         yet). Thread-safe; no network call."""
         if self._closed or self._generation != forks.generation():
             return {}
-        return self._backend.assignment()
+        return self._runtime.assignment()
 
-    def close(self, timeout: float = 30.0) -> None:
+    def close(self, timeout: float | None = 30.0) -> None:
         """Stop consuming: the running handler finishes, offsets of finished events are committed,
-        the consumer leaves its group. Idempotent; blocks up to ``timeout`` for the handler.
+        the consumer leaves its group. Idempotent; blocks up to ``timeout`` seconds (``None``: as
+        long as it takes); called from a handler, it returns at once and the consumer stops when
+        the handler returns.
 
         Re-raises what stopped the poll thread (a fatal broker error, or a ``BaseException``
         from a handler). Call :meth:`aclose` from the event loop of an async handler.
         """
+        check_timeout(timeout)
         with self._lock:
             if self._closed:
                 return
@@ -408,13 +431,11 @@ class Consumer(Closeable, Generic[E]):
                 "the batch in progress is left for redelivery. Use `await consumer.aclose()`."
             )
         try:
-            self._backend.close(timeout)
+            self._runtime.close(timeout)
         finally:
-            if self._membership is not None:
-                self._membership.release()
             if self._failures is not None:
                 self._failures.close()  # the skip summary; the dead-letter producer
 
-    async def aclose(self, timeout: float = 30.0) -> None:
+    async def aclose(self, timeout: float | None = 30.0) -> None:
         """:meth:`close` without blocking the event loop (needed when the handler is async)."""
         await asyncio.get_running_loop().run_in_executor(None, self.close, timeout)

@@ -275,6 +275,34 @@ FENCED_INSTANCE_ID = 82
 UNRELEASED_INSTANCE_ID = 111
 
 
+#: Fatal errors a consumer meets, by librdkafka code: FENCED_INSTANCE_ID, UNRELEASED_INSTANCE_ID,
+#: FENCED_MEMBER_EPOCH, UNKNOWN_MEMBER_ID, PRODUCER_FENCED.
+_FATAL_CAUSES = (82, 111, 110, 25, 90)
+_FATAL = -150
+
+
+def fatal_cause(code: int, reason: str) -> int:
+    """The code of the error behind a ``_FATAL`` one. librdkafka's ``rd_kafka_fatal_error()``
+    names it; where a client offers only the error's text (confluent-kafka hands a consumer's
+    fatal error over as a record error), the cause is the librdkafka error whose description
+    the text quotes. Other codes are returned as they are."""
+    if code != _FATAL:
+        return code
+    import confluent_kafka
+
+    for cause in _FATAL_CAUSES:
+        if confluent_kafka.KafkaError(cause).str() in reason:
+            return cause
+    return code
+
+
+def error_name(code: int) -> str:
+    """librdkafka's symbolic name of ``code`` (``rd_kafka_err2name``), e.g. ``"_MSG_TIMED_OUT"``."""
+    import confluent_kafka
+
+    return str(confluent_kafka.KafkaError(code).name())
+
+
 def is_retriable(code: int) -> bool:
     """Whether librdkafka error ``code`` is transient (see :class:`BrokerError`)."""
     return code in RETRIABLE_CODES

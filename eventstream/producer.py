@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import threading
 from typing import Generic, TypeVar
 
@@ -11,28 +10,15 @@ from google.protobuf.message import Message
 
 from eventstream._runtime import forks
 from eventstream._runtime.backend import ProducerBackend
-from eventstream._runtime.closing import Closeable
+from eventstream._runtime.closing import Closeable, check_timeout
 from eventstream._runtime.health import ClientStatus, Health
 from eventstream._runtime.records import Deliveries
 from eventstream._runtime.telemetry.instrumentation import Telemetry
 from eventstream._runtime.telemetry.metrics import ProducerMetrics
-from eventstream.errors import ConfigError
 
 __all__ = ["Producer"]
 
 E = TypeVar("E", bound=Message)
-
-
-def _check_timeout(timeout: float | None) -> None:
-    if timeout is None:
-        return
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or math.isnan(timeout)
-        or timeout < 0
-    ):
-        raise ConfigError("timeout", f"must be None or a number of seconds >= 0, got {timeout!r}")
 
 
 class Producer(Closeable, Generic[E]):
@@ -88,7 +74,7 @@ class Producer(Closeable, Generic[E]):
         Once the producer has failed (``status.state == "failed"``) every call raises its error.
         """
         self._check_usable()
-        _check_timeout(timeout)
+        check_timeout(timeout)
         telemetry = self._telemetry
         if telemetry is None:
             return self._backend.produce(events, timeout)
@@ -103,7 +89,7 @@ class Producer(Closeable, Generic[E]):
         recall events already handed to librdkafka.
         """
         self._check_usable()
-        _check_timeout(timeout)
+        check_timeout(timeout)
         loop = asyncio.get_running_loop()
         telemetry = self._telemetry
         if telemetry is None:

@@ -12,6 +12,7 @@ from eventstream._noop import NOOP_BACKEND
 from eventstream._runtime.admin import TopicAdmin
 from eventstream._runtime.backend import Backend, ConsumerSpec, ProducerSpec, load_backend
 from eventstream._runtime.closing import Closeable
+from eventstream._runtime.consuming import ConsumerRuntime
 from eventstream._runtime.health import Health
 from eventstream._runtime.membership import Membership, claim
 from eventstream._runtime.records import EventMetadata
@@ -163,9 +164,8 @@ class Topic(Closeable, Generic[E]):
                 statistics=report,
                 trace_headers=self.config.telemetry is not None,
             )
-            consumer: Consumer[E] = Consumer(
-                self._backend.new_consumer(spec), self.config, health, membership
-            )
+            runtime = ConsumerRuntime(spec, self._backend, membership)
+            consumer: Consumer[E] = Consumer(runtime, self.config, health)
             if report is not None:
                 report.attach(consumer, consumer._statistics)  # pyright: ignore[reportPrivateUsage]
         except BaseException:

@@ -32,14 +32,11 @@ import threading as _threading
 import weakref as _weakref
 
 from eventstream import errors as _errors
-from eventstream._runtime.failures import gaps as _gaps
 from eventstream._runtime import wire as _wire
-from eventstream._runtime.backend import DispatchAbandoned as _DispatchAbandoned
 from eventstream._runtime.records import RawRecord as _RawRecord
 from eventstream._runtime.records import Deliveries as _Deliveries
 from eventstream._runtime.telemetry.metrics import Histogram as _Histogram
 from eventstream._runtime.telemetry.metrics import ProducerMetrics as _ProducerMetrics
-from eventstream._runtime.records import PartitionChange as _PartitionChange
 
 cdef extern from "<dlfcn.h>" nogil:
     int RTLD_NOLOAD
@@ -324,6 +321,7 @@ class CompiledBackend:
     """eventstream._runtime.backend.Backend over librdkafka's C API."""
 
     name = "compiled"
+    inert = False
 
     def check_properties(self, properties, kind):
         """librdkafka's complaint about a `kind` ("producer"/"consumer") client built from
@@ -334,8 +332,8 @@ class CompiledBackend:
     def new_producer(self, spec):
         return Producer(spec)
 
-    def new_consumer(self, spec):
-        return Consumer(spec)
+    def new_consumer(self, spec, listener):
+        return Consumer(spec, listener)
 
     def __repr__(self):
         return f"<eventstream._core backend, librdkafka {LIBRDKAFKA_VERSION}>"

@@ -67,6 +67,11 @@ cdef extern from "rdkafka_abi.h" nogil:
         RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE
         RD_KAFKA_OFFSET_BEGINNING
         RD_KAFKA_OFFSET_END
+        RD_KAFKA_MSG_STATUS_NOT_PERSISTED
+        RD_KAFKA_MSG_STATUS_POSSIBLY_PERSISTED
+        RD_KAFKA_MSG_STATUS_PERSISTED
+
+    ctypedef int rd_kafka_msg_status_t
 
     ctypedef struct rd_kafka_message_t:
         rd_kafka_resp_err_t err
@@ -281,6 +286,15 @@ cdef extern from "rdkafka_abi.h" nogil:
     # "COOPERATIVE", "EAGER", or NULL/"NONE" when not (yet) known.
     const char *rd_kafka_rebalance_protocol "ESK_RDK(rd_kafka_rebalance_protocol)" (
         rd_kafka_t *rk)
+    # Stores each element's offset (assigned partitions only) for the next commit.
+    rd_kafka_resp_err_t rd_kafka_offsets_store "ESK_RDK(rd_kafka_offsets_store)" (
+        rd_kafka_t *rk, rd_kafka_topic_partition_list_t *offsets)
+    # Moves each (assigned) partition's fetch position to its element's offset.
+    rd_kafka_error_t *rd_kafka_seek_partitions "ESK_RDK(rd_kafka_seek_partitions)" (
+        rd_kafka_t *rk, rd_kafka_topic_partition_list_t *partitions, int timeout_ms)
+    # In a delivery report: whether the message is known not written, may be, or was.
+    rd_kafka_msg_status_t rd_kafka_message_status "ESK_RDK(rd_kafka_message_status)" (
+        const rd_kafka_message_t *rkmessage)
 
     # ---- mock cluster (optional symbols; check esk_rdk_missing_mock() first) ----
     rd_kafka_mock_cluster_t *rd_kafka_mock_cluster_new "ESK_RDK(rd_kafka_mock_cluster_new)" (

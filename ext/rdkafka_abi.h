@@ -121,6 +121,13 @@ typedef struct rd_kafka_topic_partition_list_s {
     rd_kafka_topic_partition_t *elems;
 } rd_kafka_topic_partition_list_t;
 
+/* rd_kafka_message_status(): whether a produced message reached the log. */
+typedef enum {
+    RD_KAFKA_MSG_STATUS_NOT_PERSISTED = 0,
+    RD_KAFKA_MSG_STATUS_POSSIBLY_PERSISTED = 1,
+    RD_KAFKA_MSG_STATUS_PERSISTED = 2,
+} rd_kafka_msg_status_t;
+
 /* ---- rd_kafka_vu_t for rd_kafka_produceva() ----------------------------------------------- */
 typedef enum {
     RD_KAFKA_VTYPE_END = 0,
@@ -262,7 +269,12 @@ typedef int (*esk_stats_cb_t)(rd_kafka_t *rk, char *json, size_t json_len, void 
        int timeout_ms))                                                                            \
     X(rd_kafka_resp_err_t, rd_kafka_offsets_for_times,                                             \
       (rd_kafka_t * rk, rd_kafka_topic_partition_list_t *offsets, int timeout_ms))                 \
-    X(const char *, rd_kafka_rebalance_protocol, (rd_kafka_t * rk))
+    X(const char *, rd_kafka_rebalance_protocol, (rd_kafka_t * rk))                              \
+    X(rd_kafka_resp_err_t, rd_kafka_offsets_store,                                                 \
+      (rd_kafka_t * rk, rd_kafka_topic_partition_list_t *offsets))                                 \
+    X(rd_kafka_error_t *, rd_kafka_seek_partitions,                                                \
+      (rd_kafka_t * rk, rd_kafka_topic_partition_list_t *partitions, int timeout_ms))              \
+    X(rd_kafka_msg_status_t, rd_kafka_message_status, (const rd_kafka_message_t *rkmessage))
 
 /* The mock cluster (outside librdkafka's ABI promise): MockCluster is unavailable without them. */
 #define ESK_RDK_OPTIONAL(X)                                                                        \

@@ -15,7 +15,7 @@ import confluent_kafka
 
 from eventstream._pure.consumer import PureConsumer
 from eventstream._pure.producer import PureProducer
-from eventstream._runtime.backend import BackendName, ConsumerSpec, ProducerSpec
+from eventstream._runtime.backend import BackendName, ConsumerListener, ConsumerSpec, ProducerSpec
 
 __all__ = ["BACKEND", "PureBackend"]
 
@@ -26,6 +26,7 @@ _SILENT.propagate = False
 
 class PureBackend:
     name: BackendName = "pure"
+    inert = False
 
     def check_properties(
         self, properties: Mapping[str, str], kind: Literal["producer", "consumer"]
@@ -39,8 +40,8 @@ class PureBackend:
     def new_producer(self, spec: ProducerSpec) -> PureProducer:
         return PureProducer(spec)
 
-    def new_consumer(self, spec: ConsumerSpec) -> PureConsumer:
-        return PureConsumer(spec)
+    def new_consumer(self, spec: ConsumerSpec, listener: ConsumerListener) -> PureConsumer:
+        return PureConsumer(spec, listener)
 
 
 BACKEND = PureBackend()

@@ -30,6 +30,7 @@ from google.protobuf.message import Message
 
 from eventstream._runtime.health import Health
 from eventstream._runtime.records import PartitionChange
+from eventstream.errors import GapError
 
 if TYPE_CHECKING:
     from eventstream._runtime.failures.policy import Failures
@@ -39,10 +40,11 @@ if TYPE_CHECKING:
 __all__ = [
     "Backend",
     "BackendName",
-    "ConsumerBackend",
+    "ConsumerListener",
     "ConsumerSpec",
     "Dispatch",
     "DispatchAbandoned",
+    "NativeConsumer",
     "ProducerBackend",
     "ProducerSpec",
     "backend",
@@ -79,7 +81,7 @@ class ProducerSpec:
 
 @dataclass(frozen=True, slots=True)
 class ConsumerSpec:
-    """Everything a backend needs to build a consumer. Built by the public floor, read-only."""
+    """Everything a consumer needs. Built by the public floor, read-only."""
 
     #: Final librdkafka properties: group.id, auto.offset.reset, enable.auto.offset.store=false, ...
     properties: Mapping[str, str]
@@ -92,8 +94,13 @@ class ConsumerSpec:
     metadata_factory: Callable[..., Any]
     #: Where the consumer reports its connection state, failures and gaps.
     health: Health
-    #: Where a partition without a committed offset starts: its oldest retained event, or the end.
+    #: Where a group that never committed an offset of the topic starts: the oldest retained
+    #: event, or the end. (A partition such a group has not seen yet, e.g. one added to the
+    #: topic, starts at its first event.)
     start_from_beginning: bool = False
+    #: Every assignment starts at the end of its partitions, whatever was committed (a cache,
+    #: which is empty when it is assigned partitions, needs nothing older).
+    from_end: bool = False
     #: Time handlers and end-to-end latency (TopicConfig.metrics): a clock read per event.
     timed: bool = False
     #: Called with librdkafka's statistics JSON (about once a second) if someone wants it.
@@ -105,40 +112,161 @@ class ConsumerSpec:
 
 @dataclass(frozen=True, slots=True)
 class Dispatch:
-    """How the consumer backend hands events to the application.
+    """How the consumer's hot loop hands events to the application.
 
     ``mode == "event"``: ``handler(event)``, or ``handler(event, metadata)`` when ``with_metadata``,
-    once per event on the poll thread. An ``Exception`` from the handler is retried as
-    ``failures`` says, then handed to ``failures.gave_up`` (logged summarized, dead-lettered), and
-    the offset is still stored. Records that cannot reach the handler go to ``failures.skip``.
+    once per event on the poll thread. An ``Exception`` from the handler goes to
+    ``failures.failed`` (which retries as the policy says, then gives up: logged summarized,
+    dead-lettered), and the offset is stored either way. Records that cannot reach the handler
+    go to ``failures.skip``.
 
     ``mode == "batch"``: ``handler(events, metadatas)`` once per polled batch, in partition order;
     ``metadatas`` is always given. The handler retries per event itself and returns the events
-    that still failed as ``(index, exception, attempts)`` (the backend hands each to
-    ``failures.gave_up``); an exception escaping it is logged and the batch's offsets are stored
-    anyway (never stall a partition).
+    that still failed as ``(index, exception, attempts)`` (each goes to ``failures.gave_up``); an
+    exception escaping it is logged and the batch's offsets are stored anyway (never stall a
+    partition).
 
     In both modes the offset of an event is stored only after the handler returned for it.
     A ``BaseException`` that is not an ``Exception`` (KeyboardInterrupt, SystemExit, or
     ``DispatchAbandoned``) stops the poll loop *without* storing the offsets of the events it
     interrupted (the whole batch in batch mode); ``close()`` re-raises it, except
-    ``DispatchAbandoned``, which the public floor raises on purpose to give up a batch at close.
+    ``DispatchAbandoned``, which is raised on purpose to give up a batch at close.
     """
 
     handler: Callable[..., object]
     mode: Literal["event", "batch"]
     with_metadata: bool
-    #: What becomes of records that cannot reach the handler and of handlers that still fail
-    #: after the retry policy (logged summarized, dead-lettered); its ``stopping`` is the
-    #: backend's.
+    #: What becomes of records that cannot reach the handler and of handlers that fail.
     failures: Failures
-    #: Called on the poll thread (never while a handler runs) after partitions were assigned,
-    #: revoked or lost, before any event of a newly assigned partition is handled.
+    #: Called on the poll thread, never while a handler runs, after partitions were assigned
+    #: (before any of their events is handled), revoked or lost (after they were unassigned).
     on_rebalance: Callable[[PartitionChange], object] | None = None
+    #: Called on the poll thread with every GapError the consumer reports (events it will never
+    #: handle: deleted by retention, or lost with a recreated topic).
+    on_gap: Callable[[GapError], object] | None = None
 
 
 class DispatchAbandoned(BaseException):
-    """Raised by a batch handler to give up its batch unprocessed (offsets not stored)."""
+    """Raised to give up a batch unprocessed (its offsets are not stored)."""
+
+
+class ConsumerListener(Protocol):
+    """What a consumer's hot loop reports to the shared layer (eventstream._runtime.consuming),
+    always on the consumer's poll thread, from inside ``poll()``. Nothing here raises into the
+    caller except :meth:`record_error`, whose exception ends the poll loop."""
+
+    def assign(self, partitions: Sequence[int]) -> Mapping[int, int] | None:
+        """New ``partitions`` are being assigned: where each starts (``None``: where librdkafka
+        says). Called before they are assigned; may call the consumer's ``committed`` and
+        ``watermarks``."""
+        ...
+
+    def assigned(self, partitions: Sequence[int], starts: Mapping[int, int] | None) -> None:
+        """``partitions`` were assigned (at ``starts``)."""
+        ...
+
+    def unassigned(self, partitions: Sequence[int], lost: bool) -> None:
+        """``partitions`` were unassigned: revoked in a rebalance, or ``lost``."""
+        ...
+
+    def client_error(self, code: int, name: str, reason: str, fatal: bool) -> None:
+        """librdkafka reported an error for the whole client (its error callback)."""
+        ...
+
+    def record_error(self, code: int, name: str, reason: str, fatal: bool) -> None:
+        """An error delivered in place of a record (for a fatal error: its cause, as
+        ``rd_kafka_fatal_error()`` gives it). Raises what ends the poll loop."""
+        ...
+
+    def statistics(self, raw: str) -> None:
+        """librdkafka's statistics JSON (statistics.interval.ms)."""
+        ...
+
+    def log_warning(self, facility: str, text: str) -> None:
+        """A WARNING-or-worse line of librdkafka's log (every line goes to the DEBUG log)."""
+        ...
+
+    def resumed(self, partition: int, offset: int) -> None:
+        """The first record read of ``partition`` after :meth:`NativeConsumer.watch_resumes`."""
+        ...
+
+
+class NativeConsumer(Protocol):
+    """A backend's consumer: the librdkafka handle and the hot loop over it (poll, check headers,
+    decode, dispatch, store offsets). Made by :meth:`Backend.new_consumer`; nothing connects
+    until :meth:`open`. Its poll thread is the shared layer's: every method but
+    :meth:`positions`, :meth:`stop`, :meth:`stopping`, :meth:`handling` and :meth:`counts`
+    runs on it."""
+
+    def open(self, dispatch: Dispatch) -> None:
+        """Create the client and subscribe. Raises ConfigError for a configuration librdkafka
+        refuses."""
+        ...
+
+    def poll(self, wait_ms: int) -> None:
+        """One round: wait up to ``wait_ms`` for a first record, take what else is there (up to a
+        batch), dispatch it, store the offsets of what was handled, move the positions. Callbacks
+        (rebalance, errors, statistics, logs) are served inside. A BaseException from a handler
+        propagates."""
+        ...
+
+    def committed(self, partitions: Sequence[int], timeout_ms: int) -> list[int]:
+        """The group's committed offsets of ``partitions`` (negative: none). Raises BrokerError."""
+        ...
+
+    def watermarks(self, partitions: Sequence[int], timeout_ms: int) -> tuple[list[int], list[int]]:
+        """The oldest retained and the next offset of each of ``partitions``, asked of the
+        leaders. Raises BrokerError."""
+        ...
+
+    def store(self, offsets: Mapping[int, int]) -> None:
+        """Store ``{partition: next offset}`` for the next commit (assigned partitions only)."""
+        ...
+
+    def seek(self, offsets: Mapping[int, int]) -> None:
+        """Move assigned partitions to ``{partition: offset}`` and make those their positions."""
+        ...
+
+    def watch_resumes(self, on: bool) -> None:
+        """Report the first record of each partition to ``listener.resumed`` while on."""
+        ...
+
+    def leave(self, slice_ms: int) -> bool:
+        """One step of closing: commit, revoke, leave the group. True once closed."""
+        ...
+
+    def destroy(self, left: bool) -> None:
+        """Destroy the handle (``left``: after a clean :meth:`leave`). May block when no broker
+        answers."""
+        ...
+
+    def positions(self) -> dict[int, int]:
+        """``{partition: next offset}`` of the assigned partitions (moved after each batch);
+        negative where not known. Any thread, no network."""
+        ...
+
+    def stop(self) -> None:
+        """Ask the hot loop to stop after the running handler. Any thread."""
+        ...
+
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called. Any thread."""
+        ...
+
+    def handling(self) -> tuple[int, int] | None:
+        """``(partition, offset)`` of the event whose handler runs now, if any. Any thread."""
+        ...
+
+    def dispatching_since(self) -> float:
+        """When (``time.monotonic()``) the hot loop last came back from librdkafka to dispatch
+        a batch; 0 while it is inside librdkafka (where the group's poll interval is served).
+        Any thread."""
+        ...
+
+    def counts(self) -> tuple[int, Histogram | None, Histogram | None]:
+        """(events handled, handler durations, end-to-end latencies): the durations only when
+        the spec is ``timed``. Any thread, no lock."""
+        ...
 
 
 class ProducerBackend(Protocol):
@@ -186,33 +314,10 @@ class ProducerBackend(Protocol):
         ...
 
 
-class ConsumerBackend(Protocol):
-    def start(self, dispatch: Dispatch) -> None:
-        """Subscribe and start the poll thread (daemon). Returns at once."""
-        ...
-
-    def assignment(self) -> dict[int, int]:
-        """Partitions assigned to this consumer now, each with its fetch position (the offset of
-        the next record it will read; negative while not yet known). Thread-safe, no network."""
-        ...
-
-    def close(self, timeout: float) -> None:
-        """Stop polling after the running handler returns, commit stored offsets, leave the group,
-        join the poll thread. Idempotent. Raises what the poll thread failed with, if anything."""
-        ...
-
-    def stopping(self) -> bool:
-        """Whether the poll thread was asked to stop (close, a failure). Any thread."""
-        ...
-
-    def metrics(self) -> tuple[int, Histogram | None, Histogram | None]:
-        """(events handled, handler durations, end-to-end latencies): the durations only when
-        the spec is ``timed``. Any thread, no lock."""
-        ...
-
-
 class Backend(Protocol):
     name: BackendName
+    #: No clients, no threads: every operation does nothing (the no-op topic's backend).
+    inert: bool
 
     def check_properties(
         self, properties: Mapping[str, str], kind: Literal["producer", "consumer"]
@@ -223,7 +328,7 @@ class Backend(Protocol):
 
     def new_producer(self, spec: ProducerSpec) -> ProducerBackend: ...
 
-    def new_consumer(self, spec: ConsumerSpec) -> ConsumerBackend: ...
+    def new_consumer(self, spec: ConsumerSpec, listener: ConsumerListener) -> NativeConsumer: ...
 
 
 _ENV = "EVENTSTREAM_NO_EXTENSIONS"

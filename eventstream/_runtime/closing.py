@@ -4,13 +4,27 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from types import TracebackType
 from typing import Self
 
 from eventstream._runtime import forks
-from eventstream.errors import ClosedError
+from eventstream.errors import ClosedError, ConfigError
 
-__all__ = ["Closeable"]
+__all__ = ["Closeable", "check_timeout"]
+
+
+def check_timeout(timeout: float | None) -> None:
+    """Raise ConfigError unless ``timeout`` is ``None`` or a number of seconds >= 0."""
+    if timeout is None:
+        return
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or math.isnan(timeout)
+        or timeout < 0
+    ):
+        raise ConfigError("timeout", f"must be None or a number of seconds >= 0, got {timeout!r}")
 
 
 class Closeable:

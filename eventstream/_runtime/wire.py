@@ -37,6 +37,8 @@ __all__ = [
     "HEADER_SOURCE",
     "HEADER_SPECVERSION",
     "HEADER_TIME",
+    "HEADER_TRACEPARENT",
+    "HEADER_TRACESTATE",
     "HEADER_TYPE",
     "SPECVERSION",
     "is_protobuf",
@@ -50,6 +52,9 @@ HEADER_ID = "ce_id"
 HEADER_SOURCE = "ce_source"
 HEADER_TYPE = "ce_type"
 HEADER_TIME = "ce_time"
+#: W3C trace context, written and read only when TopicConfig.telemetry is set.
+HEADER_TRACEPARENT = "traceparent"
+HEADER_TRACESTATE = "tracestate"
 #: The original Go producer (segmentio/kafka-go based) named its instance in this header.
 HEADER_LEGACY_SOURCE = "source-instance"
 
@@ -60,7 +65,7 @@ ACCEPTED_MEDIA_TYPES = frozenset({"application/protobuf", "application/x-protobu
 
 #: Headers a dead-letter record carries besides the original's, in this order.
 DEAD_LETTER_HEADERS = (
-    "eventstream-dlq-reason",  # content-type | type | decode | handler
+    "eventstream-dlq-reason",  # content-type | type | tombstone | decode | handler
     "eventstream-dlq-error",  # what went wrong, in words
     "eventstream-dlq-topic",  # where the original was
     "eventstream-dlq-partition",

@@ -20,6 +20,7 @@ from eventstream._runtime.failures.dead_letters import DeadLetters
 from eventstream._runtime.failures.retry import RetryPolicy
 from eventstream._runtime.failures.skips import SkipLog, SkipReason
 from eventstream._runtime.records import RawRecord
+from eventstream._runtime.telemetry.metrics import LatencyRecorder
 
 __all__ = ["FailureCounts", "Failures"]
 
@@ -33,26 +34,33 @@ class FailureCounts:
 
 
 class Failures:
-    """One consumer's policy for records it cannot hand over and handlers that fail."""
+    """One consumer's policy for records it cannot hand over and handlers that fail. Used on the
+    poll thread only."""
 
     def __init__(
         self,
         topic: str,
+        type_name: str,
         logger: logging.Logger,
         *,
         retry: RetryPolicy | None,
         dead_letters: DeadLetters | None,
-        stopping: Callable[[], bool],
+        timed: bool = False,
     ) -> None:
         self._topic = topic
+        self._type_name = type_name
         self._logger = logger
         self._retry = retry or RetryPolicy(attempts=1)
         self._dead_letters = dead_letters
-        self.stopping = stopping
+        #: Whether the consumer is closing: retries and dead letters give up (set by the
+        #: consumer's runtime once its native consumer exists).
+        self.stopping: Callable[[], bool] = lambda: False
         self._skips = SkipLog(topic, logger)
         self.counts = FailureCounts()
-        #: Whether the backend must build a RawRecord for skipped or failed records.
+        #: Whether the hot loop must build a RawRecord for skipped or failed records.
         self.wants_raw = dead_letters is not None
+        #: Durations of the handler calls made by retries (the hot loop times the first ones).
+        self.retry_time = LatencyRecorder() if timed else None
 
     @property
     def attempts(self) -> int:
@@ -75,19 +83,61 @@ class Failures:
                 return
             time.sleep(min(left, 0.05))
 
+    def failed(
+        self,
+        handler: Callable[..., object],
+        args: tuple[object, ...],
+        error: Exception,
+        partition: int,
+        offset: int,
+        record: RawRecord | None,
+    ) -> bool:
+        """The handler raised ``error`` for the event at ``partition``/``offset``: call it again
+        with ``args`` as the retry policy says. True if a retry returned; otherwise the event is
+        given up (:meth:`gave_up`). A ``BaseException`` that is not an ``Exception`` propagates;
+        :class:`DispatchAbandoned` if the consumer closes during a pause."""
+        timer = self.retry_time
+        attempt = 1
+        while attempt < self._retry.attempts:
+            self.wait(self.delay(attempt))
+            attempt += 1
+            started = time.monotonic_ns()
+            try:
+                handler(*args)
+                return True
+            except Exception as exc:
+                error = exc
+            finally:
+                if timer is not None:
+                    timer.add(time.monotonic_ns() - started)
+        self.gave_up(error, partition, offset, attempt, record)
+        return False
+
     def skip(
         self,
         reason: SkipReason,
         partition: int,
         offset: int,
-        detail: str,
+        found: bytes | BaseException | None,
         record: RawRecord | None,
     ) -> None:
-        """A record that cannot reach the handler (its type, content type or value): logged
-        (summarized) and dead-lettered if the consumer has a dead-letter topic."""
+        """A record that cannot reach the handler: ``found`` is what disqualified it (the
+        content-type or ce_type header value, the decoding error). Logged (summarized) and
+        dead-lettered if the consumer has a dead-letter topic."""
         self.counts.skipped += 1
+        detail = self._detail(reason, found)
         topic = self._dead_letter(record, reason, detail, 0)
         self._skips.skipped(reason, partition, offset, detail, dead_letter_topic=topic)
+
+    def _detail(self, reason: SkipReason, found: bytes | BaseException | None) -> str:
+        if isinstance(found, BaseException):
+            return f"value does not decode as {self._type_name}: {found}"
+        shown = None if found is None else found.decode("utf-8", "replace")
+        if reason == "content-type":
+            return f"content-type {shown!r} is not protobuf"
+        if reason == "type":
+            return f"ce_type {shown!r} is not {self._type_name!r}"
+        return f"a record without a value (a tombstone) is not a {self._type_name} event"
 
     def gave_up(
         self,

@@ -15,13 +15,14 @@ from typing import Literal
 __all__ = ["SkipLog", "SkipReason"]
 
 #: ``content-type``: not a protobuf media type; ``type``: ``ce_type`` names another event class;
-#: ``decode``: the value does not decode as the event class; ``handler``: the handler still
-#: failed after the retry policy (dead-lettered or dropped).
-SkipReason = Literal["content-type", "type", "decode", "handler"]
+#: ``tombstone``: a record without a value; ``decode``: the value does not decode as the event
+#: class; ``handler``: the handler still failed after the retry policy (dead-lettered or dropped).
+SkipReason = Literal["content-type", "type", "tombstone", "decode", "handler"]
 
 _WORDS = {
     "content-type": "not protobuf",
     "type": "of another ce_type",
+    "tombstone": "without a value (tombstones)",
     "decode": "that do not decode",
     "handler": "whose handler failed",
 }
