@@ -298,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     modes = [m for m in MODES if m in (args.only or MODES)]
+    from benchmarks import payload
+
+    payload.ensure_generated()  # bench_pb2.py, here rather than under valgrind
     helper = build_helper()
     started = time.monotonic()
     measured: dict[str, dict[str, Any]] = {}
