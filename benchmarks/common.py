@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from benchmarks import threads
+
 # The wire format of eventstream (README "Wire format"): every contender sends these 6 headers.
 CONTENT_TYPE = b"application/protobuf"
 SPECVERSION = b"1.0"
@@ -109,7 +111,8 @@ class Timer:
 
 class Counting:
     """The no-op handler of the consume scenario, the same for every Python contender: count,
-    remember when the first and the target-th event were handled, signal when done."""
+    remember when the first and the target-th event were handled (time, process CPU, and CPU
+    and page faults of every thread: benchmarks/threads.py), signal when done."""
 
     def __init__(self, target: int) -> None:
         self.target = target
@@ -127,22 +130,31 @@ class Counting:
             n = state.count + 1
             state.count = n
             if n == 1:
+                state.tid = threading.get_native_id()
+                state.before = threads.snapshot(last=state.tid)
                 state.first = perf()
                 state.first_cpu = cpu()
             if n == target_:
                 state.last = perf()
                 state.last_cpu = cpu()
+                state.after = threads.snapshot(first=state.tid)
+                state.names = threads.python_names()
                 state.done.set()
 
         self.first_cpu = self.last_cpu = 0.0
+        self.tid = 0
+        self.before: dict[int, dict[str, Any]] = {}
+        self.after: dict[int, dict[str, Any]] = {}
+        self.names: dict[int, str] = {}
         self.handler = handler
 
     def result(self) -> dict[str, Any]:
+        per_thread = threads.delta(self.before, self.after, (self.tid, "consuming"), self.names)
         return {
             "events": self.count,
             "seconds": self.last - self.first,
             "cpu_seconds": self.last_cpu - self.first_cpu,
-        }
+        } | per_thread
 
 
 class Latencies:

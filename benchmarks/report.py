@@ -33,12 +33,24 @@ def size_label(size: int) -> str:
     return f"{size // 1024} KB" if size % 1024 == 0 else f"{size} B"
 
 
-def case_key(size: int, partitions: int) -> str:
-    return f"{size}B-{partitions}p"
+def case_key(size: int, partitions: int, batch: int = 0) -> str:
+    return f"{size}B-{partitions}p" + (f"-{batch}" if batch else "")
 
 
-def case_label(size: int, partitions: int) -> str:
-    return f"{size_label(size)}, {partitions} partition{'s' if partitions != 1 else ''}"
+def case_label(size: int, partitions: int, batch: int = 0) -> str:
+    calls = f", calls of {batch:,}" if batch else ""
+    return f"{size_label(size)}, {partitions} partition{'s' if partitions != 1 else ''}{calls}"
+
+
+def _key(m: dict[str, Any]) -> str:
+    return case_key(m["size"], m["partitions"], m.get("batch", 0))
+
+
+def _label_of(m: dict[str, Any]) -> str:
+    return case_label(m["size"], m["partitions"], m.get("batch", 0))
+
+
+Case = tuple[int, int, int]  # size, partitions, events per call (0: none)
 
 
 def _fmt_rate(rate: float) -> str:
@@ -52,10 +64,21 @@ def summary_of(scenario: str, result: dict[str, Any], size: int) -> str:
             f"first event {result['restart_s']:.2f} s after the SIGKILL (partitions assigned "
             f"{result['consume_to_assigned_s']:.2f} s after consume())"
         )
-    if scenario in ("produce", "consume"):
+    if scenario == "coldstart":
+        return (
+            f"first call {result['first_ms']:.1f} ms (max {result['first_ms_max']:.1f}), later "
+            f"calls {result['later_p50_ms']:.2f} ms, producer made in {result['make_ms']:.1f} ms"
+        )
+    if scenario in ("produce", "consume", "async"):
         rate = result["events"] / result["seconds"] if result.get("seconds") else 0.0
         cpu = result.get("cpu_seconds")
         per = f", client CPU {cpu / result['events'] * 1e6:.2f} µs/event" if cpu else ""
+        stats = thread_stats(result)
+        if stats:
+            per += (
+                f", {stats['measured_role']} thread {stats['measured_us']:.2f} µs/event and "
+                f"{stats['measured_faults_1k']:.1f} faults/1k events"
+            )
         return f"{_fmt_rate(rate)} ({rate * size / 1e6:.1f} MB/s){per}"
     lat = result.get("latency", {})
     if not lat.get("samples"):
@@ -70,8 +93,53 @@ def _ok(measurements: Iterable[dict[str, Any]]) -> Iterable[dict[str, Any]]:
     return (m for m in measurements if not m.get("error"))
 
 
+ROLES = ("calling", "consuming", "eventstream", "librdkafka", "other")
+
+
+def thread_stats(r: dict[str, Any]) -> dict[str, Any]:
+    """Per-event CPU (µs) and page faults per 1,000 events of a result's threads, by role:
+    ``{role: {"us": ..., "faults_1k": ..., "threads": n}}``, the measured (calling or
+    consuming) thread's as ``measured_*``, and librdkafka's by thread name. Empty when the
+    result has no per-thread figures (results from before they were recorded)."""
+    rows = r.get("threads")
+    events = r.get("events")
+    if not rows or not events:
+        return {}
+    out: dict[str, Any] = {"roles": {}, "librdkafka_by_name": {}}
+    for t in rows:
+        role = out["roles"].setdefault(t["role"], {"us": 0.0, "faults_1k": 0.0, "threads": 0})
+        role["us"] += (t["cpu_s"] or 0.0) * 1e6 / events
+        role["faults_1k"] += (t["minflt"] + t["majflt"]) * 1000 / events
+        role["threads"] += 1
+        if t["role"] == "librdkafka":
+            name = t["name"]
+            by = out["librdkafka_by_name"]
+            by[name] = by.get(name, 0.0) + (t["cpu_s"] or 0.0) * 1e6 / events
+    roles = out["roles"]
+    measured = "consuming" if "consuming" in roles else "calling"
+    mine = roles.get(measured, {"us": None, "faults_1k": None})
+    out["measured_role"] = measured
+    out["measured_us"] = mine["us"]
+    out["measured_faults_1k"] = mine["faults_1k"]
+    out["total_us"] = sum(v["us"] for v in roles.values())
+    out["total_faults_1k"] = sum(v["faults_1k"] for v in roles.values())
+    return out
+
+
 def metric(m: dict[str, Any], name: str) -> float | None:
     r = m["result"]
+    if name.startswith("thread:"):  # thread:<role>:us|faults_1k, thread:measured:us|faults_1k
+        _, role, what = name.split(":")
+        stats = thread_stats(r)
+        if not stats:
+            return None
+        if role == "measured":
+            value = stats[f"measured_{what}"]
+            return float(value) if value is not None else None
+        if role == "total":
+            return float(stats[f"total_{what}"])
+        entry = stats["roles"].get(role)
+        return float(entry[what]) if entry else 0.0
     if name == "rate":
         return r["events"] / r["seconds"] if r.get("seconds") else None
     if name == "cpu_us":
@@ -94,16 +162,17 @@ def table(results: dict[str, Any], scenario: str, name: str) -> dict[tuple[str, 
             continue
         value = metric(m, name)
         if value is not None:
-            key = (case_key(m["size"], m["partitions"]), m["contender"])
+            key = (_key(m), m["contender"])
             groups.setdefault(key, []).append(value)
     return {k: statistics.median(v) for k, v in groups.items()}
 
 
-def cases(results: dict[str, Any], scenario: str) -> list[tuple[int, int]]:
-    seen: list[tuple[int, int]] = []
+def cases(results: dict[str, Any], scenario: str) -> list[Case]:
+    seen: list[Case] = []
     for m in results["measurements"]:
-        if m["scenario"] == scenario and (m["size"], m["partitions"]) not in seen:
-            seen.append((m["size"], m["partitions"]))
+        case = (m["size"], m["partitions"], m.get("batch", 0))
+        if m["scenario"] == scenario and case not in seen:
+            seen.append(case)
     return seen
 
 
@@ -119,46 +188,84 @@ def contenders(results: dict[str, Any], scenario: str | None = None) -> list[str
 # --------------------------------------------------------------------------- targets
 
 
-def _ratio_target(
-    results: dict[str, Any], scenario: str, other: str, need: float, text: str, tid: str
+def _compare_target(
+    results: dict[str, Any],
+    scenario: str,
+    name: str,
+    other: str,
+    need: dict[int, float] | float,
+    text: str,
+    tid: str,
+    *,
+    at_most: bool = False,
+    unit: Callable[[float], str] = _fmt_rate,
 ) -> dict[str, Any]:
-    rates = table(results, scenario, "rate")
+    """compiled's ``name`` over ``other``'s, per case: at least ``need`` (``at_most``: at
+    most), which may depend on the event size (sizes it does not name are not judged)."""
+    values = table(results, scenario, name)
+    needs = need if isinstance(need, dict) else None
     rows = []
-    for size, parts in cases(results, scenario):
-        key = case_key(size, parts)
-        mine, theirs = rates.get((key, "compiled")), rates.get((key, other))
-        if mine is None or theirs is None:
+    for size, parts, batch in cases(results, scenario):
+        key = case_key(size, parts, batch)
+        want = needs.get(size) if needs is not None else need
+        mine, theirs = values.get((key, "compiled")), values.get((key, other))
+        if want is None or mine is None or not theirs:
             continue
         ratio = mine / theirs
         rows.append(
             {
-                "case": case_label(size, parts),
+                "case": case_label(size, parts, batch),
                 "value": round(ratio, 3),
-                "display": f"{ratio:.2f}x ({_fmt_rate(mine)} vs {_fmt_rate(theirs)})",
-                "pass": ratio >= need,
+                "need": want,
+                "display": f"{ratio:.2f}x ({unit(mine)} vs {unit(theirs)})",
+                "pass": ratio <= want if at_most else ratio >= want,
             }
         )
-    return _target(tid, text, f">= {need}x", rows)
+    sign = "<=" if at_most else ">="
+    if needs is None:
+        wording = f"{sign} {need}x"
+    else:
+        wording = ", ".join(f"{sign} {v}x at {size_label(k)}" for k, v in needs.items())
+    return _target(tid, text, wording, rows)
+
+
+def _value_target(
+    results: dict[str, Any],
+    scenario: str,
+    name: str,
+    limit: float,
+    text: str,
+    tid: str,
+    unit: Callable[[float], str],
+    need: str,
+    *,
+    below: bool = True,
+    inclusive: bool = False,
+) -> dict[str, Any]:
+    values = table(results, scenario, name)
+    rows = []
+    for size, parts, batch in cases(results, scenario):
+        value = values.get((case_key(size, parts, batch), "compiled"))
+        if value is None:
+            continue
+        ok = (value <= limit if inclusive else value < limit) if below else value >= limit
+        rows.append(
+            {
+                "case": case_label(size, parts, batch),
+                "value": round(value, 4),
+                "display": unit(value),
+                "pass": ok,
+            }
+        )
+    return _target(tid, text, need, rows)
 
 
 def _latency_target(
     results: dict[str, Any], scenario: str, name: str, below_ms: float, text: str, tid: str
 ) -> dict[str, Any]:
-    values = table(results, scenario, name)
-    rows = []
-    for size, parts in cases(results, scenario):
-        value = values.get((case_key(size, parts), "compiled"))
-        if value is None:
-            continue
-        rows.append(
-            {
-                "case": case_label(size, parts),
-                "value": round(value, 4),
-                "display": f"{value:.3f} ms",
-                "pass": value < below_ms,
-            }
-        )
-    return _target(tid, text, f"< {below_ms:g} ms", rows)
+    return _value_target(
+        results, scenario, name, below_ms, text, tid, lambda v: f"{v:.3f} ms", f"< {below_ms:g} ms"
+    )
 
 
 def _target(tid: str, text: str, need: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -166,18 +273,41 @@ def _target(tid: str, text: str, need: str, rows: list[dict[str, Any]]) -> dict[
     return {"id": tid, "target": text, "need": need, "status": status, "cases": rows}
 
 
+def _us(v: float) -> str:
+    return f"{v:.2f} µs"
+
+
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return [
-        _ratio_target(
-            results, "produce", "confluent", 2.5,
+        _compare_target(
+            results, "produce", "rate", "confluent", 2.5,
             "compiled produce vs the confluent-kafka typed loop", "produce_vs_confluent",
         ),
-        _ratio_target(
-            results, "produce", "c", 0.7, "compiled produce vs the C program", "produce_vs_c"
+        _compare_target(
+            results, "produce", "rate", "c", {100: 0.95, 1024: 0.85},
+            "compiled produce vs the C program (blocking calls)", "produce_vs_c",
         ),
-        _ratio_target(
-            results, "consume", "confluent", 1.5,
+        _value_target(
+            results, "produce", "thread:calling:faults_1k", 1.0,
+            "compiled produce: page faults per 1,000 events on the calling thread (steady state)",
+            "produce_faults", lambda v: f"{v:.2f}", "<= 1", inclusive=True,
+        ),
+        _compare_target(
+            results, "consume", "rate", "confluent", 1.5,
             "compiled consume vs the confluent-kafka typed loop", "consume_vs_confluent",
+        ),
+        _compare_target(
+            results, "consume", "rate", "c", 0.75,
+            "compiled consume vs the C program", "consume_vs_c",
+        ),
+        _compare_target(
+            results, "consume", "thread:consuming:us", "c", {100: 1.35},
+            "compiled consume: consuming-thread CPU per event vs the C program's",
+            "consume_cpu_vs_c", at_most=True, unit=_us,
+        ),
+        _compare_target(
+            results, "async", "rate", "c", 1.0,
+            "compiled pipelined produce_async vs the C program's pipelined calls", "async_vs_c",
         ),
         _latency_target(
             results, "latency", "p50_ms", 1.0, "compiled single-event produce p50", "latency_p50"
@@ -198,15 +328,16 @@ def context(results: dict[str, Any]) -> list[dict[str, Any]]:
         vx, vy = a.get((key, x)), a.get((key, y))
         return vx / vy if vx and vy else None
 
-    for scenario in ("produce", "consume"):
+    for scenario in ("produce", "consume", "async"):
         rates = table(results, scenario, "rate")
         cpu = table(results, scenario, "cpu_us")
-        for size, parts in cases(results, scenario):
-            key = case_key(size, parts)
+        mine = table(results, scenario, "thread:measured:us")
+        for size, parts, batch in cases(results, scenario):
+            key = case_key(size, parts, batch)
             rows.append(
                 {
                     "scenario": scenario,
-                    "case": case_label(size, parts),
+                    "case": case_label(size, parts, batch),
                     "rate compiled/pure": ratio(rates, key, "compiled", "pure"),
                     "CPU per event with metrics / without": ratio(
                         cpu, key, "compiled-metrics", "compiled"
@@ -216,6 +347,9 @@ def context(results: dict[str, Any]) -> list[dict[str, Any]]:
                     ),
                     "CPU per event confluent/compiled": ratio(cpu, key, "confluent", "compiled"),
                     "CPU per event compiled/c": ratio(cpu, key, "compiled", "c"),
+                    "calling/consuming-thread CPU per event compiled/c": ratio(
+                        mine, key, "compiled", "c"
+                    ),
                 }
             )
     return rows
@@ -249,8 +383,8 @@ def _throughput_section(results: dict[str, Any], scenario: str, what: str) -> li
         return []
     rates = table(results, scenario, "rate")
     cpu = table(results, scenario, "cpu_us")
-    keys = [case_key(s, p) for s, p in rows]
-    head = "| contender | " + " | ".join(case_label(s, p) for s, p in rows) + " |"
+    keys = [case_key(*case) for case in rows]
+    head = "| contender | " + " | ".join(case_label(*case) for case in rows) + " |"
     sep = "|---|" + "---:|" * len(rows)
     out = [f"## {what}", ""]
     out += [head, sep]
@@ -270,6 +404,89 @@ def _throughput_section(results: dict[str, Any], scenario: str, what: str) -> li
     return out
 
 
+def _threads_section(results: dict[str, Any], scenario: str) -> list[str]:
+    """CPU per event of each kind of thread and page faults per 1,000 events, per case and
+    contender (medians over rounds); librdkafka's threads by name from the first round."""
+    rows = cases(results, scenario)
+    names = ["measured", "eventstream", "librdkafka", "other", "total"]
+    cpu = {n: table(results, scenario, f"thread:{n}:us") for n in names}
+    faults = {n: table(results, scenario, f"thread:{n}:faults_1k") for n in ("measured", "total")}
+    if not rows or not any(cpu["measured"].values()):
+        return []
+    first: dict[tuple[str, str], dict[str, Any]] = {}
+    for m in _ok(results["measurements"]):
+        if m["scenario"] == scenario and thread_stats(m["result"]):
+            first.setdefault((_key(m), m["contender"]), thread_stats(m["result"]))
+    who = "consuming" if scenario == "consume" else "calling"
+    out = [
+        f"CPU per event per thread (µs) and page faults per 1,000 events, {scenario} "
+        f"(each thread's CPU time and minor + major faults over the measured section, from "
+        f"/proc/self/task in the contender's process; *{who}* is the thread that "
+        + ("runs the handler" if who == "consuming" else "makes the calls")
+        + "; *eventstream*: its poll thread(s); *librdkafka*: its threads summed, and by name "
+        "from the first round):",
+        "",
+        f"| case | contender | {who} thread µs | eventstream µs | librdkafka µs | other µs "
+        f"| all threads µs | {who} thread faults/1k | all faults/1k | librdkafka by thread µs |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for case in rows:
+        key = case_key(*case)
+        for c in contenders(results, scenario):
+            if (key, c) not in cpu["measured"]:
+                continue
+            stats = first.get((key, c), {})
+            by_name = ", ".join(
+                f"{n.removeprefix('rdk:')} {v:.2f}"
+                for n, v in sorted(stats.get("librdkafka_by_name", {}).items())
+            )
+            cells = [_cell(cpu[n].get((key, c)), lambda v: f"{v:.2f}") for n in names]
+            cells += [_cell(faults[n].get((key, c)), lambda v: f"{v:.2f}") for n in faults]
+            out.append(
+                f"| {case_label(*case)} | {_name(results, c)} | "
+                + " | ".join(cells)
+                + f" | {by_name or '—'} |"
+            )
+    out.append("")
+    return out
+
+
+def _coldstart_section(results: dict[str, Any]) -> list[str]:
+    rows = [m for m in _ok(results["measurements"]) if m["scenario"] == "coldstart"]
+    if not rows:
+        return []
+    st = results["settings"].get("coldstart", {})
+    variants = st.get("variants", {})
+    order = list(variants) or sorted({m["variant"] for m in rows})
+    by = {(m["contender"], m["variant"]): m["result"] for m in rows}
+    out = [
+        "## First produce() of a new producer (cold start)",
+        "",
+        f"Each cell: fresh processes ({st.get('processes_per_variant', 1)} per cell, median and "
+        "max), each makes a producer (eventstream: `new_topic` + `new_producer()`; the "
+        "confluent-kafka loop: `Producer(conf)`), waits as the column says, then times its "
+        "first call of one 100 B event, waited for; then "
+        f"{st.get('later_calls', 0)} more calls for comparison (their median). Milliseconds.",
+        "",
+        "| contender | "
+        + " | ".join(f"{variants.get(v, {}).get('label', v)}: first call ms (max)" for v in order)
+        + " | making the producer ms | later calls p50 ms |",
+        "|---|" + "---:|" * (len(order) + 2),
+    ]
+    for c in contenders(results, "coldstart"):
+        cells = []
+        for v in order:
+            r = by.get((c, v))
+            cells.append(f"{r['first_ms']:.1f} ({r['first_ms_max']:.1f})" if r else "—")
+        made = [by[(c, v)]["make_ms"] for v in order if (c, v) in by]
+        later = [by[(c, v)]["later_p50_ms"] for v in order if (c, v) in by]
+        cells.append(f"{statistics.median(made):.1f}" if made else "—")
+        cells.append(f"{statistics.median(later):.2f}" if later else "—")
+        out.append(f"| {_name(results, c)} | " + " | ".join(cells) + " |")
+    out.append("")
+    return out
+
+
 def _latency_section(results: dict[str, Any], scenario: str, what: str, extra: bool) -> list[str]:
     if not cases(results, scenario):
         return []
@@ -277,9 +494,9 @@ def _latency_section(results: dict[str, Any], scenario: str, what: str, extra: b
     values = {n: table(results, scenario, n) for n in names}
     achieved = table(results, scenario, "achieved_rate")
     calls = table(results, scenario, "calls")
-    size, parts = cases(results, scenario)[0]
-    key = case_key(size, parts)
-    out = [f"## {what} ({case_label(size, parts)})", ""]
+    size, parts, batch = cases(results, scenario)[0]
+    key = case_key(size, parts, batch)
+    out = [f"## {what} ({case_label(size, parts, batch)})", ""]
     head = "| contender | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms |"
     sep = "|---|---:|---:|---:|---:|---:|"
     if extra:
@@ -384,7 +601,11 @@ def markdown(results: dict[str, Any]) -> str:
         + f", on the same machine; replication factor {st['replication_factor']}",
         "- **Software**: " + ", ".join(f"{k} {v}" for k, v in sw.items() if v),
         f"- **Workload**: protobuf events of 100 B and 1 KB (encoded), {st['compression']}, "
-        f"{st['keys']}; produce in blocking calls of {st['batch_events_per_call']:,} events; "
+        f"{st['keys']}; produce in blocking calls of "
+        + " and ".join(
+            f"{b:,}" for b in st.get("produce_events_per_call", [st["batch_events_per_call"]])
+        )
+        + " events; "
         "every contender in a fresh process, on a fresh topic, one after the other; "
         f"throughput figures of C, eventstream compiled and the confluent-kafka loop are medians "
         f"of {st.get('repeat', 1)} rounds, the others ran once",
@@ -419,14 +640,20 @@ def markdown(results: dict[str, Any]) -> str:
             cells = [_cell(row[n], lambda v: f"{v:.2f}x") for n in names]
             out.append(f"| {row['scenario']} | {row['case']} | " + " | ".join(cells) + " |")
         out.append("")
-    out += _throughput_section(
-        results, "produce",
-        f"Produce throughput (blocking calls of {st['batch_events_per_call']:,} events, "
-        "acks=all)",
-    )  # fmt: skip
+    out += _throughput_section(results, "produce", "Produce throughput (blocking calls, acks=all)")
+    out += _threads_section(results, "produce")
     out += _throughput_section(
         results, "consume", "Consume throughput (topic pre-filled; first to last event handled)"
     )
+    out += _threads_section(results, "consume")
+    in_flight = st.get("async", {}).get("calls_in_flight")
+    out += _throughput_section(
+        results, "async",
+        f"Pipelined produce_async throughput ({in_flight} calls in flight on one event loop; "
+        "C: the same pipelining over rd_kafka_flush)",
+    )  # fmt: skip
+    out += _threads_section(results, "async")
+    out += _coldstart_section(results)
     out += _latency_section(
         results, "latency",
         f"Single-event produce latency ({st['latency_calls']:,} sequential calls)", extra=False,
@@ -446,7 +673,7 @@ def markdown(results: dict[str, Any]) -> str:
             first = m["error"].splitlines()[0]
             variant = f" ({m['variant']})" if m.get("variant") else ""
             out.append(
-                f"- {m['scenario']} {case_label(m['size'], m['partitions'])}{variant}, "
+                f"- {m['scenario']} {_label_of(m)}{variant}, "
                 f"{_name(results, m['contender'])}: `{first}`"
             )
         out.append("")
@@ -455,6 +682,9 @@ def markdown(results: dict[str, Any]) -> str:
         out.append(f"- **{info['name']}** — {info.get('client', '')}")
         out.append(f"  - produce: {info.get('produce call', '')}; {_kv(info.get('producer', {}))}")
         out.append(f"  - consume: {info.get('consume', '')}; {_kv(info.get('consumer', {}))}")
+        for what in ("async call", "cold start"):
+            if info.get(what):
+                out.append(f"  - {what}: {info[what]}")
     out += [
         "",
         "## Load around each measurement",
@@ -474,7 +704,7 @@ def markdown(results: dict[str, Any]) -> str:
     for m in results["measurements"]:
         ld = m.get("load") or {}
         out.append(
-            f"| {m['scenario']} | {case_label(m['size'], m['partitions'])} | {m['contender']} | "
+            f"| {m['scenario']} | {_label_of(m)} | {m['contender']} | "
             f"{ld.get('wall_s', '—')} | {ld.get('machine_busy_pct', '—')} | "
             f"{ld.get('client_cpu_s', '—')} | {ld.get('broker_cpu_s', '—')} | "
             f"{ld.get('other_cpu_pct', '—')} | {ld.get('other_cpu_pct_before', '—')} | "
@@ -489,7 +719,8 @@ def markdown(results: dict[str, Any]) -> str:
         "- Produce: each contender publishes N events in blocking calls of a fixed batch size "
         "and waits for every acknowledgement of a call before the next (eventstream: "
         "`producer.produce(*batch)`; the peers: send the batch, then flush/await it); a "
-        "warm-up of a few batches is not timed. The same pre-built events are reused by every "
+        "warm-up of at least two calls of the case's size is not timed (so that buffers have "
+        "grown to it before the measured calls). The same pre-built events are reused by every "
         "call, but every call serializes them again (the C program sends a pre-serialized "
         "payload). Every event carries the 5 CloudEvents headers with a unique `ce_id`.",
         "- Consume: the topic is pre-filled with N events (by the C program), and the time runs "
@@ -500,6 +731,15 @@ def markdown(results: dict[str, Any]) -> str:
         "one event, and waits for its acknowledgement); the event carries CLOCK_MONOTONIC at "
         "the produce call, the handler subtracts it from the time it runs. The first events are "
         "a warm-up and are not counted.",
+        "- Pipelined produce_async: the same calls as produce, but up to "
+        f"{st.get('async', {}).get('calls_in_flight', '?')} of them awaiting their "
+        "acknowledgements at a time on one asyncio event loop (a new call starts when the "
+        "oldest completes); the C program pipelines the same way in one thread.",
+        "- Cold start: see its section.",
+        "- Per thread: each contender's process reads /proc/self/task/<tid>/{stat,schedstat,comm} "
+        "for all its threads right before and after the measured section (the C program in C); "
+        "CPU is schedstat's time on a CPU, faults are minflt + majflt; the measured thread's "
+        "own counters are read last before and first after the section.",
         "- Consumer restart: eventstream only (the peers leave group membership to their "
         "users); see its section for the method.",
         "- Ratios in the targets are medians from this run only; never compare across runs.",
@@ -520,13 +760,15 @@ def chart(results: dict[str, Any], path: Path) -> bool:
         import matplotlib.ticker
     except ImportError:
         return False
-    if not any(cases(results, s) for s in ("produce", "consume", "latency", "e2e")):
+    shown = ("produce", "consume", "async", "coldstart", "latency", "e2e")
+    if not any(cases(results, s) for s in shown):
         return False  # e.g. --only restart: nothing this chart shows
     names = contenders(results)
-    fig, axes = plt.subplots(2, 2, figsize=(14, 9))
+    fig, axes = plt.subplots(3, 2, figsize=(14, 13.5))
     panels = [
         (axes[0][0], "produce", "rate", "Produce throughput (events/s)"),
         (axes[0][1], "consume", "rate", "Consume throughput (events/s)"),
+        (axes[1][0], "async", "rate", "Pipelined produce_async throughput (events/s)"),
     ]
     for ax, scenario, name, title in panels:
         rows = cases(results, scenario)
@@ -535,15 +777,41 @@ def chart(results: dict[str, Any], path: Path) -> bool:
         width = 0.8 / max(1, len(names))
         for i, c in enumerate(names):
             xs = [j + i * width for j in range(len(rows))]
-            ys = [values.get((case_key(s, p), c), 0.0) for s, p in rows]
+            ys = [values.get((case_key(*case), c), 0.0) for case in rows]
             ax.bar(xs, ys, width, label=_name(results, c), color=COLORS.get(c))
         ax.set_xticks([j + width * (len(names) - 1) / 2 for j in range(len(rows))])
-        ax.set_xticklabels([case_label(s, p) for s, p in rows], fontsize=8)
+        labels = [case_label(*case).replace(", calls", "\ncalls") for case in rows]
+        ax.set_xticklabels(labels, fontsize=7)
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
+        if names:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "not measured", ha="center", transform=ax.transAxes)
+    ax = axes[1][1]
+    cold = {(m["contender"], m["variant"]): m["result"] for m in _ok(results["measurements"])
+            if m["scenario"] == "coldstart"}  # fmt: skip
+    variants = list(results["settings"].get("coldstart", {}).get("variants", {}))
+    names = contenders(results, "coldstart")
+    for i, v in enumerate(variants):
+        xs = [j + (i - (len(variants) - 1) / 2) * 0.4 for j in range(len(names))]
+        ys = [cold.get((c, v), {}).get("first_ms") or 0.0 for c in names]
+        ax.bar(xs, ys, 0.4, color=[COLORS.get(c) for c in names], alpha=1.0 - 0.5 * i)
+    if names:
+        ax.set_xticks(list(range(len(names))))
+        ax.set_xticklabels([_name(results, c) for c in names], fontsize=7)
+        ax.set_yscale("log")  # a few ms beside half a second
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    else:
+        ax.text(0.5, 0.5, "not measured", ha="center", transform=ax.transAxes)
+    ax.set_title(
+        "First produce() of a new producer (ms): solid made just before, light 1 s before",
+        fontsize=10,
+    )
+    ax.grid(axis="y", alpha=0.3)
     latency_panels = [
-        (axes[1][0], "latency", "Single-event produce latency (ms)"),
-        (axes[1][1], "e2e", "End-to-end latency at 1,000 events/s (ms)"),
+        (axes[2][0], "latency", "Single-event produce latency (ms)"),
+        (axes[2][1], "e2e", "End-to-end latency at 1,000 events/s (ms)"),
     ]
     for ax, scenario, title in latency_panels:
         p50, p99 = table(results, scenario, "p50_ms"), table(results, scenario, "p99_ms")
@@ -565,7 +833,6 @@ def chart(results: dict[str, Any], path: Path) -> bool:
             ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.set_title(title + " — solid p50, light p99")
         ax.grid(axis="y", alpha=0.3)
-    axes[0][0].legend(fontsize=8)
     fig.suptitle(
         f"eventstream benchmarks — {results['started_utc']}"
         + (" (quick)" if results.get("quick") else ""),

@@ -15,6 +15,7 @@ import os
 import resource
 import shlex
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -41,7 +42,7 @@ CONTENDERS: dict[str, str] = {
     "aiokafka": "aiokafka",
     "kafka-python": "kafka-python",
 }
-SCENARIOS = ("produce", "consume", "latency", "e2e", "restart")
+SCENARIOS = ("produce", "consume", "async", "coldstart", "latency", "e2e", "restart")
 NATIVE = ("c",)
 # Contenders measured in some scenarios only: what metrics and tracing cost is a throughput
 # question.
@@ -53,15 +54,26 @@ ONLY_IN: dict[str, tuple[str, ...]] = {
 EVENTSTREAM = ("compiled", "compiled-metrics", "compiled-otel", "pure")
 # Scenarios that measure some contenders only: a restart is about eventstream's group
 # membership (static by default), which the peers leave to their users.
-SCENARIO_CONTENDERS: dict[str, tuple[str, ...]] = {"restart": ("compiled", "pure")}
+# The pipelined asyncio scenario compares eventstream's produce_async with the C program's
+# pipelined calls (confluent-kafka's AIOProducer refuses headers; aiokafka's produce scenario is
+# asyncio already); the cold start is about eventstream's producers and the typed loop's.
+SCENARIO_CONTENDERS: dict[str, tuple[str, ...]] = {
+    "restart": ("compiled", "pure"),
+    "async": ("c", "compiled", "pure"),
+    "coldstart": ("compiled", "pure", "confluent"),
+}
 # The contenders that the targets compare: measured in every round of a throughput scenario (the
 # median counts), the others once. Rounds run one after the other in time, so a burst of load
 # from elsewhere on the machine hits one round, not all of them.
 TARGET_CONTENDERS = ("c", "compiled", "confluent")
-THROUGHPUT = ("produce", "consume")
+THROUGHPUT = ("produce", "consume", "async")
+# The worker/C mode that measures each scenario (the default: the scenario's name).
+MODES = {"async": "produce-async", "coldstart": "cold-start"}
 SCENARIO_TITLES = {
     "produce": "Produce throughput",
     "consume": "Consume throughput",
+    "async": "Pipelined produce_async throughput",
+    "coldstart": "First produce() of a new producer",
     "latency": "Single-event produce latency",
     "e2e": "End-to-end latency",
     "restart": "Consumer restart after SIGKILL",
@@ -76,6 +88,19 @@ class RestartVariant:
     consumer_properties: dict[str, str]
     label: str
 
+
+@dataclass(frozen=True)
+class ColdStartVariant:
+    """When the producer of the cold-start scenario is made, before its first call."""
+
+    delay_s: float
+    label: str
+
+
+COLDSTART_VARIANTS: dict[str, ColdStartVariant] = {
+    "now": ColdStartVariant(0.0, "producer made right before the call"),
+    "1s": ColdStartVariant(1.0, "producer made 1 s before the call"),
+}
 
 RESTART_VARIANTS: dict[str, RestartVariant] = {
     "static": RestartVariant(
@@ -108,13 +133,19 @@ class Sizes:
     restart_warmup: int = 1000
     restart_events: int = 200
     restart_rate: float = 500.0
-    batch: int = 1000
+    batch: int = 1000  # events per call where a scenario has one size (latency: 1)
+    # produce and async: every case in calls of each of these sizes; the warm-up is at least
+    # two calls of the case's size, so that buffers have grown to it before the measured calls
+    produce_batches: tuple[int, ...] = (1000, 10_000)
+    async_in_flight: int = 4
+    coldstart_rounds: int = 3  # fresh processes per contender and variant (median, max)
+    coldstart_later_calls: int = 20
     e2e_rate: float = 1000.0
     timeout: float = 600.0
 
 
 FULL = Sizes(
-    produce_events={100: 150_000, 1024: 75_000},
+    produce_events={100: 150_000, 1024: 80_000},
     consume_events={100: 150_000, 1024: 75_000},
     produce_warmup=2_000,
     latency_calls=2_000,
@@ -124,7 +155,7 @@ FULL = Sizes(
     broker_warmup_events=400_000,
 )
 QUICK = Sizes(
-    produce_events={100: 10_000, 1024: 5_000},
+    produce_events={100: 20_000, 1024: 20_000},
     consume_events={100: 10_000, 1024: 5_000},
     produce_warmup=1_000,
     latency_calls=300,
@@ -135,6 +166,7 @@ QUICK = Sizes(
     restart_variants=("static", "shared-6s"),  # the 45 s of a shared member would double it
     restart_warmup=200,
     restart_events=50,
+    coldstart_rounds=1,
     timeout=120.0,
 )
 
@@ -146,20 +178,25 @@ class Case:
     partitions: int
     count: int
     warmup: int
-    variant: str = ""  # restart: a key of RESTART_VARIANTS
+    variant: str = ""  # restart: a key of RESTART_VARIANTS; coldstart: of COLDSTART_VARIANTS
+    batch: int = 0  # produce and async: events per call (0: the scenario has no call size)
 
     @property
     def key(self) -> str:
-        key = report.case_key(self.size, self.partitions)
+        key = report.case_key(self.size, self.partitions, self.batch)
         return f"{key}-{self.variant}" if self.variant else key
 
     @property
     def title(self) -> str:
         parts = "partition" if self.partitions == 1 else "partitions"
-        variant = f", {RESTART_VARIANTS[self.variant].label}" if self.variant else ""
+        variant = ""
+        if self.variant:
+            variants = COLDSTART_VARIANTS if self.scenario == "coldstart" else RESTART_VARIANTS
+            variant = f", {variants[self.variant].label}"
+        calls = f", calls of {self.batch:,} events" if self.batch else ""
         return (
             f"{SCENARIO_TITLES[self.scenario]}: {report.size_label(self.size)} events, "
-            f"{self.partitions} {parts}{variant}"
+            f"{self.partitions} {parts}{calls}{variant}"
         )
 
 
@@ -168,11 +205,20 @@ def build_plan(sizes: Sizes, scenarios: Sequence[str], quick: bool) -> list[Case
     matrix = [(100, 1), (100, 6), (1024, 1), (1024, 6)]
     if quick:  # small N and a smaller matrix: the smoke test runs this
         matrix = [(100, 1), (1024, 6)]
+    calls = [(s, p, b) for s, p in matrix for b in sizes.produce_batches]
+    if quick:  # both call sizes, one case each
+        calls = [(100, 1, 1000), (1024, 6, 10_000)]
     for scenario in scenarios:
-        if scenario == "produce":
+        if scenario in ("produce", "async"):
             plan += [
-                Case("produce", s, p, sizes.produce_events[s], sizes.produce_warmup)
-                for s, p in matrix
+                Case(scenario, s, p, sizes.produce_events[s], max(sizes.produce_warmup, 2 * b),
+                     batch=b)
+                for s, p, b in calls
+            ]  # fmt: skip
+        elif scenario == "coldstart":
+            plan += [
+                Case("coldstart", 100, 1, sizes.coldstart_later_calls, 0, variant)
+                for variant in COLDSTART_VARIANTS
             ]
         elif scenario == "consume":
             plan += [Case("consume", s, p, sizes.consume_events[s], 0) for s, p in matrix]
@@ -538,7 +584,7 @@ class Contenders:
             return [sys.executable, "-m", "benchmarks.worker", json.dumps(spec)]
         if self.native_bin is None:
             raise BenchError("the C contender is not built")
-        producing = mode in ("produce", "latency", "e2e-produce")
+        producing = mode in ("produce", "produce-async", "latency", "e2e-produce")
         props = common.RDK_CONSUMER
         if producing:
             props = common.RDK_PRODUCER
@@ -552,6 +598,7 @@ class Contenders:
             "--batch", str(spec.get("batch", 1000)),
             "--warmup", str(spec.get("warmup", 0)),
             "--rate", str(spec.get("rate", 1000.0)),
+            "--inflight", str(spec.get("in_flight", 4)),
             "--source", common.SOURCE,
             "--type", common.TYPE_NAME,
         ]  # fmt: skip
@@ -581,6 +628,9 @@ class Contenders:
                 "payload, MSG_F_COPY); then rd_kafka_flush for the batch",
                 "consume": "rd_kafka_consumer_poll + ce_type lookup + offset_store_message "
                 "(no protobuf decoding)",
+                "async call": "pipelined: calls of rd_kafka_produceva per event, a new call as "
+                "soon as the oldest in flight completes (rd_kafka_flush serves the reports; the "
+                "report completing a call yields)",
             }
         spec = {"brokers": brokers, "topic": "describe", "count": 0}
         return self.start(contender, "describe", spec, None).finish(120)
@@ -601,6 +651,7 @@ class Measurement:
     error: str | None = None
     topic: str = ""
     variant: str = ""
+    batch: int = 0
 
 
 class Runner:
@@ -629,6 +680,7 @@ class Runner:
         return f"bench-{self.run_id}-{case.scenario}-{case.key}-{contender}{suffix}"
 
     def spec(self, case: Case, topic: str) -> dict[str, Any]:
+        delay = COLDSTART_VARIANTS[case.variant].delay_s if case.scenario == "coldstart" else 0
         return {
             "brokers": self.bootstrap,
             "topic": topic,
@@ -637,9 +689,12 @@ class Runner:
             "partitions": case.partitions,
             "count": case.count,
             "warmup": case.warmup,
-            "batch": self.sizes.batch,
+            "batch": case.batch or self.sizes.batch,
             "rate": self.sizes.e2e_rate,
             "timeout": self.sizes.timeout,
+            "in_flight": self.sizes.async_in_flight,
+            "delay": delay,
+            "later_calls": self.sizes.coldstart_later_calls,
         }
 
     def warm_broker(self) -> None:
@@ -682,13 +737,14 @@ class Runner:
         return float(other) if other is not None else 0.0
 
     def run_case(self, case: Case, contender: str, round_: int) -> Measurement:
-        if case.scenario in ("produce", "consume") and not self.args.quick:
+        if case.scenario in THROUGHPUT and not self.args.quick:
             fraction = common.SLOW_CONTENDER_FRACTION.get(contender, 1.0)
             case = replace(case, count=max(1, int(case.count * fraction)))
         topic = self.topic_name(case, contender, round_)
         m = Measurement(case.scenario, case.size, case.partitions, contender, case.count)
         m.topic = topic
         m.variant = case.variant
+        m.batch = case.batch
         bar = Bar(CONTENDERS[contender])
         timeout = self.sizes.timeout
         try:
@@ -702,6 +758,8 @@ class Runner:
             load = Load(self.broker.pids())
             if case.scenario == "restart":
                 m.result = self.restart(case, contender, spec, bar)
+            elif case.scenario == "coldstart":
+                m.result = self.cold_start(contender, spec, bar)
             elif case.scenario == "e2e":
                 consumer = self.procs.start(contender, "e2e-consume", spec, bar)
                 try:
@@ -717,7 +775,8 @@ class Runner:
                 m.result = {"producer": produced, "consumer": _strip_samples(received)}
                 m.result["latency"] = common.latency_stats(received.get("samples_ns", []))
             else:
-                result = self.procs.start(contender, case.scenario, spec, bar).finish(timeout)
+                mode = MODES.get(case.scenario, case.scenario)
+                result = self.procs.start(contender, mode, spec, bar).finish(timeout)
                 if "samples_ns" in result:
                     result["latency"] = common.latency_stats(result["samples_ns"])
                     result = _strip_samples(result)
@@ -730,6 +789,29 @@ class Runner:
         finally:
             self.admin.delete(topic)
         return m
+
+    def cold_start(self, contender: str, spec: dict[str, Any], bar: Bar) -> dict[str, Any]:
+        """Fresh processes, one after the other: each makes a producer, waits ``spec["delay"]``
+        seconds, times its first call (one event) and a few later ones."""
+        rounds = [
+            self.procs.start(contender, "cold-start", spec, bar).finish(self.sizes.timeout)
+            for _ in range(self.sizes.coldstart_rounds)
+        ]
+
+        def med(name: str) -> float | None:
+            values = [r[name] for r in rounds if r.get(name) is not None]
+            return round(statistics.median(values), 3) if values else None
+
+        return {
+            "delay_s": spec["delay"],
+            "processes": len(rounds),
+            "first_ms": med("first_ms"),
+            "first_ms_max": round(max(r["first_ms"] for r in rounds), 3),
+            "make_ms": med("make_ms"),
+            "later_p50_ms": med("later_p50_ms"),
+            "later_calls": spec["later_calls"],
+            "rounds": rounds,
+        }
 
     def restart(self, case: Case, contender: str, spec: dict[str, Any], bar: Bar) -> dict[str, Any]:
         """A consumer process handles a paced stream; after ``case.warmup`` events it is
@@ -792,6 +874,13 @@ class Runner:
             count = f"{case.count:,} {'calls' if case.scenario == 'latency' else 'events'}"
             if case.scenario == "restart":
                 count = f"SIGKILL after {case.warmup:,} events, restart at once"
+            elif case.scenario == "async":
+                count += f", {self.sizes.async_in_flight} calls in flight"
+            elif case.scenario == "coldstart":
+                count = (
+                    f"{self.sizes.coldstart_rounds} fresh process(es), then "
+                    f"{case.count} later calls, 1 event each"
+                )
             sys.stderr.write(f"\n{case.title} ({count} per contender)\n")
             rounds = self.args.repeat if case.scenario in THROUGHPUT else 1
             for round_ in range(rounds):
@@ -946,6 +1035,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "quick": args.quick,
             "settings": {
                 "batch_events_per_call": sizes.batch,
+                "produce_events_per_call": list(sizes.produce_batches),
                 "produce_events": {
                     report.size_label(k): v for k, v in sizes.produce_events.items()
                 },
@@ -953,6 +1043,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                     report.size_label(k): v for k, v in sizes.consume_events.items()
                 },
                 "produce_warmup_events": sizes.produce_warmup,
+                "produce_warmup": f"max({sizes.produce_warmup:,} events, 2 calls of the case's "
+                "size), in calls of that size",
+                "async": {
+                    "calls_in_flight": sizes.async_in_flight,
+                    "events": {report.size_label(k): v for k, v in sizes.produce_events.items()},
+                    "events_per_call": list(sizes.produce_batches),
+                },
+                "coldstart": {
+                    "processes_per_variant": sizes.coldstart_rounds,
+                    "event": "100 B, one event per call, each waited for",
+                    "later_calls": sizes.coldstart_later_calls,
+                    "variants": {k: asdict(v) for k, v in COLDSTART_VARIANTS.items()},
+                },
+                "threads": "CPU time (schedstat) and page faults (minflt + majflt) of every "
+                "thread of the contender's process over the measured section, read from "
+                "/proc/self/task/<tid>/ in that process (Python: benchmarks/threads.py; C: "
+                "esbench.c), the measured thread's own counters last before and first after",
                 "latency_calls": sizes.latency_calls,
                 "latency_warmup_calls": sizes.latency_warmup,
                 "e2e_rate_per_s": sizes.e2e_rate,

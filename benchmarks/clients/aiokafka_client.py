@@ -11,7 +11,7 @@ from typing import Any
 
 import aiokafka
 
-from benchmarks import common, payload
+from benchmarks import common, payload, threads
 
 PRODUCER = {
     "acks": "all",
@@ -78,6 +78,7 @@ async def _produce(spec: dict[str, Any], progress: common.Progress) -> dict[str,
         for start in range(0, spec["warmup"], size):
             await sender.send(batch[: min(size, spec["warmup"] - start)])
         done = 0
+        section = threads.Section("calling")
         timer = common.Timer()
         while done < total:
             n = min(size, total - done)
@@ -85,6 +86,7 @@ async def _produce(spec: dict[str, Any], progress: common.Progress) -> dict[str,
             done += n
             progress.update(done)
         result = timer.result(total)
+        result |= section.result()
     finally:
         await sender.client.stop()
     return result

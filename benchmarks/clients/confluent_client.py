@@ -29,6 +29,7 @@ def describe(spec: dict[str, Any]) -> dict[str, Any]:
         "then flush() for the batch",
         "consume": "consume(1000, 0) drain (consume(1, 0.1) when empty) + ce_type lookup + "
         "FromString + handler; store_offsets per batch",
+        "cold start": "producer = Producer(conf); then the first send: produce(event) + flush()",
     }
 
 
@@ -121,6 +122,11 @@ def _consume_loop(spec: dict[str, Any], handler: Any, done: Any) -> None:
 
 def produce(spec: dict[str, Any], progress: common.Progress) -> dict[str, Any]:
     return scenarios.produce(_Sender(spec), spec, progress)
+
+
+def cold_start(spec: dict[str, Any], progress: common.Progress) -> dict[str, Any]:
+    """The first send (produce + flush) of a Producer made just before or some time before."""
+    return scenarios.cold_start(lambda: _Sender(spec), spec, progress)
 
 
 def latency(spec: dict[str, Any], progress: common.Progress) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Any
@@ -66,6 +67,10 @@ def describe(spec: dict[str, Any]) -> dict[str, Any]:
         "produce call": "producer.produce(*batch): blocks until the whole batch is acknowledged",
         "consume": "consumer.consume(handler): handler(event) per event on the poll thread; "
         "offset stored after it returns",
+        "async call": "await producer.produce_async(*batch), several calls in flight on one "
+        "event loop",
+        "cold start": "topic = new_topic(...); producer = topic.new_producer(); then the first "
+        "producer.produce(event)",
     }
 
 
@@ -96,6 +101,27 @@ def _consume_loop(spec: dict[str, Any], handler: Any, done: threading.Event) -> 
 
 def produce(spec: dict[str, Any], progress: common.Progress) -> dict[str, Any]:
     return scenarios.produce(_Sender(spec), spec, progress)
+
+
+def produce_async(spec: dict[str, Any], progress: common.Progress) -> dict[str, Any]:
+    """Pipelined ``await producer.produce_async(*batch)`` calls on one event loop, up to
+    ``spec["in_flight"]`` of them awaiting their acknowledgements at a time."""
+    sender = _Sender(spec)
+
+    async def main() -> dict[str, Any]:
+        return await scenarios.produce_pipelined(
+            lambda events: sender.producer.produce_async(*events), spec, progress
+        )
+
+    try:
+        return asyncio.run(main())
+    finally:
+        sender.close()
+
+
+def cold_start(spec: dict[str, Any], progress: common.Progress) -> dict[str, Any]:
+    """The first produce() of a producer made just before (delay 0) or some time before."""
+    return scenarios.cold_start(lambda: _Sender(spec), spec, progress)
 
 
 def latency(spec: dict[str, Any], progress: common.Progress) -> dict[str, Any]:

@@ -15,13 +15,20 @@
  * Modes (stdout: one JSON object on the last line; stderr: "@progress <done> <total>" lines and
  * diagnostics; the runner learns that an e2e consumer is assigned from the broker's group state):
  *   produce      --count N --batch B            N events in blocking batches of B (flush per batch)
+ *   produce-async --count N --batch B --inflight K   calls of B events, up to K of them awaiting
+ *                                              their acknowledgements at a time (pipelined)
  *   latency      --count N                      N sequential single-event produce+flush, samples
  *   consume      --count N --group G            time from the first to the N-th event handled
  *   e2e-produce  --count N --rate R             events stamped with CLOCK_MONOTONIC at R per second
  *   e2e-consume  --count N --group G --warmup W latency samples of events with seq >= W
  * Common: --brokers B --topic T --payload FILE --source S --type T [--warmup W] [-X key=value]...
+ *
+ * produce, produce-async and consume also report, per thread of the process, the CPU time and the
+ * page faults of the measured section ("threads"), read from /proc/self/task/<tid>/ as
+ * benchmarks/threads.py does for the Python contenders.
  */
 #define _GNU_SOURCE 1
+#include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdint.h>
@@ -55,13 +62,14 @@ typedef struct {
 
 typedef struct rd_kafka_topic_partition_list_s rd_kafka_topic_partition_list_t; /* opaque here */
 
-enum { VT_RKT = 2, VT_VALUE = 4, VT_MSGFLAGS = 7, VT_HEADERS = 10 };
+enum { VT_RKT = 2, VT_VALUE = 4, VT_OPAQUE = 6, VT_MSGFLAGS = 7, VT_HEADERS = 10 };
 
 typedef struct {
     int vtype;
     union {
         rd_kafka_topic_t *rkt;
         int i;
+        void *ptr;
         struct {
             void *ptr;
             size_t size;
@@ -93,6 +101,7 @@ extern rd_kafka_topic_t *rd_kafka_topic_new(rd_kafka_t *rk, const char *topic,
                                             rd_kafka_topic_conf_t *conf);
 extern void rd_kafka_topic_destroy(rd_kafka_topic_t *rkt);
 extern int rd_kafka_poll(rd_kafka_t *rk, int timeout_ms);
+extern void rd_kafka_yield(rd_kafka_t *rk);
 extern rd_kafka_resp_err_t rd_kafka_flush(rd_kafka_t *rk, int timeout_ms);
 extern rd_kafka_error_t *rd_kafka_produceva(rd_kafka_t *rk, const rd_kafka_vu_t *vus, size_t cnt);
 extern rd_kafka_resp_err_t rd_kafka_error_code(const rd_kafka_error_t *error);
@@ -123,11 +132,11 @@ extern rd_kafka_resp_err_t rd_kafka_consumer_close(rd_kafka_t *rk);
 #define MAX_PROPS 64
 static struct {
     const char *mode, *brokers, *topic, *payload_path, *group, *source, *type;
-    long count, batch, warmup;
+    long count, batch, warmup, inflight;
     double rate;
     const char *props[MAX_PROPS][2];
     int nprops;
-} opt = {.batch = 1000, .rate = 1000.0, .source = "bench", .type = "eventstream.bench.BenchEvent"};
+} opt = {.batch = 1000, .inflight = 4, .rate = 1000.0, .source = "bench", .type = "eventstream.bench.BenchEvent"};
 
 static unsigned char *payload;
 static size_t payload_len;
@@ -161,8 +170,124 @@ static void progress(long done, long total) {
     }
 }
 
+/* ---- CPU time and page faults per thread (as benchmarks/threads.py) ------------------------ */
+#define MAX_TASKS 256
+typedef struct {
+    int tid;
+    char comm[32];
+    long long cpu_ns; /* schedstat: time on a CPU; -1 when the kernel has no schedstat */
+    long long utime, stime, minflt, majflt;
+} task_t;
+typedef struct {
+    int n;
+    task_t t[MAX_TASKS];
+} snap_t;
+static snap_t snap_before, snap_after;
+
+static int read_text(const char *path, char *buf, size_t size) {
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, size - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    return n > 0;
+}
+
+static int read_task(int tid, task_t *t) {
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/self/task/%d/stat", tid);
+    if (!read_text(path, buf, sizeof buf))
+        return 0;
+    char *p = strrchr(buf, ')');
+    if (!p)
+        return 0;
+    /* after ")": state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime
+     * stime */
+    long long v[13];
+    char state;
+    if (sscanf(p + 1, " %c %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld", &state,
+               &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7], &v[8], &v[9], &v[10], &v[11],
+               &v[12]) != 13)
+        return 0;
+    t->tid = tid;
+    t->minflt = v[7];
+    t->majflt = v[9];
+    t->utime = v[11];
+    t->stime = v[12];
+    snprintf(path, sizeof path, "/proc/self/task/%d/schedstat", tid);
+    t->cpu_ns = read_text(path, buf, sizeof buf) ? atoll(buf) : -1;
+    snprintf(path, sizeof path, "/proc/self/task/%d/comm", tid);
+    if (!read_text(path, t->comm, sizeof t->comm))
+        t->comm[0] = '\0';
+    t->comm[strcspn(t->comm, "\n")] = '\0';
+    return 1;
+}
+
+/* The measured thread's own counters are read last before a section and first after it. */
+static void snap_take(snap_t *s, int first, int last) {
+    int tids[MAX_TASKS], n = 0;
+    DIR *d = opendir("/proc/self/task");
+    struct dirent *e;
+    while (d && (e = readdir(d)) && n < MAX_TASKS)
+        if (e->d_name[0] != '.')
+            tids[n++] = atoi(e->d_name);
+    if (d)
+        closedir(d);
+    for (int i = 0; i < n; i++) { /* move `first` to the front, `last` to the back */
+        if (tids[i] == first) {
+            tids[i] = tids[0];
+            tids[0] = first;
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        if (tids[i] == last) {
+            tids[i] = tids[n - 1];
+            tids[n - 1] = last;
+        }
+    }
+    s->n = 0;
+    for (int i = 0; i < n; i++)
+        if (read_task(tids[i], &s->t[s->n]))
+            s->n++;
+}
+
+/* ", \"threads\": [...], \"ended\": N" of the section between two snapshots. */
+static void print_threads(const snap_t *b, const snap_t *a, const char *role) {
+    long tck = sysconf(_SC_CLK_TCK);
+    int me = (int)getpid(), ended = 0;
+    printf(", \"threads\": [");
+    for (int i = 0; i < a->n; i++) {
+        const task_t *x = &a->t[i], *y = NULL;
+        task_t zero = {0};
+        for (int j = 0; j < b->n; j++)
+            if (b->t[j].tid == x->tid)
+                y = &b->t[j];
+        if (!y)
+            y = &zero;
+        const char *r = x->tid == me ? role : strncmp(x->comm, "rdk:", 4) == 0 ? "librdkafka"
+                                                                                : "other";
+        double user = (double)(x->utime - y->utime) / (double)tck;
+        double sys = (double)(x->stime - y->stime) / (double)tck;
+        double cpu = x->cpu_ns >= 0 && y->cpu_ns >= 0 ? (double)(x->cpu_ns - y->cpu_ns) / 1e9
+                                                      : user + sys;
+        printf("%s{\"tid\": %d, \"name\": \"%s\", \"role\": \"%s\", \"cpu_s\": %.9f, "
+               "\"user_s\": %.2f, \"sys_s\": %.2f, \"minflt\": %lld, \"majflt\": %lld, "
+               "\"started\": %s}",
+               i ? ", " : "", x->tid, x->comm, r, cpu, user, sys, x->minflt - y->minflt,
+               x->majflt - y->majflt, y == &zero ? "true" : "false");
+    }
+    for (int j = 0; j < b->n; j++) {
+        int found = 0;
+        for (int i = 0; i < a->n; i++)
+            found |= a->t[i].tid == b->t[j].tid;
+        ended += !found;
+    }
+    printf("], \"ended\": %d", ended);
+}
+
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque) {
-    (void)rk, (void)opaque;
+    (void)opaque;
     if (msg->err) {
         if (!failed)
             first_error = msg->err;
@@ -170,6 +295,9 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opa
     } else {
         delivered++;
     }
+    long *call_left = msg->_private; /* produce-async: the call's count of unreported events */
+    if (call_left && --*call_left == 0)
+        rd_kafka_yield(rk); /* a call completed: let the waiting rd_kafka_flush() return */
 }
 
 static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
@@ -216,7 +344,8 @@ static void set_event_time(void) {
 }
 
 /* Enqueue one event with eventstream's six headers; retries while librdkafka's queue is full. */
-static void produce_one(rd_kafka_t *rk, rd_kafka_topic_t *rkt, const unsigned char *value) {
+static void produce_one(rd_kafka_t *rk, rd_kafka_topic_t *rkt, const unsigned char *value,
+                        long *call_left) {
     char id[48];
     int idlen = snprintf(id, sizeof id, "%s-%llu", id_prefix, next_id++);
     rd_kafka_headers_t *hdrs = rd_kafka_headers_new(6);
@@ -226,7 +355,7 @@ static void produce_one(rd_kafka_t *rk, rd_kafka_topic_t *rkt, const unsigned ch
     rd_kafka_header_add(hdrs, "ce_source", -1, opt.source, (ssize_t)strlen(opt.source));
     rd_kafka_header_add(hdrs, "ce_type", -1, opt.type, (ssize_t)strlen(opt.type));
     rd_kafka_header_add(hdrs, "ce_time", -1, event_time, event_time_len);
-    rd_kafka_vu_t vu[4];
+    rd_kafka_vu_t vu[5];
     memset(vu, 0, sizeof vu);
     vu[0].vtype = VT_RKT;
     vu[0].u.rkt = rkt;
@@ -237,8 +366,10 @@ static void produce_one(rd_kafka_t *rk, rd_kafka_topic_t *rkt, const unsigned ch
     vu[2].u.i = RD_KAFKA_MSG_F_COPY;
     vu[3].vtype = VT_HEADERS;
     vu[3].u.headers = hdrs;
+    vu[4].vtype = VT_OPAQUE;
+    vu[4].u.ptr = call_left;
     for (;;) {
-        rd_kafka_error_t *error = rd_kafka_produceva(rk, vu, 4);
+        rd_kafka_error_t *error = rd_kafka_produceva(rk, vu, 5);
         if (!error)
             return; /* the headers now belong to the message */
         rd_kafka_resp_err_t code = rd_kafka_error_code(error);
@@ -270,29 +401,95 @@ static void print_samples(const char *head, const uint64_t *samples, long n) {
     printf("]}\n");
 }
 
+/* Blocking calls of up to --batch events, each flushed before the next (not timed). */
+static void produce_calls(rd_kafka_t *rk, rd_kafka_topic_t *rkt, long events, int report) {
+    for (long done = 0; done < events;) {
+        long n = events - done < opt.batch ? events - done : opt.batch;
+        set_event_time();
+        for (long i = 0; i < n; i++)
+            produce_one(rk, rkt, payload, NULL);
+        wait_acks(rk);
+        done += n;
+        if (report)
+            progress(done, opt.count);
+    }
+}
+
 static int run_produce(void) {
     rd_kafka_t *rk = new_client(RD_KAFKA_PRODUCER);
     rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, opt.topic, NULL);
-    /* Warm-up: connections, producer id, metadata; not timed. */
-    set_event_time();
-    for (long i = 0; i < opt.warmup; i++)
-        produce_one(rk, rkt, payload);
-    wait_acks(rk);
+    /* Warm-up: connections, producer id, metadata, buffers; in calls like the measured ones. */
+    produce_calls(rk, rkt, opt.warmup, 0);
     long base = delivered;
+    int me = (int)getpid();
+    snap_take(&snap_before, 0, me);
     double cpu0 = cpu_seconds();
     uint64_t t0 = now_ns();
-    for (long done = 0; done < opt.count;) {
-        long n = opt.count - done < opt.batch ? opt.count - done : opt.batch;
-        set_event_time();
-        for (long i = 0; i < n; i++)
-            produce_one(rk, rkt, payload);
-        wait_acks(rk);
-        done += n;
-        progress(done, opt.count);
-    }
+    produce_calls(rk, rkt, opt.count, 1);
     double secs = (double)(now_ns() - t0) / 1e9;
-    printf("{\"events\": %ld, \"seconds\": %.6f, \"cpu_seconds\": %.6f, \"acknowledged\": %ld}\n",
-           opt.count, secs, cpu_seconds() - cpu0, delivered - base);
+    double cpu = cpu_seconds() - cpu0;
+    snap_take(&snap_after, me, 0);
+    printf("{\"events\": %ld, \"seconds\": %.6f, \"cpu_seconds\": %.6f, \"acknowledged\": %ld",
+           opt.count, secs, cpu, delivered - base);
+    print_threads(&snap_before, &snap_after, "calling");
+    printf("}\n");
+    rd_kafka_topic_destroy(rkt);
+    rd_kafka_destroy(rk);
+    return 0;
+}
+
+/* Calls of up to --batch events with up to --inflight calls awaiting their acknowledgements:
+ * a new call is enqueued as soon as the oldest one completes. Delivery reports are served by
+ * rd_kafka_flush() (which sends what lingers at once, as eventstream's poll thread does while
+ * calls wait); the report that completes a call yields, so that flush returns at once. */
+#define MAX_INFLIGHT 64
+static void produce_pipelined(rd_kafka_t *rk, rd_kafka_topic_t *rkt, long events, int report) {
+    static long left[MAX_INFLIGHT], size[MAX_INFLIGHT];
+    long started = 0, completed = 0, head = 0, next = 0;
+    while (started < events || head < next) {
+        if (started < events && next - head < opt.inflight) {
+            long n = events - started < opt.batch ? events - started : opt.batch;
+            long slot = next % opt.inflight;
+            left[slot] = size[slot] = n;
+            set_event_time();
+            for (long i = 0; i < n; i++)
+                produce_one(rk, rkt, payload, &left[slot]);
+            started += n;
+            next++;
+            continue;
+        }
+        long slot = head % opt.inflight;
+        while (left[slot] > 0)
+            rd_kafka_flush(rk, 100);
+        if (failed)
+            die("delivery failed", rd_kafka_err2str(first_error));
+        completed += size[slot];
+        head++;
+        if (report)
+            progress(completed, opt.count);
+    }
+}
+
+static int run_produce_async(void) {
+    if (opt.inflight < 1 || opt.inflight > MAX_INFLIGHT)
+        die("--inflight must be 1..64", NULL);
+    rd_kafka_t *rk = new_client(RD_KAFKA_PRODUCER);
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, opt.topic, NULL);
+    produce_pipelined(rk, rkt, opt.warmup, 0);
+    long base = delivered;
+    int me = (int)getpid();
+    snap_take(&snap_before, 0, me);
+    double cpu0 = cpu_seconds();
+    uint64_t t0 = now_ns();
+    produce_pipelined(rk, rkt, opt.count, 1);
+    double secs = (double)(now_ns() - t0) / 1e9;
+    double cpu = cpu_seconds() - cpu0;
+    snap_take(&snap_after, me, 0);
+    printf("{\"events\": %ld, \"seconds\": %.6f, \"cpu_seconds\": %.6f, \"acknowledged\": %ld, "
+           "\"in_flight\": %ld",
+           opt.count, secs, cpu, delivered - base, opt.inflight);
+    print_threads(&snap_before, &snap_after, "calling");
+    printf("}\n");
     rd_kafka_topic_destroy(rkt);
     rd_kafka_destroy(rk);
     return 0;
@@ -305,7 +502,7 @@ static int run_latency(void) {
     for (long i = 0; i < opt.warmup + opt.count; i++) {
         uint64_t t0 = now_ns();
         set_event_time();
-        produce_one(rk, rkt, payload);
+        produce_one(rk, rkt, payload, NULL);
         wait_acks(rk);
         if (i >= opt.warmup) {
             samples[i - opt.warmup] = now_ns() - t0;
@@ -346,7 +543,7 @@ static int run_e2e_produce(void) {
         set_event_time();
         for (; sent < due; sent++) {
             stamp(value, t, (uint64_t)sent);
-            produce_one(rk, rkt, value);
+            produce_one(rk, rkt, value, NULL);
         }
         wait_acks(rk);
         calls++;
@@ -402,14 +599,18 @@ static int run_consume(void) {
             if (msg->err != ERR_PARTITION_EOF)
                 fprintf(stderr, "esbench: consume: %s\n", rd_kafka_err2str(msg->err));
         } else if (accept(msg)) {
+            if (!handled)
+                snap_take(&snap_before, 0, (int)getpid());
             last = now_ns();
             if (!handled) {
                 first = last;
                 cpu_first = cpu_seconds();
             }
             handled++;
-            if (handled == opt.count)
+            if (handled == opt.count) {
                 cpu_last = cpu_seconds();
+                snap_take(&snap_after, (int)getpid(), 0);
+            }
             store(msg);
             if ((handled & 1023) == 0)
                 progress(handled, opt.count);
@@ -420,8 +621,10 @@ static int run_consume(void) {
         rd_kafka_message_destroy(msg);
     }
     progress(handled, opt.count);
-    printf("{\"events\": %ld, \"seconds\": %.6f, \"cpu_seconds\": %.6f, \"skipped\": %ld}\n",
+    printf("{\"events\": %ld, \"seconds\": %.6f, \"cpu_seconds\": %.6f, \"skipped\": %ld",
            handled, (double)(last - first) / 1e9, cpu_last - cpu_first, skipped);
+    print_threads(&snap_before, &snap_after, "consuming");
+    printf("}\n");
     rd_kafka_consumer_close(rk);
     rd_kafka_destroy(rk);
     return 0;
@@ -497,6 +700,8 @@ int main(int argc, char **argv) {
             opt.batch = atol(v);
         else if (!strcmp(a, "--warmup"))
             opt.warmup = atol(v);
+        else if (!strcmp(a, "--inflight"))
+            opt.inflight = atol(v);
         else if (!strcmp(a, "--rate"))
             opt.rate = atof(v);
         else if (!strcmp(a, "-X")) {
@@ -522,6 +727,8 @@ int main(int argc, char **argv) {
         sprintf(id_prefix + 2 * i, "%02x", raw[i]);
     if (!strcmp(opt.mode, "produce"))
         return run_produce();
+    if (!strcmp(opt.mode, "produce-async"))
+        return run_produce_async();
     if (!strcmp(opt.mode, "latency"))
         return run_latency();
     if (!strcmp(opt.mode, "e2e-produce"))
