@@ -177,6 +177,9 @@ class Cache(Closeable, Generic[K, V]):
         self._key_errors = SummaryLog(
             self._logger, f"keys(event) raised for %d more events of cache {name!r} (each flushed)"
         )
+        self._round_errors = SummaryLog(
+            self._logger, f"%d more probe rounds of cache {name!r} failed", level=logging.ERROR
+        )
         self._prober = threading.Thread(
             target=self._probe_loop, name=f"eventstream-cache-probe-{name}", daemon=True
         )
@@ -257,8 +260,7 @@ class Cache(Closeable, Generic[K, V]):
                 try:
                     return await self._aload(key)
                 except Exception:
-                    with self._lock:
-                        self._core.load_errors += 1
+                    self._load_failed()
                     raise
             if isinstance(outcome, Start):
                 return await self._afill(key, cast("Start[V]", outcome).fill)
@@ -312,19 +314,26 @@ class Cache(Closeable, Generic[K, V]):
         fill.set_result(value)
 
     def _fill_failed(self, key: K, fill: Future[V], exc: BaseException) -> None:
+        """The load of ``fill`` raised ``exc``: its waiters get it (or load by themselves when
+        it was a cancellation or an interrupt); nothing is stored."""
         with self._lock:
             self._core.abandon(key, fill)
-            if isinstance(exc, Exception):
-                self._core.load_errors += 1
-        fill.set_exception(exc if isinstance(exc, Exception) else _Abandoned())
+        if isinstance(exc, Exception):
+            self._load_failed()
+            fill.set_exception(exc)
+        else:
+            fill.set_exception(_Abandoned())
 
     def _counted(self, load: Callable[[K], V], key: K) -> V:
         try:
             return load(key)
         except Exception:
-            with self._lock:
-                self._core.load_errors += 1
+            self._load_failed()
             raise
+
+    def _load_failed(self) -> None:
+        with self._lock:
+            self._core.load_errors += 1
 
     def _load(self, key: K) -> V:
         """The loader's value, in this thread (an async loader on the loop of the latest
@@ -409,6 +418,7 @@ class Cache(Closeable, Generic[K, V]):
             if self._prober is not threading.current_thread():
                 self._prober.join(timeout)
             self._key_errors.flush()
+            self._round_errors.flush()
 
     def __repr__(self) -> str:
         return f"Cache({self._name!r}, {self.status.state})"
@@ -516,8 +526,10 @@ class Cache(Closeable, Generic[K, V]):
         while not self._stop.is_set():
             try:
                 self._probe_round()
-            except Exception:  # a bug: the bound grows, so the cache degrades instead of lying
-                self._logger.exception("cache of %r: probe round failed", self._name)
+            except Exception as exc:  # a bug: the bound grows, so it degrades instead of lying
+                self._round_errors.occurred(
+                    "cache of %r: a probe round failed: %s", self._name, exc, exc_info=exc
+                )
             if self._verifier is not None:
                 self._verifier.wake()
             self._stop.wait(self._interval)
