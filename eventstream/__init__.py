@@ -6,6 +6,7 @@ with topic.new_producer() as producer:
 """
 
 from eventstream.backend import backend
+from eventstream.cache import Cache, CacheMetrics, CacheState, CacheStatus
 from eventstream.config import TopicConfig
 from eventstream.consumer import Consumer
 from eventstream.deliveries import Deliveries, Delivery, Token
@@ -42,6 +43,10 @@ __all__ = [
     "AuthenticationError",
     "AuthorizationError",
     "BrokerError",
+    "Cache",
+    "CacheMetrics",
+    "CacheState",
+    "CacheStatus",
     "ClientState",
     "ClientStatus",
     "CloseError",
