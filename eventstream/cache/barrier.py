@@ -146,6 +146,8 @@ class AppliedBarrier:
                 for group, committed in sorted(behind.items())
             )
             what = f"not applied by every live instance: {shown}; needed {needed}"
+            if problem:
+                what = f"{what} (then: {problem})"
         else:
             what = f"could not be confirmed ({problem or 'no answer'}); needed {needed}"
         return WaitTimeoutError(

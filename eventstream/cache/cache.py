@@ -456,11 +456,10 @@ class Cache(Closeable, Generic[K, V]):
             return tuple(cast("Iterable[Any]", found))
         except Exception as exc:
             self._key_errors.occurred(
-                "keys(event) raised for the event at %d@%d of cache %r, so the cache was "
-                "flushed: %s: %s",
+                "keys(event) raised for the event at %s[%d]@%d, so the cache was flushed: %s: %s",
+                self._name,
                 partition,
                 offset,
-                self._name,
                 type(exc).__name__,
                 exc,
                 exc_info=exc,

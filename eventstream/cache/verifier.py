@@ -92,9 +92,11 @@ class Verifier(Generic[K, V]):
     def _first_look(self, key: K, entry: Entry[V]) -> None:
         source = self._source(key)
         seen_at = self._clock()
+        if source is None:
+            return
         with self._lock:
             self._core.verified += 1
-        if source is not None and source[0] != entry.value:
+        if source[0] != entry.value:
             self._doubts.append((key, entry, seen_at + self._core.max_staleness))
 
     def _settle(self, key: K, entry: Entry[V], due: float) -> bool:
