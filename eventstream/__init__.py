@@ -11,6 +11,7 @@ from eventstream._runtime.health import ClientState, ClientStatus
 from eventstream._runtime.records import Deliveries, Delivery, EventMetadata, PartitionChange, Token
 from eventstream._runtime.telemetry.instrumentation import Telemetry
 from eventstream._runtime.telemetry.metrics import ConsumerMetrics, Histogram, ProducerMetrics
+from eventstream.cache import Cache, CacheMetrics, CacheState, CacheStatus
 from eventstream.config import TopicConfig
 from eventstream.consumer import Consumer
 from eventstream.errors import (
@@ -41,6 +42,10 @@ __all__ = [
     "AuthenticationError",
     "AuthorizationError",
     "BrokerError",
+    "Cache",
+    "CacheMetrics",
+    "CacheState",
+    "CacheStatus",
     "ClientState",
     "ClientStatus",
     "CloseError",

@@ -120,7 +120,6 @@ class ConsumerRuntime:
                 self._thread = None
             raise self._open_error
 
-
     def assignment(self) -> dict[int, int]:
         """The assigned partitions with their positions; empty once a handler has run longer than
         max.poll.interval.ms (the group took the partitions away meanwhile). No network."""

@@ -1,0 +1,61 @@
+"""Asking the broker where the topic ends: :class:`Probe`, and :class:`AdminProbe` over
+confluent-kafka's ``AdminClient.list_offsets``.
+
+A consumer's own idea of the end (librdkafka's cached high watermark) comes from its last fetch
+response: during an outage or with a frozen broker it stays where it was, and the consumer
+looks caught up. The cache asks instead, every fraction of a second.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Protocol, cast
+
+from confluent_kafka import TopicPartition
+from confluent_kafka.admin._listoffsets import OffsetSpec
+
+from eventstream.cache.admin_calls import AdminCalls
+from eventstream.config import TopicConfig
+from eventstream.errors import TopicError
+
+__all__ = ["AdminProbe", "Probe"]
+
+
+class Probe(Protocol):
+    """Where every partition of the topic ends now."""
+
+    def end_offsets(self) -> Mapping[int, int]:
+        """``{partition: end offset}`` of every partition of the topic (the offset the next
+        event written there will get, as committed reads see it), asked of the broker now.
+        Blocks (bounded); raises when it cannot tell (no broker, no such topic, ...)."""
+        ...
+
+
+class AdminProbe:
+    """A :class:`Probe` over an ``AdminClient`` of its own, built from ``config``: one
+    DescribeTopics request (the partitions; it never creates the topic) and one ListOffsets
+    request (``latest``, read-committed, as the cache's consumer reads) per call. Thread-safe;
+    makes no network call until asked."""
+
+    def __init__(self, config: TopicConfig, *, timeout: float = 1.0) -> None:
+        self._topic = config.topic
+        self._timeout = timeout
+        self._calls = AdminCalls(config, f"end-offsets probe of topic {config.topic!r}")
+
+    def end_offsets(self) -> dict[int, int]:
+        """Blocks up to ``timeout``. Raises :class:`TopicError` (the topic does not exist, a
+        request failed), :class:`~eventstream.WaitTimeoutError` (no answer in time),
+        :class:`~eventstream.AuthenticationError`, :class:`~eventstream.AuthorizationError`."""
+        deadline = time.monotonic() + self._timeout
+        calls, what = self._calls, f"end offsets of topic {self._topic!r}"
+        topic = calls.result(
+            calls.describe_topic(self._topic, deadline), deadline, what, TopicError
+        )
+        partitions = [TopicPartition(self._topic, p.id) for p in topic.partitions]
+        latest = cast(OffsetSpec, OffsetSpec.latest())  # type: ignore[no-untyped-call]
+        answers = calls.list_offsets(partitions, latest, deadline)
+        return {
+            tp.partition: int(calls.result(future, deadline, what, TopicError).offset)
+            for tp, future in answers.items()
+        }
