@@ -16,6 +16,7 @@ from eventstream._runtime.backend import (
     ConsumerListener,
     ConsumerSpec,
     Dispatch,
+    PendingEnqueue,
     ProducerSpec,
 )
 from eventstream._runtime.records import Deliveries
@@ -41,12 +42,10 @@ LIBRDKAFKA_VERSION: Final[str]
 
 @final
 class Producer:
-    """``eventstream._runtime.backend.ProducerBackend`` over librdkafka. Thread-safe."""
+    """``eventstream._runtime.backend.NativeProducer`` over librdkafka."""
 
     @property
     def topic(self) -> str: ...
-    @property
-    def closed(self) -> bool: ...
     @property
     def producer_id(self) -> str | None:
         """The ``<producer id>`` part of this producer's ``ce_id`` headers."""
@@ -61,11 +60,12 @@ class Producer:
         self,
         events: Sequence[Message],
         loop: asyncio.AbstractEventLoop,
-        timeout: float | None = None,
+        timeout: float | None,
         headers: Sequence[tuple[str, bytes]] = (),
-    ) -> asyncio.Future[Deliveries]: ...
+    ) -> tuple[asyncio.Future[Deliveries], PendingEnqueue | None]: ...
     def flush(self, timeout: float) -> int: ...
-    def close(self, timeout: float) -> None: ...
+    def close(self, timeout: float | None) -> tuple[int, int, bool]: ...
+    def abandon(self) -> None: ...
     def metrics(self) -> ProducerMetrics: ...
 
 @final

@@ -18,6 +18,7 @@ from eventstream._runtime.backend import (
     ConsumerListener,
     ConsumerSpec,
     Dispatch,
+    PendingEnqueue,
     ProducerSpec,
 )
 from eventstream._runtime.records import Deliveries
@@ -54,10 +55,10 @@ class _NoopProducer:
         loop: asyncio.AbstractEventLoop,
         timeout: float | None,
         headers: Sequence[tuple[str, bytes]] = (),
-    ) -> asyncio.Future[Deliveries]:
+    ) -> tuple[asyncio.Future[Deliveries], PendingEnqueue | None]:
         future: asyncio.Future[Deliveries] = loop.create_future()
         future.set_result(self.produce(events, timeout))
-        return future
+        return future, None
 
     def metrics(self) -> ProducerMetrics:
         return ProducerMetrics(topic="noop")
@@ -65,7 +66,10 @@ class _NoopProducer:
     def flush(self, timeout: float) -> int:
         return 0
 
-    def close(self, timeout: float) -> None:
+    def close(self, timeout: float | None) -> tuple[int, int, bool]:
+        return 0, 0, True
+
+    def abandon(self) -> None:
         pass
 
 

@@ -356,8 +356,9 @@ class Consumer(Closeable, Generic[E]):
             end_to_end_seconds=e2e,
         )
 
-    def _statistics(self, stats: Mapping[str, Any]) -> None:
-        """librdkafka's statistics, parsed: keep the lag of this consumer's partitions."""
+    def observe_statistics(self, stats: Mapping[str, Any]) -> None:
+        """librdkafka's statistics, parsed (TopicConfig.metrics): keeps the lag of this
+        consumer's partitions. Called on the poll thread."""
         partitions = stats.get("topics", {}).get(self._topic, {}).get("partitions", {})
         lag: dict[int, int] = {}
         for key, value in partitions.items():

@@ -183,8 +183,9 @@ class ProduceError(BrokerError):
 
 class ProduceTimeoutError(ProduceError, TimeoutError):
     """A deadline passed (the call's ``timeout`` or ``TopicConfig.delivery_timeout``) before every
-    event of a ``produce`` call was acknowledged. The unacknowledged events are in doubt: they may
-    have been written, or may still be."""
+    event of a ``produce`` call was acknowledged. The unacknowledged events are in doubt (they may
+    have been written, or may still be), except those known never to have left the client
+    (``failed``: librdkafka's queue stayed full, or no broker ever answered)."""
 
 
 class ProduceAuthenticationError(ProduceError, AuthenticationError):
@@ -399,7 +400,7 @@ def produce_error(
         cls = ProduceAuthenticationError
     elif isinstance(cause, AuthorizationError) or (cause is None and is_authorization(code)):
         cls = ProduceAuthorizationError
-    elif not failed and code in _TIMEOUT_CODES:
+    elif code in _TIMEOUT_CODES:
         cls = ProduceTimeoutError
     retriable = is_retriable(code) and not fatal and cls in (ProduceError, ProduceTimeoutError)
     err = cls(
@@ -412,6 +413,35 @@ def produce_error(
     )
     err.failed = failed
     err.in_doubt = in_doubt
+    err.total = total
+    return err
+
+
+def event_too_large_error(
+    index: int,
+    key_len: int,
+    value_len: int,
+    budget: int,
+    *,
+    max_message_bytes: int,
+    total: int,
+    topic: str,
+) -> ProduceError:
+    """The error a ``produce`` call raises, before it sends anything, for event ``index`` whose
+    key and value exceed ``budget`` (what ``message.max.bytes`` leaves them)."""
+    err = ProduceError(
+        f"event {index} of the call is too large for topic {topic!r}: its value ({value_len} "
+        f"bytes) and key ({key_len} bytes) with eventstream's headers exceed message.max.bytes "
+        f"({max_message_bytes}) by {key_len + value_len - budget} bytes; nothing of the call was "
+        f"sent ({total} {'event' if total == 1 else 'events'} failed). Keep events smaller, or "
+        "raise message.max.bytes in producer_properties and the topic's max.message.bytes on "
+        "the brokers.",
+        code=10,
+        name="MSG_SIZE_TOO_LARGE",
+        retriable=False,
+    )
+    err.failed = total
+    err.in_doubt = 0
     err.total = total
     return err
 

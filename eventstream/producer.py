@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
-from typing import Generic, TypeVar
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any, Generic, TypeVar
 
 from google.protobuf.message import Message
 
 from eventstream._runtime import forks
-from eventstream._runtime.backend import ProducerBackend
+from eventstream._runtime.backend import NativeProducer
 from eventstream._runtime.closing import Closeable, check_timeout
 from eventstream._runtime.health import ClientStatus, Health
 from eventstream._runtime.records import Deliveries
@@ -25,24 +28,42 @@ class Producer(Closeable, Generic[E]):
     """Publishes events of one type to one topic. Create it with :meth:`Topic.new_producer`.
 
     Thread-safe: many threads may call :meth:`produce` at once; each waits for its own events only.
-    Nothing connects until the first event is produced. A producer made before ``os.fork()``
-    cannot be used in the child (:class:`ClosedError`); closing it there does nothing.
+    The client starts when the producer is made: it connects and obtains its producer id in the
+    background, so a first call made a moment later does not wait for that. A producer made
+    before ``os.fork()`` cannot be used in the child (:class:`ClosedError`); closing it there
+    does nothing. A producer garbage-collected without :meth:`close` fails what it still had
+    outstanding and stops, with a ``ResourceWarning``.
     """
 
     def __init__(
         self,
-        backend: ProducerBackend,
+        backend: NativeProducer,
         topic: str,
         health: Health,
+        logger: logging.Logger,
         telemetry: Telemetry | None = None,
     ) -> None:
         self._backend = backend
         self._topic = topic
         self._telemetry = telemetry
         self._health = health
+        self._logger = logger
         self._closed = False
         self._lock = threading.Lock()
         self._generation = forks.generation()
+
+    def __del__(self) -> None:
+        # Never joins or frees: the owner thread, asked to stop, releases the client itself.
+        if getattr(self, "_closed", True) or self._generation != forks.generation():
+            return
+        warnings.warn(
+            f"an unclosed producer of {self._topic!r} was garbage-collected: what it still had "
+            "outstanding fails; close() it (or its Topic) to wait for its acknowledgements",
+            ResourceWarning,
+            source=self,
+            stacklevel=1,
+        )
+        self._backend.abandon()
 
     @property
     def closed(self) -> bool:
@@ -84,18 +105,34 @@ class Producer(Closeable, Generic[E]):
     async def produce_async(self, *events: E, timeout: float | None = None) -> Deliveries:
         """Like :meth:`produce`, but awaits the acknowledgements without blocking the event loop.
 
-        Type and serialization errors are raised before anything is sent. On ``timeout`` raises
-        :class:`ProduceTimeoutError` (the events are in doubt); cancelling the await does not
-        recall events already handed to librdkafka.
+        Never blocks the event loop: when librdkafka's queue is full, the rest of the call waits
+        for room on a worker thread. Type, serialization and size errors are raised before
+        anything is sent. On ``timeout`` raises :class:`ProduceTimeoutError` (the events are in
+        doubt); cancelling the await does not recall events already handed over.
         """
         self._check_usable()
         check_timeout(timeout)
         loop = asyncio.get_running_loop()
         telemetry = self._telemetry
         if telemetry is None:
-            return await self._backend.produce_async(events, loop, timeout)
+            return await self._produce_async(events, loop, timeout, ())
         with telemetry.send(self._topic, len(events)) as headers:
-            return await self._backend.produce_async(events, loop, timeout, headers)
+            return await self._produce_async(events, loop, timeout, headers)
+
+    async def _produce_async(
+        self,
+        events: tuple[E, ...],
+        loop: asyncio.AbstractEventLoop,
+        timeout: float | None,
+        headers: Sequence[tuple[str, bytes]],
+    ) -> Deliveries:
+        future, pending = self._backend.produce_async(events, loop, timeout, headers)
+        if pending is not None:
+            await loop.run_in_executor(None, pending.finish)
+        return await future
+
+    def observe_statistics(self, stats: Mapping[str, Any]) -> None:
+        """librdkafka's statistics, parsed (TopicConfig.metrics): nothing kept for a producer."""
 
     def metrics(self) -> ProducerMetrics:
         """Counts and call durations since the producer was made: a snapshot. Thread-safe; no
@@ -108,10 +145,12 @@ class Producer(Closeable, Generic[E]):
         self._check_usable()
         return self._backend.flush(timeout)
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Flush (up to ``timeout`` seconds), fail what is still unacknowledged (the calls
-        waiting for it raise :class:`ProduceError`) and release the client. Idempotent; blocks.
-        """
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Wait up to ``timeout`` seconds (``None``: as long as it takes) for what is outstanding
+        to be acknowledged, fail the rest (the calls waiting for it raise
+        :class:`ProduceError`) and release the client. Returns within ``timeout`` from any
+        thread, a signal handler or a handler included; idempotent. Blocks."""
+        check_timeout(timeout)
         with self._lock:
             if self._closed:
                 return
@@ -119,4 +158,25 @@ class Producer(Closeable, Generic[E]):
         if self._generation != forks.generation():
             self._health.closed()  # the client belongs to the parent process: leave it alone
             return
-        self._backend.close(timeout)
+        try:
+            failed, in_doubt, finished = self._backend.close(timeout)
+        finally:
+            self._health.closed()
+        if failed or in_doubt:
+            self._logger.warning(
+                "producer of %r: close() waited %g s and %d events were still unacknowledged; "
+                "the produce calls waiting for them raised ProduceError: %d failed (not "
+                "written), %d in doubt (may have been written)",
+                self._topic,
+                timeout,
+                failed + in_doubt,
+                failed,
+                in_doubt,
+            )
+        if not finished:
+            self._logger.warning(
+                "producer of %r: close() stopped waiting after %g s for its client to stop (a "
+                "produce call is still returning); it is released in the background",
+                self._topic,
+                timeout,
+            )

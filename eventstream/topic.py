@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Generic, TypeVar
 
 from google.protobuf.message import Message
 
 from eventstream._noop import NOOP_BACKEND
+from eventstream._runtime import wire
 from eventstream._runtime.admin import TopicAdmin
 from eventstream._runtime.backend import Backend, ConsumerSpec, ProducerSpec, load_backend
 from eventstream._runtime.closing import Closeable
@@ -16,7 +18,7 @@ from eventstream._runtime.consuming import ConsumerRuntime
 from eventstream._runtime.health import Health
 from eventstream._runtime.membership import Membership, claim
 from eventstream._runtime.records import EventMetadata
-from eventstream._runtime.telemetry.reporting import reporter
+from eventstream._runtime.telemetry.reporting import reporter, statistics_tick
 from eventstream.config import TopicConfig
 from eventstream.consumer import Consumer
 from eventstream.errors import (
@@ -95,8 +97,10 @@ class Topic(Closeable, Generic[E]):
             raise ArgumentTypeError(f"key must be a function of the event, got {key!r}")
         health = self._health(f"producer of topic {self.name!r}", fail_on_authorization=False)
         report = reporter(self.config)
+        properties = self.config.producer_settings()
+        max_bytes = int(properties.get("message.max.bytes", "1000000"))
         spec = ProducerSpec(
-            properties=self.config.producer_settings(),
+            properties=properties,
             topic=self.name,
             event_type=self.event_type,
             type_name=self.type_name,
@@ -104,13 +108,21 @@ class Topic(Closeable, Generic[E]):
             key=key,
             logger=self.config.logger,
             health=health,
-            statistics=report,
+            statistics=partial(
+                statistics_tick, health=health, statistics=report, logger=self.config.logger
+            ),
+            payload_budget=wire.payload_budget(max_bytes, self.config.instance_id, self.type_name),
+            max_message_bytes=max_bytes,
         )
         producer: Producer[E] = Producer(
-            self._backend.new_producer(spec), self.name, health, self.config.telemetry
+            self._backend.new_producer(spec),
+            self.name,
+            health,
+            self.config.logger,
+            self.config.telemetry,
         )
         if report is not None:
-            report.attach(producer, None)
+            report.attach(producer)
         self._adopt(producer)
         return producer
 
@@ -167,7 +179,7 @@ class Topic(Closeable, Generic[E]):
             runtime = ConsumerRuntime(spec, self._backend, membership)
             consumer: Consumer[E] = Consumer(runtime, self.config, health)
             if report is not None:
-                report.attach(consumer, consumer._statistics)  # pyright: ignore[reportPrivateUsage]
+                report.attach(consumer)
         except BaseException:
             if membership is not None:
                 membership.release()

@@ -29,7 +29,6 @@ import atexit as _atexit
 import glob as _glob
 import os as _os
 import threading as _threading
-import weakref as _weakref
 
 from eventstream import errors as _errors
 from eventstream._runtime import wire as _wire
@@ -171,35 +170,6 @@ cdef str _err_str(int code):
 
 cdef str _text(const void *p, size_t n):
     return (<const char *>p)[:n].decode("utf-8", "replace")
-
-
-# A set of librdkafka error codes readable without the GIL, filled at import from one of
-# eventstream.errors' sets (the single source of truth), read-only afterwards.
-cdef enum:
-    CODE_SET_MAX = 64
-
-cdef struct CodeSet:
-    int n
-    int codes[CODE_SET_MAX]
-
-
-cdef CodeSet _code_set(object codes):
-    cdef CodeSet out
-    out.n = 0
-    for code in sorted(codes):
-        if out.n == CODE_SET_MAX:
-            raise ValueError("too many error codes for a CodeSet")
-        out.codes[out.n] = code
-        out.n += 1
-    return out
-
-
-cdef inline bint _in_code_set(const CodeSet *codes, int code) noexcept nogil:
-    cdef int i
-    for i in range(codes.n):
-        if codes.codes[i] == code:
-            return True
-    return False
 
 
 # A latency histogram in metrics.Histogram's buckets (bucket b: durations below 2**b ns). Written

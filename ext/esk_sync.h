@@ -6,6 +6,9 @@
 #ifndef ESK_SYNC_H
 #define ESK_SYNC_H
 
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE 1 /* pthread_setname_np */
+#endif
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -24,6 +27,21 @@ static inline int esk_add_int(int *p, int v) { return __atomic_add_fetch(p, v, _
 static inline int esk_load_int(const int *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void esk_store_int(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 static inline void *esk_load_ptr(void *const *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+/* A full barrier: a store before it is visible to any thread before a load after it is made
+ * (the store-then-load handshakes between callers and an owner thread need it). */
+static inline void esk_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+/* Swap *p from `expected` to `desired`; true if it held `expected`. */
+static inline int esk_cas_int(int *p, int expected, int desired) {
+    return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+}
+
+/* Name the calling thread (what `top -H` and /proc show; at most 15 characters). */
+static inline void esk_name_thread(const char *name) {
+    char buf[16];
+    strncpy(buf, name, sizeof(buf) - 1);
+    buf[sizeof(buf) - 1] = 0;
+    pthread_setname_np(pthread_self(), buf);
+}
 
 /* Monotonic time in nanoseconds. */
 static inline int64_t esk_now_ns(void) {

@@ -17,6 +17,7 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_create(pthread_t *thread, const pthread_attr_t *attr,
                        void *(*start_routine)(void *) noexcept nogil, void *arg)
     int pthread_join(pthread_t thread, void **retval)
+    int pthread_detach(pthread_t thread)
     int pthread_mutex_init(pthread_mutex_t *mutex, const pthread_mutexattr_t *attr)
     int pthread_mutex_destroy(pthread_mutex_t *mutex)
     int pthread_mutex_lock(pthread_mutex_t *mutex)
@@ -36,6 +37,9 @@ cdef extern from "esk_sync.h" nogil:
     int esk_load_int(const int *p)
     void esk_store_int(int *p, int v)
     void *esk_load_ptr(void **p)
+    void esk_fence()
+    int esk_cas_int(int *p, int expected, int desired)
+    void esk_name_thread(const char *name)
     int64_t esk_now_ns()
     int64_t esk_realtime_ms()
     enum:

@@ -1,53 +1,59 @@
-# The producer: serialize a whole call in one compiled loop, enqueue with rd_kafka_produceva(),
-# and wait for this call's delivery reports only.
+# The producer's hot path over librdkafka (eventstream._runtime.backend.NativeProducer):
+# serialize a whole call in one compiled loop, enqueue with rd_kafka_produceva(), and wait for
+# this call's delivery reports only.
+#
+# Ownership: the librdkafka handle and the C state (ProducerState) belong to one native thread,
+# the owner, started with the producer. It serves delivery reports and callbacks (rd_kafka_poll,
+# rd_kafka_flush) and, once asked to stop, fails what is left, waits for the calls still inside
+# the handle, destroys the handle and frees the state. Nobody else destroys or frees them:
+# close() and abandon() only ask, and the Producer's finalizer (never joining) asks too. The
+# state is freed by whichever of the owner and the Producer object lets go of it last (refs).
+#
+# Python objects the owner uses (the Health, the logger, the statistics callback) are attributes
+# of the Producer, where the garbage collector sees them; the state points at them (borrowed)
+# while `detached` is 0. The Producer sets `detached` in its finalizer, under the GIL; the owner
+# reads it under the GIL and takes its own references before calling anything, so a collection
+# that runs inside such a call (on the owner thread) cannot pull them away.
 #
 # Threads:
-#   * callers of produce()/produce_async()/flush()/close(): any Python thread, GIL released while
-#     enqueueing and while waiting;
-#   * one native poll thread per producer (pthread, started with the client at the first call):
-#     calls rd_kafka_poll(), which runs _on_delivery() WITHOUT the GIL; _on_error() and
-#     _on_stats() take the GIL (rare: errors, and one statistics tick a second) to feed the
-#     producer's Health. The poll thread takes the GIL otherwise only to resolve asyncio futures
-#     (once per poll round, not per event).
-# The poll thread never touches the Python Producer object: everything it needs is in the C
-# struct ProducerState, which the Producer owns and frees only after joining the thread.
+#   * callers of produce()/produce_async()/flush(): any Python thread, GIL released while
+#     enqueueing and while waiting; each counts itself in `active` while it may use the handle;
+#   * the owner thread (pthread, detached): rd_kafka_poll()/rd_kafka_flush() run _on_delivery()
+#     without the GIL; _on_error(), _on_stats() and the resolution of asyncio futures take it.
 #
 # Memory: payloads, keys and headers are copied into librdkafka (RD_KAFKA_MSG_F_COPY), so no
 # Python object has to outlive the call that enqueued it. A signal, an exception or a timeout can
 # leave a call early at any point without librdkafka pointing into freed memory.
 #
-# Sending: linger.ms (config.py, 5 ms) lets librdkafka gather a call's events into few requests
-# while the caller enqueues them; once a call has enqueued everything, nothing is gained by
-# lingering. So every call, once enqueued, counts in ProducerState.flushing and wakes the poll
-# thread (rd_kafka_queue_yield on the main queue), and while that count is > 0 the poll thread
-# serves with rd_kafka_flush() instead of rd_kafka_poll(): librdkafka then sends whatever lingers
-# at once (flush ignores linger.ms while it runs). The callers still wait on their own tracker
-# only: flush() waits for every message of the handle, and its return is not what ends a call.
-# Delivery reports are thus served by the poll thread (and by callers of flush()/close(), which
-# call rd_kafka_flush() themselves); the callbacks touch trackers only through atomics and their
-# locks, so more than one serving thread is safe.
+# Sending: linger.ms (5 ms) lets librdkafka gather a call's events into few requests while the
+# caller enqueues them; once a call has enqueued everything, nothing is gained by lingering. So
+# every call, once enqueued, counts in `flushing` and wakes the owner (rd_kafka_queue_yield on the
+# main queue), and while that count is > 0 the owner serves with rd_kafka_flush() instead of
+# rd_kafka_poll(): librdkafka then sends whatever lingers at once. The callers still wait on
+# their own tracker only: flush() waits for every message of the handle. Delivery reports are
+# served by the owner (and by callers of flush(), which call rd_kafka_flush() themselves); the
+# callbacks touch trackers only through atomics and their locks, so more than one serving thread
+# is safe.
 
 from cpython.ref cimport Py_XDECREF
 
 cdef extern from "<string.h>" nogil:
-    void *memmem(const void *haystack, size_t haystacklen, const void *needle, size_t needlelen)
+    char *strdup(const char *s)
 
 cdef enum:
-    POLL_SLICE_MS = 100                 # poll thread: longest sleep in rd_kafka_poll()
+    POLL_SLICE_MS = 100                 # owner: longest sleep in rd_kafka_poll()
     WAIT_SLICE_NS = 100_000_000         # callers: longest GIL-free wait between signal checks
     QUEUE_FULL_BACKOFF_NS = 1_000_000   # enqueue: pause while librdkafka's queue is full
+    CLOSE_GRACE_NS = 100_000_000        # close(): how long past its deadline it waits for the end
     REASON_SIZE = 256
     ID_PREFIX_SIZE = 64
     N_HEADERS = 6
     MAX_CALL_HEADERS = 4                # headers a Telemetry adds to every event of a call
+    STOP_NONE = 0
+    STOP_CLOSE = 1                      # flush until close_deadline_ns, then fail the rest
+    STOP_ABANDON = 2                    # fail what is left at once
 
 cdef int64_t _NO_DEADLINE = 0x7FFFFFFFFFFFFFFF
-
-cdef CodeSet _in_doubt_codes = _code_set(_errors.IN_DOUBT_CODES)
-
-
-cdef inline bint _is_in_doubt(int code) noexcept nogil:
-    return _in_code_set(&_in_doubt_codes, code)
 
 
 cdef int64_t _deadline_after(object timeout) except? -1:
@@ -68,13 +74,14 @@ cdef struct Tracker
 
 # Per-call delivery tracker: the msg_opaque of every message of one produce()/produce_async().
 #
-# Counts:  `remaining` = messages of the call not yet reported + 1 "guard" held by the enqueuing
-#          caller until it has enqueued everything it will enqueue (`enqueued`, written by the
-#          caller only). It cannot reach 0 while the call is still enqueueing; whoever takes it
-#          to 0 (a delivery report, or the caller dropping the guard in _tracker_hand_over)
-#          completes the tracker, exactly once.
+# Counts:  `remaining` = messages of the call not yet reported + events never enqueued + 1
+#          "guard" held by the enqueuing caller until it is done enqueueing (`enqueued`, written
+#          by whoever enqueues). _tracker_hand_over drops the never-enqueued events and the guard
+#          at once; whoever takes `remaining` to 0 (a delivery report, or the hand-over) completes
+#          the tracker, exactly once.
 # Lifetime (`refs`, atomic; whoever drops the last reference frees it, no GIL needed):
-#   1. the caller's, dropped when produce()/produce_async() returns or raises, on every path;
+#   1. the caller's, dropped when produce()/produce_async() returns or raises, on every path
+#      (or, when produce_async() leaves the rest to a _Pending, when that one is done);
 #   2. the completion's: dropped by whoever completes a synchronous call's tracker, or, for
 #      produce_async(), by _resolve_completed() once the future was settled (GIL: it also
 #      releases the future and the loop, the tracker's only Python objects);
@@ -91,9 +98,10 @@ cdef struct Slot:
 
 cdef struct Tracker:
     int64_t remaining           # atomic
-    int64_t failed              # atomic: known not written (rejected, purged, never enqueued)
-    int64_t in_doubt            # atomic: may have been written (see errors.IN_DOUBT_CODES)
-    int64_t enqueued            # the caller's: messages handed to librdkafka so far
+    int64_t failed              # atomic: known not written (refused, purged from the queue)
+    int64_t in_doubt            # atomic: may have been written (librdkafka's message status)
+    int64_t enqueued            # the enqueuer's: messages handed to librdkafka so far
+    int handed_over             # atomic: the enqueuer is done (_tracker_hand_over)
     int64_t total
     int refs                    # atomic
     pthread_mutex_t lock        # guards: done, first_err, first_reason
@@ -114,29 +122,76 @@ cdef struct Tracker:
 
 cdef struct ProducerState:
     LogSink sink                # first member: rd_kafka_opaque(rk) is read as a LogSink too
-    rd_kafka_t *rk              # NULL until the first call (created lazily), and after close
+    rd_kafka_t *rk              # the owner destroys it, then sets it NULL
     rd_kafka_topic_t *rkt
-    rd_kafka_queue_t *mainq     # rk's main queue: yielded to wake the poll thread
+    rd_kafka_queue_t *mainq     # rk's main queue: yielded to wake the owner (under `lock`)
+    int refs                    # atomic: the owner's + the Producer object's
+    int stop                    # atomic: STOP_NONE, STOP_CLOSE or STOP_ABANDON
+    int64_t close_deadline_ns   # written before `stop` becomes STOP_CLOSE
+    int finished                # atomic: the owner destroyed the handle (under `lock`: finish_cond)
     int flushing                # atomic: calls enqueued and not yet complete (see "Sending")
-    int refuse                  # atomic: 0, or the error code new enqueues fail with (closing,
-                                # or the producer failed)
-    pthread_mutex_t lock        # guards `completed`; never held while taking the GIL
+    int refuse                  # atomic: 0, or the error code new enqueues fail with
+    int active                  # atomic: calls that may use rk (the owner destroys it at 0)
+    int counting_purges         # atomic: the close's purge is on: count its reports below
+    int64_t purged_failed       # atomic: events the close failed, known not written
+    int64_t purged_in_doubt     # atomic: ... and those that may have been
+    pthread_mutex_t lock        # guards `completed`, `mainq` for yielding, `finish_cond`
+    pthread_cond_t finish_cond
     Tracker *completed          # async trackers fully reported, waiting to be resolved
-    int has_completed           # atomic hint for the poll thread
-    int stop                    # atomic: the poll thread exits its loop when set
-    int thread_started
+    int has_completed           # atomic hint for the owner
     pthread_t thread
-    int active                  # atomic: calls using rk right now (close() waits for them)
     uint64_t counter            # atomic: ce_id sequence number of the last reserved event
     char id_prefix[ID_PREFIX_SIZE]  # "<producer id>-"
     size_t id_prefix_len
-    PyObject *topic             # owned: str, for errors built on the poll thread
-    PyObject *logger            # owned: logging.Logger
-    PyObject *health            # owned: eventstream._runtime.health.Health
-    PyObject *statistics        # owned or NULL: spec.statistics, the raw statistics' consumer
-    # ProducerMetrics (atomics: callers and the poll thread count):
+    char *topic_name            # malloc'd: for errors built when detached
+    int detached                # GIL: the Producer is gone; the PyObject pointers are stale
+    PyObject *topic             # borrowed from the Producer (see "Ownership")
+    PyObject *logger
+    PyObject *health
+    PyObject *statistics        # or NULL
+    ProducerState *live_next    # the registry of running owners (_live, under _live_lock)
+    ProducerState *live_prev
+    # ProducerMetrics (atomics: callers and the owner count):
     int64_t calls, events, acked, failed_events, in_doubt_events
     Hist call_hist
+
+
+# Owners still running, for the interpreter's exit: it asks each to stop and waits for them
+# (a native thread must not take the GIL while the interpreter finalizes).
+cdef pthread_mutex_t _live_lock
+cdef pthread_cond_t _live_cond
+cdef ProducerState *_live = NULL
+cdef int _exiting = 0           # atomic: the interpreter is exiting: owners leave Python alone
+pthread_mutex_init(&_live_lock, NULL)
+esk_cond_init(&_live_cond)
+
+
+cdef void _state_release(ProducerState *st) noexcept nogil:
+    """Drop one reference to the state; the last frees it (its handle is destroyed by then)."""
+    if esk_add_int(&st.refs, -1) == 0:
+        pthread_mutex_destroy(&st.lock)
+        pthread_cond_destroy(&st.finish_cond)
+        free(st.topic_name)
+        free(st)
+
+
+cdef void _wake(ProducerState *st) noexcept nogil:
+    """Make the owner look at its state now instead of after its poll slice."""
+    pthread_mutex_lock(&st.lock)
+    if st.mainq != NULL:
+        rd_kafka_queue_yield(st.mainq)
+    pthread_mutex_unlock(&st.lock)
+
+
+cdef void _ask_stop(ProducerState *st, int how, int64_t deadline) noexcept nogil:
+    """Ask the owner to stop (a close asks once; abandoning overrides a close's flush)."""
+    if how == STOP_CLOSE:
+        st.close_deadline_ns = deadline
+        esk_fence()
+        esk_cas_int(&st.stop, STOP_NONE, STOP_CLOSE)
+    else:
+        esk_store_int(&st.stop, STOP_ABANDON)
+    _wake(st)
 
 
 # Header names and constant values of every message of a producer. The pointers point into
@@ -193,6 +248,9 @@ cdef class _Batch:
 
 # ---- tracker -------------------------------------------------------------------------------
 
+
+# ---- tracker -------------------------------------------------------------------------------
+
 cdef Tracker *_tracker_new(ProducerState *st, int64_t n, bint is_async) except NULL:
     cdef int64_t i
     cdef Tracker *t = <Tracker *>calloc(1, sizeof(Tracker) + n * sizeof(Slot))
@@ -225,10 +283,11 @@ cdef void _tracker_release(Tracker *t) noexcept nogil:
         free(t)
 
 
-cdef void _tracker_fail(Tracker *t, int err, const char *reason, int64_t count) noexcept nogil:
-    """Count `count` undelivered events (failed or in doubt by `err`); the first error recorded
-    is the one reported."""
-    if _is_in_doubt(err):
+cdef void _tracker_fail(Tracker *t, int err, const char *reason, int64_t count,
+                        bint in_doubt) noexcept nogil:
+    """Count `count` undelivered events (failed, or in doubt); the first error recorded is the
+    one reported."""
+    if in_doubt:
         esk_add_i64(&t.in_doubt, count)
     else:
         esk_add_i64(&t.failed, count)
@@ -251,16 +310,16 @@ cdef void _tracker_complete(Tracker *t) noexcept nogil:
         _tracker_release(t)
         return
     # Settling the future needs the GIL: hand the tracker (and its completion reference) to
-    # whoever next runs _resolve_completed(), normally the poll thread right after the
-    # rd_kafka_poll() call that got us here.
+    # whoever next runs _resolve_completed(), normally the owner right after the rd_kafka_poll()
+    # call that got us here.
     pthread_mutex_lock(&st.lock)
     t.next = st.completed
     st.completed = t
     esk_store_int(&st.has_completed, 1)
     pthread_mutex_unlock(&st.lock)
-    # If this runs in a delivery report inside rd_kafka_flush() (poll thread), make that flush
-    # return now rather than when every other call's messages are reported too, so the future is
-    # settled without delay. (Thread-local; harmless anywhere else.)
+    # If this runs in a delivery report inside rd_kafka_flush() (owner), make that flush return
+    # now rather than when every other call's messages are reported too, so the future is settled
+    # without delay. (Thread-local; harmless anywhere else.)
     rd_kafka_yield(st.rk)
 
 
@@ -277,16 +336,17 @@ cdef bint _tracker_wait(Tracker *t, int64_t until) noexcept nogil:
 
 
 cdef void _tracker_hand_over(Tracker *t) noexcept nogil:
-    """The caller is done enqueueing (normally, or leaving early): events never enqueued leave the
-    count and the guard goes. If that accounts for everything, the caller completes the tracker
-    itself; else the poll thread is asked to send what lingers (see "Sending"). Counted in
-    `flushing` before the guard goes, so that the completion (which uncounts it) comes after."""
+    """The enqueuer is done (normally, or leaving early): events never enqueued leave the count
+    and the guard goes. If that accounts for everything, the tracker completes here; else the
+    owner is asked to send what lingers (see "Sending"). Counted in `flushing` before the guard
+    goes, so that the completion (which uncounts it) comes after."""
     cdef ProducerState *st = t.state
+    esk_store_int(&t.handed_over, 1)
     esk_add_int(&st.flushing, 1)
     if esk_add_i64(&t.remaining, -(t.total - t.enqueued + 1)) == 0:
         _tracker_complete(t)
     else:
-        rd_kafka_queue_yield(st.mainq)
+        _wake(st)
 
 
 # ---- librdkafka callbacks (run on whichever thread calls rd_kafka_poll/flush) -----------------
@@ -294,14 +354,23 @@ cdef void _tracker_hand_over(Tracker *t) noexcept nogil:
 
 cdef void _on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque) noexcept nogil:
     cdef Slot *slot = <Slot *>msg._private
+    cdef ProducerState *st = <ProducerState *>opaque
     cdef Tracker *t
+    cdef bint in_doubt
     if slot == NULL:
         return
     t = slot.t
     slot.partition = msg.partition
     if msg.err != RD_KAFKA_RESP_ERR_NO_ERROR:
+        # librdkafka knows whether the message can have reached the log: never sent (or
+        # refused by the broker) is failed; possibly persisted is in doubt.
+        in_doubt = rd_kafka_message_status(msg) != RD_KAFKA_MSG_STATUS_NOT_PERSISTED
         # For a producer, msg.payload is the value we sent, not an error string.
-        _tracker_fail(t, msg.err, rd_kafka_err2str(msg.err), 1)
+        _tracker_fail(t, msg.err, rd_kafka_err2str(msg.err), 1, in_doubt)
+        if esk_load_int(&st.counting_purges) and (
+                msg.err == RD_KAFKA_RESP_ERR__PURGE_QUEUE
+                or msg.err == RD_KAFKA_RESP_ERR__PURGE_INFLIGHT):
+            esk_add_i64(&st.purged_in_doubt if in_doubt else &st.purged_failed, 1)
     else:
         slot.offset = msg.offset
     if esk_add_i64(&t.remaining, -1) == 0:
@@ -316,6 +385,11 @@ cdef void _refuse(ProducerState *st, rd_kafka_t *rk, int code) noexcept nogil:
                    | RD_KAFKA_PURGE_F_NON_BLOCKING)
 
 
+cdef inline bint _python_ok(ProducerState *st) noexcept nogil:
+    """Whether the owner may call into Python for this producer (read again under the GIL)."""
+    return not esk_load_int(&_exiting)
+
+
 cdef void _on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) noexcept with gil:
     # error_cb: served inside rd_kafka_poll/flush. The Health decides (state, log once,
     # on_error); a failure (authentication, fatal) makes the producer refuse and purge.
@@ -327,8 +401,13 @@ cdef void _on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) n
         fatal_reason[0] = 0
         code = rd_kafka_fatal_error(rk, fatal_reason, sizeof(fatal_reason))
         reason = fatal_reason
+    if st.detached or esk_load_int(&_exiting):
+        if fatal:
+            _refuse(st, rk, code)
+        return
+    health = <object>st.health      # our own reference (see "Ownership")
     try:
-        failure = (<object>st.health).client_error(
+        failure = health.client_error(
             code, _err_name(code), reason.decode("utf-8", "replace"), fatal=fatal
         )
         if failure is not None:
@@ -337,25 +416,18 @@ cdef void _on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) n
         pass                    # never let an exception vanish into C
 
 
-cdef int _on_stats(rd_kafka_t *rk, char *json, size_t json_len, void *opaque) noexcept nogil:
-    # statistics.interval.ms: is any broker connection up? ("state":"UP" is how librdkafka's
-    # statistics JSON spells a broker that is up; the group's state is lower-case "up".)
-    cdef bint up = memmem(json, json_len, b'"state":"UP"', 12) != NULL
-    _health_tick(<ProducerState *>opaque, up, json, json_len)
-    return 0
-
-
-cdef void _health_tick(ProducerState *st, bint up, const char *json,
-                       size_t json_len) noexcept with gil:
+cdef int _on_stats(rd_kafka_t *rk, char *json, size_t json_len, void *opaque) noexcept with gil:
+    # statistics.interval.ms: the spec's statistics tick (the shared layer's: the Health reads
+    # the brokers' state from them, the reporting whatever it was asked for).
+    cdef ProducerState *st = <ProducerState *>opaque
+    if st.detached or esk_load_int(&_exiting):
+        return 0
+    tick = <object>st.statistics    # our own reference (see "Ownership")
     try:
-        (<object>st.health).tick(up)
-        if st.statistics != NULL:      # someone wants the statistics themselves
-            (<object>st.statistics)(json[:json_len].decode("utf-8", "replace"))
-    except BaseException as exc:
-        try:
-            (<object>st.logger).error("could not use librdkafka's statistics", exc_info=exc)
-        except BaseException:
-            pass
+        tick(json[:json_len].decode("utf-8", "replace"))
+    except BaseException:
+        pass
+    return 0
 
 
 # ---- work that needs the GIL ------------------------------------------------------------------
@@ -384,7 +456,7 @@ cdef object _deliveries(ProducerState *st, Tracker *t):
     return _Deliveries(partitions, offsets, prefix, t.id_base + 1)
 
 
-cdef void _count_call(ProducerState *st, Tracker *t, int64_t failed, int64_t in_doubt) noexcept:
+cdef void _count_call(ProducerState *st, Tracker *t, int64_t failed, int64_t in_doubt) noexcept nogil:
     """ProducerMetrics: one call of t.total events ended (any thread; atomics)."""
     cdef int64_t ns = esk_now_ns() - t.started_ns
     esk_add_i64(&st.calls, 1)
@@ -411,7 +483,11 @@ cdef object _fatal_info(rd_kafka_t *rk):
 
 cdef object _producer_failure(ProducerState *st):
     """The producer's failure (Health), learning of a fatal error not yet reported by error_cb
-    (a delivery report or produceva can see it first); None if it has not failed."""
+    (a delivery report or produceva can see it first); None if it has not failed (or the
+    Producer is gone: then nobody is told). GIL held; the handle is alive (a call is active, or
+    the owner asks)."""
+    if st.detached:
+        return None
     health = <object>st.health
     failure = health.failure
     if failure is None:
@@ -432,8 +508,8 @@ cdef object _tracker_error(ProducerState *st, Tracker *t):
         return None
     return _errors.produce_error(
         code, _err_name(code), t.first_reason.decode("utf-8", "replace"),
-        failed=failed, in_doubt=in_doubt, total=t.total, topic=<object>st.topic,
-        cause=_producer_failure(st),
+        failed=failed, in_doubt=in_doubt, total=t.total,
+        topic=st.topic_name.decode("utf-8", "replace"), cause=_producer_failure(st),
     )
 
 
@@ -443,7 +519,8 @@ cdef void _resolve_completed(ProducerState *st) noexcept with gil:
     cdef Tracker *t
     cdef Tracker *nxt
     cdef bint any_ok = False
-    logger = <object>st.logger
+    if esk_load_int(&_exiting):
+        return                  # the futures' loops are gone with the interpreter
     pthread_mutex_lock(&st.lock)
     t = st.completed
     st.completed = NULL
@@ -466,10 +543,12 @@ cdef void _resolve_completed(ProducerState *st) noexcept with gil:
             except RuntimeError:
                 pass            # the loop is closed: nobody can await the future any more
         except BaseException as e:
-            try:
-                logger.error("could not resolve a produce_async future", exc_info=e)
-            except BaseException:
-                pass
+            if not st.detached:
+                try:
+                    (<object>st.logger).error("could not resolve a produce_async future",
+                                              exc_info=e)
+                except BaseException:
+                    pass
         finally:
             exc = None
             Py_XDECREF(t.future)
@@ -478,38 +557,102 @@ cdef void _resolve_completed(ProducerState *st) noexcept with gil:
             t.loop = NULL
             _tracker_release(t)     # the completion reference
         t = nxt
-    if any_ok:
+    if any_ok and not st.detached:
+        health = <object>st.health
         try:
-            (<object>st.health).up()
+            health.up()
         except BaseException:
             pass
 
 
-cdef void *_poll_main(void *arg) noexcept nogil:
-    """The native poll thread: serves delivery reports and callbacks until told to stop."""
+# ---- the owner thread -------------------------------------------------------------------------
+
+cdef void *_owner_main(void *arg) noexcept nogil:
+    """Serves delivery reports and callbacks until asked to stop; then gives what is outstanding
+    until the close deadline, fails the rest, waits for the calls still using the handle,
+    destroys it and lets go of the state."""
+    global _live
     cdef ProducerState *st = <ProducerState *>arg
+    cdef rd_kafka_t *rk = st.rk
+    cdef int64_t deadline, left
+    esk_name_thread("es-producer")
     while not esk_load_int(&st.stop):
-        if esk_load_int(&st.flushing) > 0 and rd_kafka_outq_len(st.rk) > 0:
+        if esk_load_int(&st.flushing) > 0 and rd_kafka_outq_len(rk) > 0:
             # Calls are waiting: send what lingers now. Returns when every message of the
             # handle is reported, when a callback yields (an async call completed), or after
             # the slice.
-            rd_kafka_flush(st.rk, POLL_SLICE_MS)
+            rd_kafka_flush(rk, POLL_SLICE_MS)
         else:
             # Woken early by rd_kafka_queue_yield() when a call has enqueued its events.
-            rd_kafka_poll(st.rk, POLL_SLICE_MS)
+            rd_kafka_poll(rk, POLL_SLICE_MS)
         if esk_load_int(&st.has_completed):
             _resolve_completed(st)
+    # Stopping. New calls are refused from here on, and calls entering after the fence see it.
+    esk_store_int(&st.refuse, RD_KAFKA_RESP_ERR__DESTROY)
+    esk_fence()
+    if esk_load_int(&st.stop) == STOP_CLOSE:
+        deadline = st.close_deadline_ns
+        while rd_kafka_outq_len(rk) > 0 and esk_load_int(&st.stop) == STOP_CLOSE:
+            left = deadline - esk_now_ns()
+            if left <= 0:
+                break
+            rd_kafka_flush(rk, <int>min(left // 1_000_000 + 1, <int64_t>POLL_SLICE_MS))
+            if esk_load_int(&st.has_completed):
+                _resolve_completed(st)
+    esk_store_int(&st.counting_purges, 1)
+    while True:
+        if rd_kafka_outq_len(rk) > 0:
+            rd_kafka_purge(rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT
+                           | RD_KAFKA_PURGE_F_NON_BLOCKING)
+        rd_kafka_poll(rk, 10)               # serves the purge reports
+        if esk_load_int(&st.has_completed):
+            _resolve_completed(st)
+        if esk_load_int(&st.active) == 0 and rd_kafka_outq_len(rk) == 0:
+            break
+    if esk_load_int(&st.has_completed):
+        _resolve_completed(st)
+    pthread_mutex_lock(&st.lock)
+    rd_kafka_queue_destroy(st.mainq)
+    st.mainq = NULL
+    pthread_mutex_unlock(&st.lock)
+    rd_kafka_topic_destroy(st.rkt)
+    st.rkt = NULL
+    rd_kafka_destroy(rk)
+    st.rk = NULL
+    pthread_mutex_lock(&st.lock)
+    esk_store_int(&st.finished, 1)
+    pthread_cond_broadcast(&st.finish_cond)
+    pthread_mutex_unlock(&st.lock)
+    pthread_mutex_lock(&_live_lock)
+    if st.live_prev != NULL:
+        st.live_prev.live_next = st.live_next
+    else:
+        _live = st.live_next
+    if st.live_next != NULL:
+        st.live_next.live_prev = st.live_prev
+    pthread_cond_broadcast(&_live_cond)
+    pthread_mutex_unlock(&_live_lock)
+    _state_release(st)          # the owner's reference
     return NULL
 
 
-_live_producers = _weakref.WeakSet()
-
-
 @_atexit.register
-def _stop_poll_threads():
-    # A native thread must not try to take the GIL while the interpreter finalizes.
-    for p in list(_live_producers):
-        (<Producer>p)._stop_thread()
+def _stop_owners():
+    """At the interpreter's exit: owners fail what is left and end without touching Python
+    (an unclosed producer's events are not waited for)."""
+    cdef ProducerState *st
+    cdef int64_t deadline = esk_now_ns() + 5_000_000_000
+    esk_store_int(&_exiting, 1)
+    with nogil:
+        pthread_mutex_lock(&_live_lock)
+        st = _live
+        while st != NULL:
+            _ask_stop(st, STOP_ABANDON, 0)
+            st = st.live_next
+        while _live != NULL:
+            if esk_cond_wait_until(&_live_cond, &_live_lock, deadline) != 0:
+                break
+        pthread_mutex_unlock(&_live_lock)
 
 
 @cython.final
@@ -519,10 +662,9 @@ cdef class _AsyncDeadline:
 
     Owns one reference to the call's tracker (taken by produce_async(), dropped by _release(),
     at the latest in __dealloc__), so that the timer can read how many events of the call are
-    still unacknowledged; `_owner` (the Producer) keeps `_st` alive."""
+    still unacknowledged; `_owner` (the Producer) keeps the state alive."""
 
     cdef Tracker *_t
-    cdef ProducerState *_st
     cdef object _owner
     cdef object _future
     cdef object _timer
@@ -530,7 +672,6 @@ cdef class _AsyncDeadline:
 
     def __cinit__(self):
         self._t = NULL
-        self._st = NULL
 
     def __dealloc__(self):
         self._release()
@@ -547,12 +688,15 @@ cdef class _AsyncDeadline:
         fut = self._future
         if fut is None or fut.done() or self._t == NULL:
             return
+        if not esk_load_int(&self._t.handed_over):
+            return      # a _Pending still enqueues: it reports the timeout, knowing what it sent
         pending = esk_load_i64(&self._t.remaining)
         if pending == 0:
             return      # every event was reported: the result is already on its way to the loop
+        producer = <Producer>self._owner
         fut.set_exception(_errors.produce_timeout_error(
-            pending=pending, total=self._t.total, topic=<object>self._st.topic,
-            timeout=self._timeout, last_error=(<object>self._st.health).last_error,
+            pending=pending, total=self._t.total, topic=producer.topic,
+            timeout=self._timeout, last_error=producer._health.last_error,
         ))
 
     def _on_done(self, fut):
@@ -564,11 +708,83 @@ cdef class _AsyncDeadline:
         self._release()
 
 
+@cython.final
+cdef class _Pending:
+    """The rest of a produce_async() call that did not fit into librdkafka's queue
+    (eventstream._runtime.backend.PendingEnqueue): finish() enqueues it off the event loop. Holds
+    the call's tracker (the caller's reference) and the call's `active` count until then."""
+
+    cdef Tracker *_t
+    cdef Producer _producer
+    cdef _Batch _batch
+    cdef int64_t _deadline
+    cdef object _future
+    cdef object _loop
+    cdef object _timeout
+    cdef bint _done
+
+    def __cinit__(self):
+        self._t = NULL
+
+    def __dealloc__(self):
+        # finish() never ran (its executor task was cancelled before it started): the rest is
+        # not sent, and the call's future says so when its tracker completes.
+        self._hand_over(True)
+
+    def finish(self):
+        cdef int outcome = 1
+        cdef int64_t not_sent, total
+        if self._done:
+            return
+        total = self._t.total
+        try:
+            outcome = self._producer._enqueue_all(self._batch, self._t, self._deadline)
+        finally:
+            if outcome == 1:
+                # Still full at the deadline: the future fails with the timeout now, before the
+                # tracker's completion can settle it with anything else (the loop runs its
+                # callbacks in order).
+                not_sent = self._t.total - self._t.enqueued
+                exc = _errors.produce_timeout_error(
+                    pending=max(esk_load_i64(&self._t.remaining) - 1 - not_sent, 0),
+                    not_sent=not_sent, total=total, topic=self._producer.topic,
+                    timeout=self._timeout, last_error=self._producer._health.last_error,
+                )
+                try:
+                    self._loop.call_soon_threadsafe(_fail_future, self._future, exc)
+                except RuntimeError:
+                    pass
+            self._hand_over(outcome == 1)
+
+    cdef void _hand_over(self, bint count_unsent) noexcept:
+        cdef Tracker *t = self._t
+        if self._done or t == NULL:
+            return
+        self._done = True
+        if count_unsent and t.enqueued < t.total:
+            _tracker_fail(t, RD_KAFKA_RESP_ERR__QUEUE_FULL,
+                          "librdkafka's queue stayed full: these events were never sent",
+                          t.total - t.enqueued, False)
+        _tracker_hand_over(t)
+        self._t = NULL
+        _tracker_release(t)         # the caller's reference
+        self._batch = None
+        self._producer._exit()
+
+
+def _fail_future(fut, exc):
+    if not fut.done():
+        fut.set_exception(exc)
+
+
 # ---- the Producer --------------------------------------------------------------------------
 
+# no_gc_clear: the collector never empties this object's attributes before its finalizer ran
+# (the state points at them while `detached` is 0); cycles through it are broken elsewhere.
 @cython.final
+@cython.no_gc_clear
 cdef class Producer:
-    """eventstream._runtime.backend.ProducerBackend over librdkafka (see the comments above)."""
+    """eventstream._runtime.backend.NativeProducer over librdkafka (see the comments above)."""
 
     cdef ProducerState *_st
     cdef readonly str topic
@@ -576,12 +792,13 @@ cdef class Producer:
     cdef object _type_name
     cdef object _serialize          # the event class's unbound SerializeToString
     cdef object _key
+    # What the owner uses through the state's borrowed pointers (see "Ownership"):
     cdef object _logger
     cdef object _client_logger      # <logger>.librdkafka: librdkafka's own lines, at DEBUG
     cdef object _health
-    cdef object _lifecycle          # threading.Lock: creating the client vs. close()
-    cdef dict _properties
-    cdef bint _closed
+    cdef object _statistics
+    cdef int64_t _budget            # spec.payload_budget: the largest key + value of an event
+    cdef int64_t _max_bytes         # spec.max_message_bytes
     cdef int _fork_generation       # _fork_generation when made: another value = a forked child
     # Header names and constant values, kept alive here; the C pointers below point into them.
     cdef bytes _h_ct, _h_spec, _h_id, _h_source, _h_type, _h_time
@@ -593,16 +810,24 @@ cdef class Producer:
         self._st = NULL
 
     def __init__(self, spec):
+        global _live
         cdef ProducerState *st
         cdef bytes prefix
+        cdef bytes btopic = spec.topic.encode()
+        cdef char errstr[ERRSTR_SIZE]
+        cdef rd_kafka_conf_t *conf
+        cdef rd_kafka_t *rk
         self.topic = spec.topic
         self._event_type = spec.event_type
         self._type_name = spec.type_name
         self._serialize = spec.event_type.SerializeToString
         self._key = spec.key
         self._logger = spec.logger
+        self._client_logger = spec.logger.getChild("librdkafka")
         self._health = spec.health
-        self._lifecycle = _threading.Lock()
+        self._statistics = spec.statistics
+        self._budget = spec.payload_budget
+        self._max_bytes = spec.max_message_bytes
         self._fork_generation = _fork_generation
         self._h_ct = _wire.HEADER_CONTENT_TYPE.encode()
         self._h_spec = _wire.HEADER_SPECVERSION.encode()
@@ -643,30 +868,25 @@ cdef class Producer:
         if pthread_mutex_init(&st.lock, NULL) != 0:
             free(st)
             raise MemoryError()
+        if esk_cond_init(&st.finish_cond) != 0:
+            pthread_mutex_destroy(&st.lock)
+            free(st)
+            raise MemoryError()
+        st.refs = 1                 # ours; the owner's is added once it runs
+        st.topic_name = strdup(btopic)
         memcpy(st.id_prefix, <const char *>prefix, len(prefix))
         st.id_prefix_len = len(prefix)
         st.topic = <PyObject *>self.topic
-        Py_INCREF(self.topic)
         st.logger = <PyObject *>self._logger
-        Py_INCREF(self._logger)
         st.health = <PyObject *>self._health
-        Py_INCREF(self._health)
-        if spec.statistics is not None:
-            st.statistics = <PyObject *>spec.statistics
-            Py_INCREF(spec.statistics)
-        self._client_logger = self._logger.getChild("librdkafka")
-        st.sink.logger = <PyObject *>self._client_logger     # borrowed: self outlives rk
-        self._properties = dict(spec.properties)
-        self._st = st               # from here on __dealloc__ frees it
-        # The librdkafka client (threads, connections) is created at the first call.
-
-    cdef int _create_client(self) except -1:
-        """Make the handle and start the poll thread. Called under _lifecycle."""
-        cdef char errstr[ERRSTR_SIZE]
-        cdef rd_kafka_conf_t *conf
-        cdef ProducerState *st = self._st
-        cdef bytes btopic = self.topic.encode()
-        conf = _make_conf(self._properties, "producer")
+        st.statistics = <PyObject *>self._statistics if self._statistics is not None else NULL
+        st.sink.logger = <PyObject *>self._client_logger
+        self._st = st               # from here on __dealloc__ lets go of it
+        if st.topic_name == NULL:
+            raise MemoryError()
+        # The client starts now: it connects and obtains its producer id in the background, so
+        # that a first call made a moment later finds it ready.
+        conf = _make_conf(spec.properties, "producer")
         rd_kafka_conf_set_dr_msg_cb(conf, _on_delivery)
         rd_kafka_conf_set_error_cb(conf, _on_error)
         rd_kafka_conf_set_stats_cb(conf, _on_stats)
@@ -676,100 +896,71 @@ cdef class Producer:
         if rk == NULL:
             rd_kafka_conf_destroy(conf)     # rd_kafka_new owns conf only on success
             raise _errors.ConfigError("properties", errstr.decode("utf-8", "replace"))
-        rd_kafka_set_log_queue(rk, NULL)  # log lines are served by the poll thread
-        rkt = rd_kafka_topic_new(rk, btopic, NULL)
-        if rkt == NULL:
+        rd_kafka_set_log_queue(rk, NULL)    # log lines are served by the owner
+        st.rkt = rd_kafka_topic_new(rk, btopic, NULL)
+        if st.rkt == NULL:
             with nogil:
                 rd_kafka_destroy(rk)
             raise _errors.ConfigError("topic", f"librdkafka rejected topic {self.topic!r}")
         st.mainq = rd_kafka_queue_get_main(rk)
-        st.rkt = rkt
-        esk_store_int(&st.stop, 0)
         st.rk = rk
-        if pthread_create(&st.thread, NULL, _poll_main, st) != 0:
+        st.refs = 2                 # + the owner's
+        pthread_mutex_lock(&_live_lock)
+        st.live_next = _live
+        if _live != NULL:
+            _live.live_prev = st
+        _live = st
+        pthread_mutex_unlock(&_live_lock)
+        if pthread_create(&st.thread, NULL, _owner_main, st) != 0:
+            pthread_mutex_lock(&_live_lock)
+            _live = st.live_next
+            if _live != NULL:
+                _live.live_prev = NULL
+            pthread_mutex_unlock(&_live_lock)
+            st.refs = 1
             st.rk = NULL
-            st.rkt = NULL
-            with nogil:
-                rd_kafka_queue_destroy(st.mainq)
-                rd_kafka_topic_destroy(rkt)
-                rd_kafka_destroy(rk)
-            st.mainq = NULL
-            raise RuntimeError("could not start the producer poll thread")
-        st.thread_started = 1
-        _live_producers.add(self)
-        return 0
-
-    def __dealloc__(self):
-        cdef ProducerState *st = self._st
-        cdef Tracker *t
-        cdef Tracker *nxt
-        cdef int rounds
-        if st == NULL:
-            return
-        if self._fork_generation == _fork_generation and st.rk != NULL:
-            # Never closed (calls cannot be in progress: they hold a reference to self). Stop
-            # the thread, fail what is queued so that pending produce_async() futures are
-            # settled, then destroy.
-            self._stop_thread()     # reads self._st: still set
-            esk_store_int(&st.refuse, RD_KAFKA_RESP_ERR__DESTROY)
-            with nogil:
-                rd_kafka_purge(st.rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT)
-                rounds = 0
-                while rd_kafka_outq_len(st.rk) > 0 and rounds < 50:
-                    rd_kafka_poll(st.rk, 10)    # serves the purge reports
-                    rounds += 1
-            if esk_load_int(&st.has_completed):
-                _resolve_completed(st)
             with nogil:
                 rd_kafka_queue_destroy(st.mainq)
                 rd_kafka_topic_destroy(st.rkt)
-                rd_kafka_destroy(st.rk)
-        # In a forked child the handle is left alone: destroying it would join threads that
-        # exist only in the parent.
+                rd_kafka_destroy(rk)
+            st.mainq = NULL
+            st.rkt = NULL
+            raise RuntimeError("could not start the producer's owner thread")
+        pthread_detach(st.thread)   # nobody joins it: it ends by itself once asked to stop
+
+    def __dealloc__(self):
+        # Never joins or frees what the owner uses: it asks the owner to stop and lets go of the
+        # state (see "Ownership"). In a forked child the owner does not exist and the handle
+        # belongs to the parent: the state is left alone.
+        cdef ProducerState *st = self._st
+        if st == NULL:
+            return
         self._st = NULL
-        t = st.completed
-        while t != NULL:
-            nxt = t.next
-            Py_XDECREF(t.future)
-            Py_XDECREF(t.loop)
-            _tracker_release(t)
-            t = nxt
-        Py_XDECREF(st.topic)
-        Py_XDECREF(st.logger)
-        Py_XDECREF(st.health)
-        Py_XDECREF(st.statistics)
-        pthread_mutex_destroy(&st.lock)
-        free(st)
+        if self._fork_generation != _fork_generation:
+            return
+        st.detached = 1             # the GIL is held: the owner's next look sees it
+        if st.rk != NULL and not esk_load_int(&st.finished):
+            _ask_stop(st, STOP_ABANDON, 0)
+        _state_release(st)
 
     # -- internals --
 
-    cdef int _ensure_alive(self) except -1:
-        """The guard before every use of the handle."""
+    cdef int _enter(self, Py_ssize_t n) except -1:
+        """Count a call that may use the handle (the owner destroys it only when none is in).
+        Raises ClosedError once the producer was asked to stop or in a forked child, and (n > 0)
+        the producer's failure as this call's ProduceError."""
+        cdef ProducerState *st = self._st
         if self._fork_generation != _fork_generation:
             raise _errors.ClosedError(
                 f"the producer of {self.topic!r} was created in the parent of this forked "
                 "process; librdkafka clients cannot cross fork(): create a new Topic here"
             )
-        if self._closed:
-            raise _errors.ClosedError(f"the producer of {self.topic!r} is closed")
-        return 0
-
-    cdef int _enter(self, Py_ssize_t n) except -1:
-        """Mark a call of `n` events as using rk (close() waits for it), creating the client at
-        the first call. Raises ClosedError, or (n > 0) the producer's failure as this call's
-        ProduceError."""
-        cdef ProducerState *st = self._st
-        self._ensure_alive()
         esk_add_int(&st.active, 1)
+        esk_fence()
+        if esk_load_int(&st.stop) != STOP_NONE:
+            self._exit()
+            raise _errors.ClosedError(f"the producer of {self.topic!r} is closed")
         try:
-            if self._closed:
-                raise _errors.ClosedError(f"the producer of {self.topic!r} is closed")
-            if st.rk == NULL:
-                with self._lifecycle:
-                    if self._closed:
-                        raise _errors.ClosedError(f"the producer of {self.topic!r} is closed")
-                    if st.rk == NULL:
-                        self._create_client()
             failure = self._health.failure if n > 0 else None
             if failure is not None:
                 raise _errors.produce_error(
@@ -777,29 +968,23 @@ cdef class Producer:
                     topic=self.topic, cause=failure,
                 )
         except BaseException:
-            esk_add_int(&st.active, -1)
+            self._exit()
             raise
         return 0
 
     cdef void _exit(self) noexcept:
-        esk_add_int(&self._st.active, -1)
-
-    cdef void _stop_thread(self) noexcept:
         cdef ProducerState *st = self._st
-        if st == NULL or not st.thread_started or self._fork_generation != _fork_generation:
-            return
-        esk_store_int(&st.stop, 1)
-        with nogil:
-            pthread_join(st.thread, NULL)
-        st.thread_started = 0
+        if esk_add_int(&st.active, -1) == 0 and esk_load_int(&st.stop) != STOP_NONE:
+            _wake(st)               # the owner may be waiting for the last call to leave
 
     cdef _Batch _prepare(self, list evs, Py_ssize_t n, object headers):
-        """Type-check, then serialize values and keys of the whole call, before anything is
-        enqueued."""
+        """Type-check, then serialize values and keys of the whole call and check their sizes,
+        before anything is enqueued."""
         cdef Py_ssize_t i, size
         cdef const char *kp
         cdef _Batch batch
         cdef OutMsg *msgs
+        cdef int64_t budget = self._budget, key_len
         etype = self._event_type
         for i in range(n):
             if type(evs[i]) is not etype:
@@ -823,6 +1008,8 @@ cdef class Producer:
             batch.call.values[batch.call.n_extra] = bvalue
             batch.call.value_lens[batch.call.n_extra] = len(bvalue)
             batch.call.n_extra += 1
+        if batch.call.n_extra:
+            budget -= _wire.headers_size([(name, len(value)) for name, value in headers])
         batch.msgs = msgs = <OutMsg *>malloc(n * sizeof(OutMsg))
         if msgs == NULL:
             raise MemoryError()
@@ -868,6 +1055,13 @@ cdef class Producer:
                 msgs[i].key_len = PyBytes_GET_SIZE(k)
             else:
                 raise _errors.key_type_error(i, self._type_name, k)
+        for i in range(n):
+            key_len = max(msgs[i].key_len, 0)
+            if <int64_t>msgs[i].value_len + key_len > budget:
+                raise _errors.event_too_large_error(
+                    i, key_len, msgs[i].value_len, budget, max_message_bytes=self._max_bytes,
+                    total=n, topic=self.topic,
+                )
         return batch
 
     cdef Py_ssize_t _enqueue(self, OutMsg *msgs, const CallHeaders *call, Tracker *t,
@@ -943,18 +1137,20 @@ cdef class Producer:
         return t.enqueued
 
     cdef int _enqueue_all(self, _Batch batch, Tracker *t, int64_t deadline) except -1:
-        """Enqueue the whole call; on a hard error count the rest as failed. Returns 1 if
-        `deadline` passed with librdkafka's queue still full (the rest is then neither enqueued
-        nor counted: the caller reports a timeout), else 0. Raises KeyboardInterrupt & co. from
-        signal checks; t.enqueued is right on every path, so the caller can hand over."""
+        """Enqueue the call's events from t.enqueued on. Returns 0 once all are enqueued; 1 if
+        `deadline` passed with librdkafka's queue still full (the rest is neither enqueued nor
+        counted); 2 after a hard error, the rest counted as failed (never sent). Raises
+        KeyboardInterrupt & co. from signal checks; t.enqueued is right on every path, so the
+        caller can hand over."""
         cdef int err = 0
         cdef int64_t slice_end
-        cdef uint64_t id_base = <uint64_t>esk_fetch_add_u64(&self._st.counter, <uint64_t>t.total)
-        t.id_base = id_base
+        cdef Py_ssize_t refused
+        if t.id_base == 0 and t.enqueued == 0:
+            t.id_base = <uint64_t>esk_fetch_add_u64(&self._st.counter, <uint64_t>t.total)
         while True:
             slice_end = min(esk_now_ns() + WAIT_SLICE_NS, deadline)
             with nogil:
-                self._enqueue(batch.msgs, &batch.call, t, id_base, slice_end, &err)
+                self._enqueue(batch.msgs, &batch.call, t, t.id_base, slice_end, &err)
             if err == 0:
                 return 0
             if err == RD_KAFKA_RESP_ERR__QUEUE_FULL:
@@ -962,43 +1158,42 @@ cdef class Producer:
                     return 1
                 PyErr_CheckSignals()
                 continue
-            # A hard error (message too large, the producer failed or is closing, ...): the
-            # rest is not sent.
+            # A hard error (the producer failed or is closing, ...): the rest is not sent.
             if err == RD_KAFKA_RESP_ERR__FATAL:
                 _producer_failure(self._st)
-            _tracker_fail(t, err, rd_kafka_err2str(err), t.total - t.enqueued)
-            t.enqueued = t.total    # accounted for (as failed)
-            return 0
+            refused = t.enqueued
+            reason = (f"{_err_str(err)} (event {refused} of the call was refused before it was "
+                      f"sent: events {refused}..{t.total - 1} were not sent)").encode()
+            _tracker_fail(t, err, reason, t.total - t.enqueued, False)
+            return 2
 
-    # -- the Backend protocol --
+    # -- the NativeProducer protocol --
 
     def produce(self, events, timeout, headers=()):
         """Serialize, enqueue and wait for every event of this call to be acknowledged;
         `headers` go on every event of the call."""
         cdef list evs = events if type(events) is list else list(events)
         cdef Py_ssize_t n = len(evs)
-        cdef Tracker *t
-        cdef int64_t deadline, now, not_sent
+        cdef Tracker *t = NULL
+        cdef int64_t deadline, now, not_sent = 0
         cdef bint done = False
-        cdef int timed_out = 0
+        cdef int outcome = 0
         if n == 0:
             return _Deliveries.empty()
-        self._ensure_alive()
-        batch = self._prepare(evs, n, headers)
-        deadline = _deadline_after(timeout)
         self._enter(n)
-        t = NULL
         try:
+            batch = self._prepare(evs, n, headers)
+            deadline = _deadline_after(timeout)
             t = _tracker_new(self._st, n, False)
             try:
-                timed_out = self._enqueue_all(batch, t, deadline)
+                outcome = self._enqueue_all(batch, t, deadline)
             finally:
-                not_sent = t.total - t.enqueued
+                not_sent = t.total - t.enqueued if outcome == 1 else 0
                 _tracker_hand_over(t)
             batch = None
             # Events never enqueued because the deadline passed first must not let the call
             # succeed once the enqueued ones are acknowledged: that is a timeout, reported now.
-            while not timed_out:
+            while outcome != 1:
                 now = esk_now_ns()
                 with nogil:
                     done = _tracker_wait(t, min(now + WAIT_SLICE_NS, deadline))
@@ -1015,7 +1210,7 @@ cdef class Producer:
                 return _deliveries(self._st, t)
             # Timed out: the call's unreported events are in doubt; those never enqueued failed.
             exc = _errors.produce_timeout_error(
-                pending=esk_load_i64(&t.remaining), not_sent=not_sent if timed_out else 0,
+                pending=esk_load_i64(&t.remaining), not_sent=not_sent,
                 total=n, topic=self.topic, timeout=timeout, last_error=self._health.last_error,
             )
             _count_call(self._st, t, exc.failed, exc.in_doubt)
@@ -1026,51 +1221,51 @@ cdef class Producer:
             self._exit()
 
     def produce_async(self, events, loop, timeout=None, headers=()):
-        """Enqueue like produce() and return a future of `loop`, resolved on `loop` when every
-        event of the call is acknowledged, or failed with the same errors, including
-        produce_timeout_error() when `timeout` passes first. Called on `loop`'s thread."""
+        """Enqueue what fits now and return (future of `loop`, None or a _Pending with the
+        rest): the future is resolved on `loop` when every event of the call is acknowledged,
+        or failed with the same errors as produce(), a timeout included. Called on `loop`'s
+        thread; never blocks it."""
         cdef list evs = events if type(events) is list else list(events)
         cdef Py_ssize_t n = len(evs)
-        cdef Tracker *t
-        cdef int64_t deadline, not_sent
-        cdef int timed_out = 0
+        cdef Tracker *t = NULL
+        cdef int64_t deadline
+        cdef int outcome = 0
         cdef _AsyncDeadline expiry
-        self._ensure_alive()
+        cdef _Pending pending = None
         fut = loop.create_future()
         if n == 0:
             fut.set_result(_Deliveries.empty())
-            return fut
-        batch = self._prepare(evs, n, headers)
-        deadline = _deadline_after(timeout)
+            return fut, None
         self._enter(n)
-        t = NULL
         try:
+            batch = self._prepare(evs, n, headers)
+            deadline = _deadline_after(timeout)
             t = _tracker_new(self._st, n, True)
             t.future = <PyObject *>fut
             Py_INCREF(fut)
             t.loop = <PyObject *>loop
             Py_INCREF(loop)
             try:
-                # Without a timeout a full queue empties as messages are delivered or time out
-                # (message.timeout.ms); signals are still checked between slices. With one, the
-                # loop is blocked here at most until the deadline.
-                timed_out = self._enqueue_all(batch, t, deadline)
-            finally:
-                not_sent = t.total - t.enqueued
+                # Never waits for room: what does not fit now is _Pending.finish()'s.
+                outcome = self._enqueue_all(batch, t, esk_now_ns())
+            except BaseException:
                 _tracker_hand_over(t)
-            if timed_out:
-                # As in produce(): the events never enqueued make this a timeout, reported now.
-                exc = _errors.produce_timeout_error(
-                    pending=esk_load_i64(&t.remaining), not_sent=not_sent, total=n,
-                    topic=self.topic, timeout=timeout, last_error=self._health.last_error,
-                )
-                fut.set_exception(exc)
-                exc = None
-            elif deadline != _NO_DEADLINE:
+                raise
+            if outcome == 1:
+                pending = _Pending.__new__(_Pending)
+                pending._t = t              # takes over the caller's reference and `active`
+                pending._producer = self
+                pending._batch = batch
+                pending._deadline = deadline
+                pending._future = fut
+                pending._loop = loop
+                pending._timeout = timeout
+            else:
+                _tracker_hand_over(t)
+            if deadline != _NO_DEADLINE:
                 expiry = _AsyncDeadline.__new__(_AsyncDeadline)
                 esk_add_int(&t.refs, 1)         # expiry's own, dropped by expiry._release()
                 expiry._t = t
-                expiry._st = self._st
                 expiry._owner = self
                 expiry._future = fut
                 expiry._timeout = timeout
@@ -1080,102 +1275,70 @@ cdef class Producer:
                 fut.add_done_callback(expiry._on_done)
             if esk_load_int(&self._st.has_completed):
                 _resolve_completed(self._st)    # completed here (e.g. enqueue failed)
-            return fut
+            return fut, pending
         finally:
-            if t != NULL:
-                _tracker_release(t)     # the caller's reference
-            self._exit()
+            if pending is None:
+                if t != NULL:
+                    _tracker_release(t)     # the caller's reference
+                self._exit()
 
     def flush(self, timeout):
         """Wait up to `timeout` seconds for every outstanding message of this producer; return
         how many are still in flight."""
-        self._ensure_alive()
-        if self._st.rk == NULL:
-            return 0                # nothing was ever produced
-        self._enter(0)
-        try:
-            return self._flush(timeout)
-        finally:
-            self._exit()
-
-    cdef int _flush(self, object timeout) except -1:
-        cdef rd_kafka_t *rk = self._st.rk
+        cdef rd_kafka_t *rk
         cdef int64_t deadline = _deadline_after(timeout)
         cdef int64_t now
         cdef int slice_ms
         cdef int left
-        while True:
-            now = esk_now_ns()
-            slice_ms = <int>(min(deadline - now, <int64_t>WAIT_SLICE_NS) // 1_000_000)
-            if slice_ms < 0:
-                slice_ms = 0
-            with nogil:
-                # Also serves delivery reports on this thread (alongside the poll thread).
-                rd_kafka_flush(rk, slice_ms)
-                left = rd_kafka_outq_len(rk)
-            if esk_load_int(&self._st.has_completed):
-                _resolve_completed(self._st)
-            if left == 0 or esk_now_ns() >= deadline:
-                return left
-            PyErr_CheckSignals()
+        self._enter(0)
+        try:
+            rk = self._st.rk
+            while True:
+                now = esk_now_ns()
+                slice_ms = <int>(min(deadline - now, <int64_t>WAIT_SLICE_NS) // 1_000_000)
+                if slice_ms < 0:
+                    slice_ms = 0
+                with nogil:
+                    # Also serves delivery reports on this thread (alongside the owner).
+                    rd_kafka_flush(rk, slice_ms)
+                    left = rd_kafka_outq_len(rk)
+                if esk_load_int(&self._st.has_completed):
+                    _resolve_completed(self._st)
+                if left == 0 or esk_now_ns() >= deadline:
+                    return left
+                PyErr_CheckSignals()
+        finally:
+            self._exit()
 
     def close(self, timeout):
-        """Flush up to `timeout`, fail what is still outstanding, stop the poll thread and
-        destroy the client. Idempotent; safe if nothing was ever produced. In a forked child it
-        only marks the producer closed (the handle belongs to the parent)."""
-        with self._lifecycle:
-            if self._closed:
-                return
-            self._closed = True     # new calls fail from here on; no client is created now
-        if self._fork_generation != _fork_generation or self._st.rk == NULL:
-            self._health.closed()
-            return
-        left = 0
-        try:
-            left = self._flush(timeout)
-        finally:
-            self._teardown()
-            self._health.closed()
-        if left:
-            self._logger.warning(
-                "producer of %r: close() waited %g s and %d events were still unacknowledged; "
-                "they were abandoned: the produce calls waiting for them raised ProduceError "
-                "(in doubt: they may have been written)", self.topic, timeout, left,
-            )
-
-    cdef void _teardown(self) noexcept:
+        """Ask the owner to stop (NativeProducer.close) and wait for it, in slices so that
+        signals are handled. Returns (failed, in doubt, finished)."""
         cdef ProducerState *st = self._st
-        cdef rd_kafka_t *rk = st.rk
-        cdef rd_kafka_topic_t *rkt = st.rkt
-        # 1. New enqueues fail, what was not delivered within the timeout fails now
-        #    (_PURGE_QUEUE/_PURGE_INFLIGHT), so that every waiting produce() returns and every
-        #    future is settled.
-        # 2. Calls still inside (they hold `active`) finish: their trackers complete as the
-        #    purged messages are reported. Purge again in the loop for late enqueues.
-        esk_store_int(&st.refuse, RD_KAFKA_RESP_ERR__DESTROY)
-        with nogil:
-            while True:
-                if rd_kafka_outq_len(rk) > 0:
-                    rd_kafka_purge(rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT)
-                    rd_kafka_flush(rk, 100)     # serve the purge reports
-                if esk_load_int(&st.active) == 0 and rd_kafka_outq_len(rk) == 0:
-                    break
-                esk_sleep_ns(5_000_000)
-        # 3. Stop the poll thread, settle the last futures, destroy.
-        self._stop_thread()
-        if esk_load_int(&st.has_completed):
-            _resolve_completed(st)
-        st.rk = NULL
-        st.rkt = NULL
-        with nogil:
-            rd_kafka_queue_destroy(st.mainq)
-            st.mainq = NULL
-            rd_kafka_topic_destroy(rkt)
-            rd_kafka_destroy(rk)
+        cdef int64_t deadline = _deadline_after(timeout)
+        cdef int64_t until, slice_end
+        cdef bint finished = False
+        if self._fork_generation != _fork_generation:
+            return 0, 0, True       # the owner and the handle belong to the parent
+        _ask_stop(st, STOP_CLOSE, deadline)
+        until = _NO_DEADLINE if deadline == _NO_DEADLINE else deadline + CLOSE_GRACE_NS
+        while True:
+            slice_end = min(esk_now_ns() + WAIT_SLICE_NS, until)
+            with nogil:
+                pthread_mutex_lock(&st.lock)
+                while not esk_load_int(&st.finished):
+                    if esk_cond_wait_until(&st.finish_cond, &st.lock, slice_end) != 0:
+                        break
+                finished = esk_load_int(&st.finished)
+                pthread_mutex_unlock(&st.lock)
+            if finished or esk_now_ns() >= until:
+                break
+            PyErr_CheckSignals()
+        return esk_load_i64(&st.purged_failed), esk_load_i64(&st.purged_in_doubt), finished
 
-    @property
-    def closed(self):
-        return self._closed
+    def abandon(self):
+        """Ask the owner to fail what is outstanding at once and stop. Never blocks."""
+        if self._st != NULL and self._fork_generation == _fork_generation:
+            _ask_stop(self._st, STOP_ABANDON, 0)
 
     def metrics(self):
         """ProducerMetrics since the producer was made. Any thread; no lock."""
@@ -1192,4 +1355,4 @@ cdef class Producer:
         return self._st.id_prefix[:self._st.id_prefix_len - 1].decode() if self._st else None
 
     def __repr__(self):
-        return f"<eventstream._core.Producer topic={self.topic!r} closed={self._closed}>"
+        return f"<eventstream._core.Producer topic={self.topic!r}>"

@@ -107,18 +107,21 @@ def on_alarm(signum: int, frame: object) -> None:
     raise Alarm(f"signal {signum}")
 
 
-async def call_alarmed(topic: eventstream.Topic[Invalidate], batch: list[Invalidate]) -> Any:
+def call_alarmed(topic: eventstream.Topic[Invalidate], batch: list[Invalidate]) -> Any:
+    """A raising SIGALRM handler while produce_async() is awaited: the loop is not blocked (the
+    rest of the call waits for room on a worker thread), so the handler runs in the loop and
+    its exception leaves asyncio.run(), whose shutdown waits for that worker."""
     producer = topic.new_producer()
     previous = signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, SIGNAL_AFTER)
     try:
-        await producer.produce_async(*batch)
+        asyncio.run(producer.produce_async(*batch))
     except Alarm as exc:
         return producer, exc
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-    raise SystemExit("produce_async() returned although SIGALRM came while it was blocked")
+    raise SystemExit("produce_async() returned although SIGALRM came while it was awaited")
 
 
 async def call_async(
@@ -136,7 +139,7 @@ def call(mode: str, topic: eventstream.Topic[Invalidate], batch: list[Invalidate
     if mode == "interrupt":
         return call_interrupted(topic, batch)
     if mode == "alarm":
-        return asyncio.run(call_alarmed(topic, batch))
+        return call_alarmed(topic, batch)
     producer = topic.new_producer(key=failing_key if mode.startswith("key-error") else None)
     timeout = SIGNAL_AFTER if mode.startswith("timeout") else None
     if mode.endswith("-async"):

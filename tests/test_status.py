@@ -91,16 +91,18 @@ def test_no_broker_is_one_warning_one_error_and_disconnected(
     assert not ours(records, logging.ERROR), "close() must not blame the idle handler"
 
 
-def test_produce_without_a_broker_fails_in_doubt_and_says_why() -> None:
+def test_produce_without_a_broker_fails_as_not_written_and_says_why() -> None:
+    """No broker ever answered: the event cannot have been written, so it failed (not in
+    doubt), whatever backend tells it (librdkafka's message status, or the Health)."""
     errors = ErrorLog()
     with eventstream.new_topic(Invalidate, unreachable(errors, delivery_timeout=2)) as topic:
         producer = topic.new_producer()
         with pytest.raises(eventstream.ProduceTimeoutError) as info:
             producer.produce(Invalidate(seq=1))  # ends with delivery_timeout
         error = info.value
-        assert (error.failed, error.in_doubt, error.retriable) == (0, 1, True)
+        assert (error.failed, error.in_doubt, error.retriable) == (1, 0, True)
         assert error.name == "_MSG_TIMED_OUT"
-        assert "in doubt" in str(error) and "not acknowledged" in str(error)
+        assert "failed (not written)" in str(error) and "in doubt" not in str(error)
         producer.close(timeout=0.1)
 
 

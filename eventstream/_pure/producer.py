@@ -1,4 +1,13 @@
-"""Producer of the pure-Python backend: confluent_kafka.Producer plus per-call delivery tracking."""
+"""The pure-Python backend's producer: a confluent_kafka.Producer, its owner thread, and per-call
+delivery tracking.
+
+Ownership: the client belongs to an owner thread (``_Client`` and its loop), which serves
+delivery reports and callbacks and, when asked to stop, fails what is outstanding and destroys
+the client. The owner references only ``_Client``, never the :class:`PureProducer`, so a producer
+dropped without ``close()`` is garbage-collected like any object: it then asks the owner to stop.
+Nobody else destroys the client, and close() never calls into it (a close from a signal handler
+may run inside one of the client's own calls on the same thread).
+"""
 
 from __future__ import annotations
 
@@ -16,15 +25,17 @@ from google.protobuf.message import Message
 
 from eventstream._runtime import wire
 from eventstream._runtime.backend import ProducerSpec
+from eventstream._runtime.health import Health
 from eventstream._runtime.librdkafka import ClientLog
 from eventstream._runtime.records import Deliveries
 from eventstream._runtime.telemetry.metrics import LatencyRecorder, ProducerMetrics
-from eventstream._runtime.telemetry.reporting import statistics_tick
 from eventstream.errors import (
     IN_DOUBT_CODES,
     BrokerError,
     ClosedError,
+    ConfigError,
     ProduceError,
+    event_too_large_error,
     event_type_error,
     key_function_error,
     key_type_error,
@@ -39,20 +50,28 @@ __all__ = ["PureProducer", "prepare_records"]
 # until its own events are reported: flush ignores linger.ms while it runs, so the call's events
 # are sent at once, and the slices bound the wait for other threads' events.
 _FLUSH_SLICE = 0.002
-# The poll thread's longest wait between two rounds (s).
+# The owner thread's longest wait between two rounds (s).
 _POLL_SLICE = 0.1
 _DESTROY = -197  # librdkafka's _DESTROY: what events enqueued after close fail with
+_PURGE_QUEUE = -152
+_PURGE_INFLIGHT = -151
 
 Record = tuple[bytes, bytes | None]
 _UNREPORTED = -2  # a partition number no delivery report gives
 
 
-def prepare_records(spec: ProducerSpec, events: Sequence[Message]) -> list[Record]:
-    """Type-check every event, then serialize values and keys; raises before anything is sent."""
+def prepare_records(
+    spec: ProducerSpec, events: Sequence[Message], extra: Sequence[tuple[str, bytes]] = ()
+) -> list[Record]:
+    """Type-check every event, then serialize values and keys and check their size; raises
+    before anything is sent."""
     event_type = spec.event_type
     for index, event in enumerate(events):
         if type(event) is not event_type:
             raise event_type_error(index, type(event), event_type, spec.type_name)
+    budget = spec.payload_budget
+    if extra:
+        budget -= wire.headers_size((name, len(value)) for name, value in extra)
     key_of = spec.key
     records: list[Record] = []
     for index, event in enumerate(events):
@@ -70,18 +89,31 @@ def prepare_records(spec: ProducerSpec, events: Sequence[Message]) -> list[Recor
             if key is not None and not isinstance(key, bytes):
                 raise key_type_error(index, spec.type_name, key)
         records.append((value, key))
+    for index, (value, key) in enumerate(records):
+        key_len = 0 if key is None else len(key)
+        if key_len + len(value) > budget:
+            raise event_too_large_error(
+                index,
+                key_len,
+                len(value),
+                budget,
+                max_message_bytes=spec.max_message_bytes,
+                total=len(records),
+                topic=spec.topic,
+            )
     return records
 
 
 class _Tracker:
     """Delivery state of one produce call. Delivery callbacks run on whichever thread serves
-    librdkafka (the poll thread, or callers flushing), possibly on several at once. The call is
+    librdkafka (the owner thread, or callers flushing), possibly on several at once. The call is
     finished by whoever draws number ``total + 1`` from ``_settled``: each delivery report draws
     one, :meth:`hand_over` draws the rest at once (one per event never enqueued, one for the
     enqueuing caller's guard). Drawing is one C call, atomic under the GIL, so exactly one
     drawer finishes the call, and no lock is taken per event."""
 
     __slots__ = (
+        "_client",
         "_lock",
         "_settled",
         "done",
@@ -89,6 +121,7 @@ class _Tracker:
         "failed",
         "fatal",
         "first_error",
+        "handed_over",
         "first_id",
         "in_doubt",
         "offsets",
@@ -98,7 +131,8 @@ class _Tracker:
         "total",
     )
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, client: _Client, total: int) -> None:
+        self._client = client
         self.total = total
         self.started = time.monotonic_ns()
         self.partitions = array("i", [_UNREPORTED]) * total
@@ -106,6 +140,7 @@ class _Tracker:
         self.first_id = 0
         self._settled = itertools.count(1)
         self.enqueued = 0
+        self.handed_over = False  # the enqueuer is done (see hand_over)
         self.failed = 0
         self.in_doubt = 0
         self.first_error: tuple[int, str, str] | None = None
@@ -125,16 +160,17 @@ class _Tracker:
             self.partitions[index] = -1
             if err.fatal():
                 self.fatal = err
-            self.fail(err.code(), err.name(), err.str(), 1)
+            code = err.code()
+            self.fail(code, err.name(), err.str(), 1, in_doubt=self._client.in_doubt(code))
         if next(self._settled) == self.total + 1:
             self._finish()
 
     def deliveries(self, prefix: str) -> Deliveries:
         return Deliveries(self.partitions, self.offsets, prefix, self.first_id)
 
-    def fail(self, code: int, name: str, reason: str, count: int) -> None:
+    def fail(self, code: int, name: str, reason: str, count: int, *, in_doubt: bool) -> None:
         with self._lock:
-            if code in IN_DOUBT_CODES:
+            if in_doubt:
                 self.in_doubt += count
             else:
                 self.failed += count
@@ -143,6 +179,7 @@ class _Tracker:
 
     def hand_over(self) -> None:
         """The caller is done enqueueing: never-enqueued events leave the count, the guard goes."""
+        self.handed_over = True
         count = self.total - self.enqueued + 1
         # Draws ``count`` consecutive numbers in one C call (islice over the count).
         drawn_last = next(itertools.islice(self._settled, count - 1, count))
@@ -175,36 +212,176 @@ class _Tracker:
         )
 
 
+class _Client:
+    """The confluent-kafka client and what its owner thread shares with the callers. The owner
+    thread runs :meth:`own`; see the module docstring."""
+
+    def __init__(self, spec: ProducerSpec) -> None:
+        self._spec = spec
+        self.topic = spec.topic
+        self.health: Health = spec.health
+        conf: dict[str, object] = dict(spec.properties)
+        conf["error_cb"] = self._on_client_error
+        conf["stats_cb"] = self._on_stats
+        conf["logger"] = ClientLog(spec.logger)
+        try:
+            self.client = confluent_kafka.Producer(conf)
+        except confluent_kafka.KafkaException as exc:
+            raise ConfigError("properties", exc.args[0].str()) from None
+        # Guards the counts below; notified when the owner has work (see PureProducer).
+        self.state = threading.Condition(threading.Lock())
+        self.flushers = 0  # blocking produce() calls flushing right now
+        self.async_pending = 0  # produce_async() calls enqueued and not yet complete
+        self.active = 0  # calls that may use the client; the owner destroys it only at 0
+        self.stop: str | None = None  # "close" or "abandon": asks the owner to stop
+        self.close_deadline: float | None = None
+        self.purged_failed = self.purged_in_doubt = 0  # events a close failed
+        # None, or the (code, name) new enqueues fail with (closing, or the producer failed).
+        self.refuse: tuple[int, str] | None = None
+        self.finished = threading.Event()  # the owner destroyed the client and ended
+        # ProducerMetrics, under metrics_lock (calls end on any thread):
+        self.metrics_lock = threading.Lock()
+        self.calls = self.events = self.acked = self.failed = self.in_doubt_events = 0
+        self.call_time = LatencyRecorder()
+
+    def failure(self, tracker: _Tracker | None = None) -> BrokerError | None:
+        """The producer's failure, learning of a fatal error that a delivery report saw before
+        error_cb did."""
+        failure = self.health.failure
+        if failure is None and tracker is not None and tracker.fatal is not None:
+            fatal = tracker.fatal
+            failure = self.health.client_error(fatal.code(), fatal.name(), fatal.str(), fatal=True)
+            if failure is not None:
+                self.fail_queued(failure.code, failure.name)
+        return failure
+
+    def count(self, tracker: _Tracker, error: ProduceError | None) -> None:
+        """ProducerMetrics: one call ended (any thread)."""
+        failed, in_doubt = (0, 0) if error is None else (error.failed, error.in_doubt)
+        with self.metrics_lock:
+            self.calls += 1
+            self.events += tracker.total
+            self.acked += tracker.total - failed - in_doubt
+            self.failed += failed
+            self.in_doubt_events += in_doubt
+            self.call_time.add(time.monotonic_ns() - tracker.started)
+
+    # -- callbacks (whoever serves the client) --------
+
+    def _on_client_error(self, err: confluent_kafka.KafkaError) -> None:
+        failure = self.health.client_error(err.code(), err.name(), err.str(), fatal=err.fatal())
+        if failure is not None:
+            self.fail_queued(failure.code, failure.name)
+
+    def _on_stats(self, stats: str) -> None:
+        if self._spec.statistics is not None:
+            self._spec.statistics(stats)
+
+    def in_doubt(self, code: int) -> bool:
+        """Whether an event whose delivery failed with ``code`` may have been written. Nothing
+        was, while no broker has ever answered this client."""
+        if code in (_PURGE_QUEUE, _PURGE_INFLIGHT) and self.stop is not None:
+            with self.state:
+                if code == _PURGE_QUEUE:
+                    self.purged_failed += 1
+                else:
+                    self.purged_in_doubt += 1
+        return code in IN_DOUBT_CODES and self.health.answered
+
+    def fail_queued(self, code: int, name: str) -> None:
+        """New enqueues fail with ``code``, and what is queued fails now (its delivery reports
+        complete the waiting calls)."""
+        self.refuse = (code, name)
+        self.client.purge(in_queue=True, in_flight=True, blocking=False)
+
+    def serve(self, timeout: float, *, flush: bool = True) -> int:
+        """client.flush(timeout) (or poll): serve delivery reports and callbacks. confluent-kafka
+        raises the client's fatal error from there; it goes to the Health like error_cb's.
+        Returns how many messages are still in flight."""
+        try:
+            if flush:
+                return int(self.client.flush(timeout))
+            self.client.poll(timeout)
+        except confluent_kafka.KafkaException as exc:
+            self._on_client_error(exc.args[0])
+        return len(self.client)
+
+    def _should_flush(self) -> bool:
+        """Called with ``state`` held: async calls wait, no blocking caller serves, and there is
+        something to send or report (so the owner never spins on an empty flush)."""
+        return not self.flushers and self.async_pending > 0 and len(self.client) > 0
+
+    # -- the owner thread --------
+
+    def own(self) -> None:
+        state = self.state
+        while True:
+            with state:
+                if self.stop is None and not self._should_flush():
+                    state.wait(_POLL_SLICE)
+                if self.stop is not None:
+                    break
+                flush = self._should_flush()
+                serve = not self.flushers
+            if flush:
+                self.serve(_POLL_SLICE)
+            elif serve:
+                self.serve(0, flush=False)
+        self._finish()
+
+    def _finish(self) -> None:
+        """Give what is outstanding until the close deadline, fail the rest, wait for the calls
+        still using the client, destroy it."""
+        self.refuse = (_DESTROY, "_DESTROY")
+        deadline = self.close_deadline if self.stop == "close" else time.monotonic()
+        while len(self.client) and (deadline is None or time.monotonic() < deadline):
+            self.serve(
+                _POLL_SLICE if deadline is None else min(_POLL_SLICE, deadline - time.monotonic())
+            )
+        while True:
+            if len(self.client):
+                self.client.purge(in_queue=True, in_flight=True, blocking=False)
+            self.serve(0.01)
+            with self.state:
+                if not self.active and not len(self.client):
+                    break
+        with contextlib.suppress(Exception):
+            self.client.close()
+        self.health.closed()
+        self.finished.set()
+
+    def ask_stop(self, how: str, deadline: float | None) -> None:
+        with self.state:
+            if self.stop is None:
+                self.stop = how
+                self.close_deadline = deadline
+                self.purged_failed = self.purged_in_doubt = 0
+            elif how == "abandon":
+                self.stop = how
+            self.state.notify_all()
+
+
 class PureProducer:
-    """Thread-safe. The confluent-kafka client and its poll thread start at the first produce.
+    """eventstream._runtime.backend.NativeProducer over confluent-kafka.
 
     linger.ms (5 ms by default) lets librdkafka gather a call's events while they are enqueued;
     after that nobody should wait it out. A blocking produce() therefore serves with
     client.flush() in short slices until its own tracker is done (flush() sends whatever
-    lingers), and the poll thread stays out of librdkafka meanwhile, so that it cannot take a
+    lingers), and the owner thread stays out of librdkafka meanwhile, so that it cannot take a
     delivery report a flushing caller is waiting for. While produce_async() calls are pending and
-    no blocking caller flushes, the poll thread flushes for them; otherwise it polls without
-    blocking every _POLL_SLICE (errors, statistics, logs, reports of abandoned calls)."""
+    no blocking caller flushes, the owner flushes for them; otherwise it polls without blocking
+    every _POLL_SLICE (errors, statistics, logs, reports of abandoned calls)."""
 
     def __init__(self, spec: ProducerSpec) -> None:
         self._spec = spec
         self._health = spec.health
-        self._lock = threading.Lock()
-        self._client: confluent_kafka.Producer | None = None
-        self._poller: threading.Thread | None = None
-        self._stopping = threading.Event()
-        # Guards the two counts; notified when the poll thread has work (see the class doc).
-        self._state = threading.Condition(threading.Lock())
-        self._flushers = 0  # blocking produce() calls flushing right now
-        self._async_pending = 0  # produce_async() calls enqueued and not yet complete
-        self._closed = False
-        # 0, or the error code new enqueues fail with (closing, or the producer failed).
-        self._refuse: tuple[int, str] | None = None
+        self._core = _Client(spec)
+        self._owner = threading.Thread(
+            target=self._core.own, name=f"eventstream-producer-{spec.topic}", daemon=True
+        )
+        self._owner.start()
+        self._ids_lock = threading.Lock()
         self._ids = itertools.count(1)
-        # ProducerMetrics, under _metrics_lock:
-        self._metrics_lock = threading.Lock()
-        self._calls = self._events = self._acked = self._failed = self._in_doubt = 0
-        self._call_time = LatencyRecorder()
         self._id_prefix = wire.new_producer_id() + "-"
         # In the compiled backend's order: content-type, ce_specversion, ce_id, ce_source,
         # ce_type, ce_time (then a Telemetry's headers).
@@ -217,143 +394,65 @@ class PureProducer:
             (wire.HEADER_TYPE, spec.type_name.encode()),
         ]
 
+    def __del__(self) -> None:
+        core = getattr(self, "_core", None)
+        if core is not None:
+            core.ask_stop("abandon", None)
+
     # -- lifecycle -----------------------------------------------------------------------------
 
-    def _started(self) -> confluent_kafka.Producer:
-        client = self._client
-        if client is not None:
-            return client
-        with self._lock:
-            if self._closed:
+    def _enter(self, count: int) -> _Client:
+        """Count a call that may use the client; raises ClosedError after close, or the
+        producer's failure as this call's ProduceError."""
+        core = self._core
+        with core.state:
+            if core.stop is not None:
                 raise ClosedError(f"the producer of {self._spec.topic!r} is closed")
-            if self._client is None:
-                conf: dict[str, object] = dict(self._spec.properties)
-                conf["error_cb"] = self._on_client_error
-                conf["stats_cb"] = self._on_stats
-                conf["logger"] = ClientLog(self._spec.logger)
-                self._client = confluent_kafka.Producer(conf)
-                self._poller = threading.Thread(
-                    target=self._poll_loop,
-                    name=f"eventstream-producer-{self._spec.topic}",
-                    daemon=True,
-                )
-                self._poller.start()
-            return self._client
-
-    def _poll_loop(self) -> None:
-        client = self._client
-        assert client is not None
-        state = self._state
-        while not self._stopping.is_set():
-            with state:
-                if not self._should_flush(client):
-                    state.wait(_POLL_SLICE)
-                flush = self._should_flush(client)
-                serve = not self._flushers
-            if flush:
-                self._serve(client, _POLL_SLICE)
-            elif serve:
-                self._serve(client, 0, flush=False)
-
-    def _serve(
-        self, client: confluent_kafka.Producer, timeout: float, *, flush: bool = True
-    ) -> int:
-        """client.flush(timeout) (or poll): serve delivery reports and callbacks. confluent-kafka
-        raises the client's fatal error from there; it goes to the Health like error_cb's.
-        Returns how many messages are still in flight."""
+            core.active += 1
         try:
-            if flush:
-                return int(client.flush(timeout))
-            client.poll(timeout)
-        except confluent_kafka.KafkaException as exc:
-            self._on_client_error(exc.args[0])
-        return len(client)
+            failure = self._core.failure()
+            if failure is not None and count:
+                raise produce_error(
+                    failure.code,
+                    failure.name,
+                    str(failure),
+                    failed=count,
+                    in_doubt=0,
+                    total=count,
+                    topic=self._spec.topic,
+                    cause=failure,
+                )
+        except BaseException:
+            self._exit()
+            raise
+        return core
 
-    def _should_flush(self, client: confluent_kafka.Producer) -> bool:
-        """Called with _state held: async calls wait, no blocking caller serves, and there is
-        something to send or report (so the poll thread never spins on an empty flush)."""
-        return not self._flushers and self._async_pending > 0 and len(client) > 0
-
-    def _async_done(self) -> None:
-        with self._state:
-            self._async_pending -= 1
-
-    def _on_client_error(self, err: confluent_kafka.KafkaError) -> None:
-        failure = self._health.client_error(err.code(), err.name(), err.str(), fatal=err.fatal())
-        if failure is not None:
-            self._fail_queued(failure.code, failure.name)
-
-    def _on_stats(self, stats: str) -> None:
-        statistics_tick(stats, self._health, self._spec.statistics, self._spec.logger)
-
-    def _fail_queued(self, code: int, name: str) -> None:
-        """New enqueues fail with ``code``, and what is queued fails now (its delivery reports
-        complete the waiting calls)."""
-        self._refuse = (code, name)
-        client = self._client
-        if client is not None:
-            client.purge(in_queue=True, in_flight=True, blocking=False)
-
-    def _failure(self, tracker: _Tracker | None = None) -> BrokerError | None:
-        """The producer's failure, learning of a fatal error that a delivery report saw before
-        error_cb did."""
-        failure = self._health.failure
-        if failure is None and tracker is not None and tracker.fatal is not None:
-            self._on_client_error(tracker.fatal)
-            failure = self._health.failure
-        return failure
+    def _exit(self) -> None:
+        core = self._core
+        with core.state:
+            core.active -= 1
+            if not core.active:
+                core.state.notify_all()
 
     def flush(self, timeout: float) -> int:
-        client = self._client
-        if client is None:
-            return 0
-        return self._serve(client, timeout)
-
-    def close(self, timeout: float) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        client = self._client
+        core = self._enter(0)
         try:
-            if client is None:
-                return
-            remaining = self._serve(client, timeout)
-            self._fail_queued(_DESTROY, "_DESTROY")
-            self._serve(client, 1.0)  # serve the purge reports
-            self._stopping.set()
-            with self._state:
-                self._state.notify_all()
-            if self._poller is not None:
-                self._poller.join()
-            self._serve(client, 0, flush=False)
-            if remaining:
-                self._spec.logger.warning(
-                    "producer of %r: close() waited %g s and %d events were still "
-                    "unacknowledged; they were abandoned: the produce calls waiting for them "
-                    "raised ProduceError (in doubt: they may have been written)",
-                    self._spec.topic,
-                    timeout,
-                    remaining,
-                )
+            return core.serve(timeout)
         finally:
-            self._health.closed()
+            self._exit()
+
+    def close(self, timeout: float | None) -> tuple[int, int, bool]:
+        core = self._core
+        deadline = None if timeout is None else time.monotonic() + timeout
+        core.ask_stop("close", deadline)
+        finished = core.finished.wait(None if timeout is None else timeout + 1.0)
+        with core.state:
+            return core.purged_failed, core.purged_in_doubt, finished
+
+    def abandon(self) -> None:
+        self._core.ask_stop("abandon", None)
 
     # -- producing -----------------------------------------------------------------------------
-
-    def _refuse_call(self, count: int) -> None:
-        failure = self._failure()
-        if failure is not None:
-            raise produce_error(
-                failure.code,
-                failure.name,
-                str(failure),
-                failed=count,
-                in_doubt=0,
-                total=count,
-                topic=self._spec.topic,
-                cause=failure,
-            )
 
     def _enqueue(
         self,
@@ -362,32 +461,32 @@ class PureProducer:
         deadline: float | None,
         extra: Sequence[tuple[str, bytes]] = (),
     ) -> bool:
-        """Hand every record to librdkafka, counting each in ``tracker.enqueued``. Returns True if
-        librdkafka's queue stayed full until ``deadline`` (the rest is then not sent: the caller
-        reports a timeout); a hard error counts the rest as failed."""
-        client = self._started()
+        """Hand records from ``tracker.enqueued`` on to librdkafka, counting each. Returns True if
+        librdkafka's queue stayed full until ``deadline`` (the rest is then not handed over); a
+        hard error counts the rest as failed (never sent)."""
+        core = self._core
+        client = core.client
         topic = self._spec.topic
-        leading, trailing = self._leading_headers, self._trailing_headers
         prefix = self._id_prefix
-        with self._lock:  # one block of ce_id sequence numbers per call, as the compiled backend
-            tracker.first_id = next(self._ids)
-            self._ids = itertools.count(tracker.first_id + len(records))
         report = tracker.report
         # The call's headers with a hole at 2 for each event's ce_id (one list copy an event).
         template: list[tuple[str, str | bytes | None]] = [
-            *leading,
+            *self._leading_headers,
             (wire.HEADER_ID, None),
-            *trailing,
+            *self._trailing_headers,
             (wire.HEADER_TIME, wire.timestamp()),
             *extra,
         ]
-        for index, (value, key) in enumerate(records):
-            refuse = self._refuse
+        for index in range(tracker.enqueued, tracker.total):
+            value, key = records[index]
+            refuse = core.refuse
             if refuse is not None:
                 tracker.fail(
-                    *refuse, "the producer refuses new events", len(records) - tracker.enqueued
+                    *refuse,
+                    "the producer refuses new events",
+                    tracker.total - tracker.enqueued,
+                    in_doubt=False,
                 )
-                tracker.enqueued = tracker.total
                 return False
             headers = template.copy()
             headers[2] = (wire.HEADER_ID, f"{prefix}{tracker.first_id + index}".encode())
@@ -401,16 +500,30 @@ class PureProducer:
                     # librdkafka's queue is full: wait for delivery reports to make room.
                     if deadline is not None and time.monotonic() >= deadline:
                         return True
-                    self._serve(client, 0.05, flush=False)
+                    core.serve(0.05, flush=False)
                 except confluent_kafka.KafkaException as exc:
                     err = exc.args[0]
                     if err.fatal():
-                        self._on_client_error(err)
-                    tracker.fail(err.code(), err.name(), err.str(), len(records) - tracker.enqueued)
-                    tracker.enqueued = tracker.total
+                        core.health.client_error(err.code(), err.name(), err.str(), fatal=True)
+                        core.fail_queued(err.code(), err.name())
+                    tracker.fail(
+                        err.code(),
+                        err.name(),
+                        f"{err.str()} (event {index} of the call was refused before it was sent; "
+                        f"events {index}..{tracker.total - 1} were not sent)",
+                        tracker.total - tracker.enqueued,
+                        in_doubt=False,
+                    )
                     return False
             tracker.enqueued += 1
         return False
+
+    def _new_tracker(self, count: int) -> _Tracker:
+        tracker = _Tracker(self._core, count)
+        with self._ids_lock:  # one block of ce_id sequence numbers per call
+            tracker.first_id = next(self._ids)
+            self._ids = itertools.count(tracker.first_id + count)
+        return tracker
 
     def produce(
         self,
@@ -420,9 +533,21 @@ class PureProducer:
     ) -> Deliveries:
         if not events:
             return Deliveries.empty()
-        records = prepare_records(self._spec, events)
-        self._refuse_call(len(records))
-        tracker = _Tracker(len(records))
+        records = prepare_records(self._spec, events, headers)
+        core = self._enter(len(records))
+        try:
+            return self._produce(core, records, timeout, headers)
+        finally:
+            self._exit()
+
+    def _produce(
+        self,
+        core: _Client,
+        records: list[Record],
+        timeout: float | None,
+        headers: Sequence[tuple[str, bytes]],
+    ) -> Deliveries:
+        tracker = self._new_tracker(len(records))
         deadline = None if timeout is None else time.monotonic() + timeout
         timed_out = False
         try:
@@ -430,59 +555,49 @@ class PureProducer:
         finally:
             not_sent = tracker.total - tracker.enqueued
             tracker.hand_over()
-        client = self._client
-        assert client is not None
-        state = self._state
+        state = core.state
         with state:
-            self._flushers += 1
+            core.flushers += 1
         try:
             # Serve delivery reports here (see the class doc) until this call's are all in.
             while not timed_out and not tracker.done.is_set():
                 if deadline is None:
-                    self._serve(client, _FLUSH_SLICE)
+                    core.serve(_FLUSH_SLICE)
                     continue
                 left = deadline - time.monotonic()
                 if left <= 0:
                     timed_out = not tracker.done.is_set()
                     break
-                self._serve(client, min(_FLUSH_SLICE, left))
+                core.serve(min(_FLUSH_SLICE, left))
         finally:
             with state:
-                self._flushers -= 1
-                if not self._flushers:
+                core.flushers -= 1
+                if not core.flushers:
                     state.notify_all()
         if timed_out:
-            timeout_error = self._timeout_error(tracker, timeout, not_sent)
-            self._count(tracker, timeout_error)
+            timeout_error = _timeout_error(
+                tracker, timeout, not_sent, self._spec.topic, self._health.last_error
+            )
+            self._core.count(tracker, timeout_error)
             raise timeout_error
-        error = tracker.error(self._spec.topic, self._failure(tracker))
-        self._count(tracker, error)
+        error = tracker.error(self._spec.topic, self._core.failure(tracker))
+        self._core.count(tracker, error)
         if error is not None:
             raise error
         self._health.up()
         return tracker.deliveries(self._id_prefix)
 
-    def _count(self, tracker: _Tracker, error: ProduceError | None) -> None:
-        """ProducerMetrics: one call ended (any thread)."""
-        failed, in_doubt = (0, 0) if error is None else (error.failed, error.in_doubt)
-        with self._metrics_lock:
-            self._calls += 1
-            self._events += tracker.total
-            self._acked += tracker.total - failed - in_doubt
-            self._failed += failed
-            self._in_doubt += in_doubt
-            self._call_time.add(time.monotonic_ns() - tracker.started)
-
     def metrics(self) -> ProducerMetrics:
-        with self._metrics_lock:
+        core = self._core
+        with core.metrics_lock:
             return ProducerMetrics(
                 topic=self._spec.topic,
-                calls=self._calls,
-                events=self._events,
-                acknowledged=self._acked,
-                failed=self._failed,
-                in_doubt=self._in_doubt,
-                call_seconds=self._call_time.snapshot(),
+                calls=core.calls,
+                events=core.events,
+                acknowledged=core.acked,
+                failed=core.failed,
+                in_doubt=core.in_doubt_events,
+                call_seconds=core.call_time.snapshot(),
             )
 
     def produce_async(
@@ -491,69 +606,155 @@ class PureProducer:
         loop: asyncio.AbstractEventLoop,
         timeout: float | None,
         headers: Sequence[tuple[str, bytes]] = (),
-    ) -> asyncio.Future[Deliveries]:
+    ) -> tuple[asyncio.Future[Deliveries], _Pending | None]:
         future: asyncio.Future[Deliveries] = loop.create_future()
         if not events:
             future.set_result(Deliveries.empty())
-            return future
-        records = prepare_records(self._spec, events)
-        self._refuse_call(len(records))
-        tracker = _Tracker(len(records))
+            return future, None
+        records = prepare_records(self._spec, events, headers)
+        core = self._enter(len(records))
+        tracker = self._new_tracker(len(records))
         topic = self._spec.topic
         health = self._health
+        prefix = self._id_prefix
 
+        # What the delivery reports reach (through the tracker) must not hold this producer:
+        # a producer dropped with calls in flight is collected, and asks its owner to stop.
         def settle(error: ProduceError | None) -> None:
             if future.done():
                 return
             if error is None:
-                future.set_result(tracker.deliveries(self._id_prefix))
+                future.set_result(tracker.deliveries(prefix))
                 health.up()
             else:
                 future.set_exception(error)
 
         def on_done() -> None:
-            self._async_done()
-            error = tracker.error(topic, self._failure(tracker))
-            self._count(tracker, error)
+            with core.state:
+                core.async_pending -= 1
+            error = tracker.error(topic, core.failure(tracker))
+            core.count(tracker, error)
             # A closed loop raises RuntimeError: nobody is waiting any more.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(settle, error)
 
-        def expire() -> None:
-            if not future.done():
-                future.set_exception(self._timeout_error(tracker, timeout, 0))
-
         tracker.on_done = on_done
         deadline = None if timeout is None else time.monotonic() + timeout
-        timed_out = False
-        # Counted before the guard goes (on_done uncounts it), once every event is enqueued (the
-        # poll thread would flush earlier events before the rest are gathered).
         try:
-            timed_out = self._enqueue(records, tracker, deadline, headers)
+            # Never blocks the loop: what does not fit now is enqueued by _Pending.finish().
+            full = self._enqueue(records, tracker, time.monotonic(), headers)
         except BaseException:
             tracker.on_done = None  # no future is returned: nothing to settle or count
             tracker.hand_over()
+            self._exit()
             raise
-        not_sent = tracker.total - tracker.enqueued
-        with self._state:
-            self._async_pending += 1
-            self._state.notify_all()
-        tracker.hand_over()
-        if timed_out:
-            future.set_exception(self._timeout_error(tracker, timeout, not_sent))
-        elif deadline is not None and not future.done():
+        if deadline is not None:
+            last_error = partial(getattr, health, "last_error")
+
+            def expire() -> None:
+                # While a _Pending still enqueues, it reports the timeout itself, knowing
+                # exactly which events it never handed over.
+                if not future.done() and tracker.handed_over:
+                    future.set_exception(_timeout_error(tracker, timeout, 0, topic, last_error()))
+
             timer = loop.call_later(max(0.0, deadline - time.monotonic()), expire)
             future.add_done_callback(lambda _: timer.cancel())
-        return future
+        pending = _Pending(self, records, tracker, deadline, headers, future, loop, timeout)
+        if full:
+            return future, pending
+        pending.hand_over()
+        return future, None
 
-    def _timeout_error(
-        self, tracker: _Tracker, timeout: float | None, not_sent: int
-    ) -> ProduceError:
-        return produce_timeout_error(
-            pending=tracker.pending(),
-            not_sent=not_sent,
-            total=tracker.total,
-            topic=self._spec.topic,
-            timeout=timeout,
-            last_error=self._health.last_error,
-        )
+
+def _timeout_error(
+    tracker: _Tracker, timeout: float | None, not_sent: int, topic: str, last_error: str | None
+) -> ProduceError:
+    return produce_timeout_error(
+        pending=tracker.pending(),
+        not_sent=not_sent,
+        total=tracker.total,
+        topic=topic,
+        timeout=timeout,
+        last_error=last_error,
+    )
+
+
+class _Pending:
+    """The rest of a produce_async() call (eventstream._runtime.backend.PendingEnqueue)."""
+
+    def __init__(
+        self,
+        producer: PureProducer,
+        records: list[Record],
+        tracker: _Tracker,
+        deadline: float | None,
+        headers: Sequence[tuple[str, bytes]],
+        future: asyncio.Future[Deliveries],
+        loop: asyncio.AbstractEventLoop,
+        timeout: float | None,
+    ) -> None:
+        self._producer = producer
+        self._records = records
+        self._tracker = tracker
+        self._deadline = deadline
+        self._headers = headers
+        self._future = future
+        self._loop = loop
+        self._timeout = timeout
+        self._handed_over = False
+
+    def __del__(self) -> None:
+        # finish() never ran (its executor task was cancelled before it started): the rest is
+        # not sent, and the call's future says so when its tracker completes.
+        if not self._handed_over:
+            self.hand_over()
+
+    def finish(self) -> None:
+        timed_out = False
+        try:
+            timed_out = self._producer._enqueue(  # pyright: ignore[reportPrivateUsage]
+                self._records, self._tracker, self._deadline, self._headers
+            )
+            if timed_out:
+                # Still full at the deadline: the future fails with the timeout now, before the
+                # tracker's completion can settle it with anything else (the loop runs its
+                # callbacks in order).
+                producer = self._producer
+                error = _timeout_error(
+                    self._tracker,
+                    self._timeout,
+                    self._tracker.total - self._tracker.enqueued,
+                    producer._spec.topic,  # pyright: ignore[reportPrivateUsage]
+                    producer._health.last_error,  # pyright: ignore[reportPrivateUsage]
+                )
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(_fail_future, self._future, error)
+        finally:
+            self.hand_over()
+
+    def hand_over(self) -> None:
+        if self._handed_over:
+            return
+        self._handed_over = True
+        tracker = self._tracker
+        if tracker.enqueued < tracker.total and tracker.first_error is None:
+            tracker.fail(
+                -184,  # _QUEUE_FULL
+                "_QUEUE_FULL",
+                "librdkafka's queue stayed full; these events were never sent",
+                tracker.total - tracker.enqueued,
+                in_doubt=False,
+            )
+        core = self._producer._core  # pyright: ignore[reportPrivateUsage]
+        with core.state:
+            # Once the call has enqueued everything the owner flushes for it (as the compiled
+            # backend's owner does); counted before the guard goes (on_done uncounts it).
+            core.async_pending += 1
+            core.state.notify_all()
+        tracker.hand_over()
+        self._producer._exit()  # pyright: ignore[reportPrivateUsage]
+
+
+def _fail_future(future: asyncio.Future[Deliveries], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)

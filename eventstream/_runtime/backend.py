@@ -45,7 +45,8 @@ __all__ = [
     "Dispatch",
     "DispatchAbandoned",
     "NativeConsumer",
-    "ProducerBackend",
+    "NativeProducer",
+    "PendingEnqueue",
     "ProducerSpec",
     "backend",
     "load_backend",
@@ -75,8 +76,14 @@ class ProducerSpec:
     logger: logging.Logger
     #: Where the producer reports its connection state and errors (see eventstream._runtime.health).
     health: Health
-    #: Called with librdkafka's statistics JSON (about once a second) if someone wants it.
+    #: Called with librdkafka's statistics JSON (statistics.interval.ms): the shared layer's
+    #: tick (the Health reads the brokers' state from it; the reporting what it was asked for).
     statistics: Callable[[str], None] | None = None
+    #: The largest key + value an event may have, its headers (the longest ce_id included)
+    #: and librdkafka's per-record overhead taken from ``message.max.bytes`` (which is also
+    #: given, for the error's words). A call's extra headers come off it too (wire.py).
+    payload_budget: int = 1_000_000
+    max_message_bytes: int = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,7 +276,24 @@ class NativeConsumer(Protocol):
         ...
 
 
-class ProducerBackend(Protocol):
+class PendingEnqueue(Protocol):
+    """The rest of a ``produce_async()`` call that did not fit into librdkafka's queue."""
+
+    def finish(self) -> None:
+        """Enqueue the rest, blocking until there is room or the call's deadline passed (then
+        the call's future fails with a timeout). Call it off the event loop, once."""
+        ...
+
+
+class NativeProducer(Protocol):
+    """A backend's producer: the librdkafka handle, its owner thread (which serves delivery
+    reports and, at the end, destroys the handle), and the hot path (serialize, build headers,
+    enqueue, track this call's deliveries). Made by :meth:`Backend.new_producer`: the client
+    starts at once and connects and obtains its producer id in the background.
+
+    Thread-safe. Only its owner thread frees it: :meth:`close` and :meth:`abandon` ask it to
+    stop, and a native producer that is garbage-collected does the same, never joining."""
+
     def produce(
         self,
         events: Sequence[Message],
@@ -279,11 +303,11 @@ class ProducerBackend(Protocol):
         """Serialize, enqueue and block until every event of this call is acknowledged.
 
         ``headers`` are added to every event of the call (Telemetry's trace context). Returns
-        where each event went, in call order. Raises ``EventTypeError`` (nothing sent) if
-        an event is not ``spec.event_type``;
-        ``SerializationError``/``KeyError`` style misuse before anything is sent; ``ProduceError``
-        with the first failed delivery's code; ``ProduceTimeoutError`` if ``timeout`` passed first.
-        Thread-safe. Releases the GIL while waiting, in slices so that signals are handled.
+        where each event went, in call order. Raises, before anything is sent:
+        ``EventTypeError``, ``SerializationError``, ``ProduceError`` for an event over
+        ``message.max.bytes`` (``failed`` = the whole call); after: ``ProduceError`` with the
+        first failed delivery's code, ``ProduceTimeoutError`` if ``timeout`` passed first.
+        Releases the GIL while waiting, in slices so that signals are handled.
         """
         ...
 
@@ -293,20 +317,29 @@ class ProducerBackend(Protocol):
         loop: asyncio.AbstractEventLoop,
         timeout: float | None,
         headers: Sequence[tuple[str, bytes]] = (),
-    ) -> asyncio.Future[Deliveries]:
-        """Like :meth:`produce` but returns at once with a future of ``loop`` resolved (on ``loop``)
-        when every event of the call is acknowledged, or failed with the same errors, including
-        ``produce_timeout_error(...)`` (with the pending count and the client's last error) when
-        ``timeout`` passes first. Must be called on ``loop``'s thread. Type errors are raised
-        directly, before anything is sent."""
+    ) -> tuple[asyncio.Future[Deliveries], PendingEnqueue | None]:
+        """Like :meth:`produce`, without waiting: enqueues what fits into librdkafka's queue now
+        and returns a future of ``loop`` (resolved on ``loop``, with the same results and errors,
+        a timeout included) and, if some events did not fit, what enqueues the rest. Must be
+        called on ``loop``'s thread; never blocks it. Errors found before anything is sent are
+        raised directly."""
         ...
 
     def flush(self, timeout: float) -> int:
         """Wait for everything outstanding; return the number of messages still in flight."""
         ...
 
-    def close(self, timeout: float) -> None:
-        """Flush (up to ``timeout``), stop the poll thread, destroy the client. Idempotent."""
+    def close(self, timeout: float | None) -> tuple[int, int, bool]:
+        """Ask the owner thread to stop: new calls fail, what is outstanding gets until the
+        deadline (``timeout`` seconds; ``None``: no deadline) to be acknowledged, the rest fails,
+        then the handle is destroyed. Waits for that up to the deadline (and a little more).
+        Returns the events the close failed ``(not written, in doubt)`` and whether the owner
+        finished in time. Idempotent (later calls return zeros and wait again)."""
+        ...
+
+    def abandon(self) -> None:
+        """Ask the owner thread to fail what is outstanding at once and stop (a producer dropped
+        without ``close()``). Never blocks."""
         ...
 
     def metrics(self) -> ProducerMetrics:
@@ -326,7 +359,7 @@ class Backend(Protocol):
         name, a bad value or combination), or ``None``. Makes no network call."""
         ...
 
-    def new_producer(self, spec: ProducerSpec) -> ProducerBackend: ...
+    def new_producer(self, spec: ProducerSpec) -> NativeProducer: ...
 
     def new_consumer(self, spec: ConsumerSpec, listener: ConsumerListener) -> NativeConsumer: ...
 

@@ -85,6 +85,9 @@ class Health:
         self._down_since: float | None = None
         self._last_error: str | None = None
         self._warned: set[int] = set()
+        #: Whether a broker has ever answered this client (until then, nothing it sent can
+        #: have been written).
+        self.answered = False
 
     # -- reading (any thread) --------
 
@@ -110,6 +113,7 @@ class Health:
         status = self._status
         if status.state == "ready" and self._down_since is None:
             return  # the common case: nothing to do, no lock
+        self.answered = True
         with self._lock:
             # The outage began with the first evidence of no broker, disconnected_after before
             # the state said so.

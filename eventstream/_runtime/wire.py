@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable
 
 __all__ = [
     "ACCEPTED_MEDIA_TYPES",
@@ -41,8 +42,10 @@ __all__ = [
     "HEADER_TRACESTATE",
     "HEADER_TYPE",
     "SPECVERSION",
+    "headers_size",
     "is_protobuf",
     "new_producer_id",
+    "payload_budget",
     "timestamp",
 ]
 
@@ -74,6 +77,47 @@ DEAD_LETTER_HEADERS = (
     "eventstream-dlq-attempts",  # handler calls made (0 if it never reached the handler)
     "eventstream-dlq-time",  # when it was dead-lettered (RFC 3339, UTC)
 )
+
+
+#: librdkafka's largest per-record overhead (``RD_KAFKAP_MESSAGE_V2_MAX_OVERHEAD``): it refuses a
+#: record at enqueue (``MSG_SIZE_TOO_LARGE``) when this + key + value + headers exceeds
+#: ``message.max.bytes``, a header counting its name, its value and their lengths as varints.
+RECORD_OVERHEAD = 36
+_ID_PREFIX_LEN = 17  # new_producer_id() and its "-"
+_MAX_ID_DIGITS = 20
+_TIME_LEN = 24  # timestamp(): 2026-12-01T09:30:00.123Z
+
+
+def _varint_size(length: int) -> int:
+    """Bytes of ``length`` as a zigzag varint (how record headers carry their lengths)."""
+    value, size = length << 1, 1
+    while value >= 0x80:
+        value >>= 7
+        size += 1
+    return size
+
+
+def headers_size(headers: Iterable[tuple[str, int]]) -> int:
+    """What ``(name, value length)`` headers add to a record, as librdkafka counts it."""
+    total = 0
+    for name, value_len in headers:
+        name_len = len(name.encode())
+        total += name_len + value_len + _varint_size(name_len) + _varint_size(value_len)
+    return total
+
+
+def payload_budget(max_message_bytes: int, source: str, type_name: str) -> int:
+    """The largest key + value of an event with eventstream's headers (the longest ce_id) that
+    librdkafka accepts under ``max_message_bytes``."""
+    headers = (
+        (HEADER_CONTENT_TYPE, len(CONTENT_TYPE)),
+        (HEADER_SPECVERSION, len(SPECVERSION)),
+        (HEADER_ID, _ID_PREFIX_LEN + _MAX_ID_DIGITS),
+        (HEADER_SOURCE, len(source.encode())),
+        (HEADER_TYPE, len(type_name.encode())),
+        (HEADER_TIME, _TIME_LEN),
+    )
+    return max_message_bytes - RECORD_OVERHEAD - headers_size(headers)
 
 
 def is_protobuf(content_type: bytes) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -20,32 +21,36 @@ __all__ = ["Reporter", "reporter", "statistics_tick"]
 class _Client(Protocol):
     def metrics(self) -> object: ...
 
+    def observe_statistics(self, stats: Mapping[str, Any]) -> None:
+        """What the client keeps of its statistics (a consumer: its lag)."""
+        ...
+
 
 class Reporter:
     """The ``statistics`` callback of one client's spec; called on its poll thread."""
 
     def __init__(self, config: TopicConfig) -> None:
         self._config = config
-        self._client: _Client | None = None
-        self._on_stats: Callable[[Mapping[str, Any]], None] | None = None
+        # Held weakly: a client's own statistics callback must not keep it alive.
+        self._client: weakref.ref[_Client] | None = None
         self._next_report = time.monotonic() + config.metrics_interval
 
-    def attach(self, client: _Client, on_stats: Callable[[Mapping[str, Any]], None] | None) -> None:
-        """The client whose metrics to report, and what to feed its statistics to (the lag)."""
-        self._client = client
-        self._on_stats = on_stats
+    def attach(self, client: _Client) -> None:
+        """The client whose metrics to report and that observes its statistics."""
+        self._client = weakref.ref(client)
 
     def __call__(self, raw: str) -> None:
         config = self._config
         stats: dict[str, Any] = json.loads(raw)
-        if self._on_stats is not None:
-            self._on_stats(stats)
+        client = None if self._client is None else self._client()
+        if client is not None:
+            client.observe_statistics(stats)
         if config.on_statistics is not None:
             notify(config.on_statistics, stats, config.logger)
         now = time.monotonic()
-        if config.on_metrics is not None and self._client is not None and now >= self._next_report:
+        if config.on_metrics is not None and client is not None and now >= self._next_report:
             self._next_report = now + config.metrics_interval
-            notify(config.on_metrics, self._client.metrics(), config.logger)
+            notify(config.on_metrics, client.metrics(), config.logger)
 
 
 def reporter(config: TopicConfig) -> Reporter | None:
