@@ -66,9 +66,7 @@ def test_pending_async_calls_of_a_backend_producer_dropped_unclosed_are_settled(
     async def main() -> BaseException | None:
         topic = eventstream.new_topic(Invalidate, config)
         backend = topic.new_producer()._backend  # the test peeks: no public way to get one
-        future, rest = backend.produce_async(
-            [Invalidate(seq=1)], asyncio.get_running_loop(), None
-        )
+        future, rest = backend.produce_async([Invalidate(seq=1)], asyncio.get_running_loop(), None)
         assert rest is None
         gone = weakref.ref(backend)
         topic._children.clear()
