@@ -95,6 +95,9 @@ class _NoopConsumer:
     def store(self, offsets: Mapping[int, int]) -> None:
         pass
 
+    def commit(self, offsets: Mapping[int, int]) -> None:
+        pass
+
     def seek(self, offsets: Mapping[int, int]) -> None:
         pass
 

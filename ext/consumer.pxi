@@ -567,6 +567,20 @@ cdef class Consumer:
         finally:
             rd_kafka_topic_partition_list_destroy(parts)
 
+    def commit(self, offsets):
+        """Commit ``{partition: next offset}`` now (asynchronously), whatever was committed
+        before: after a move backwards, librdkafka's auto-commit skips offsets below the last
+        one it committed."""
+        cdef rd_kafka_topic_partition_list_t *parts = _partition_list(
+            self._btopic, list(offsets), list(offsets.values()))
+        cdef rd_kafka_resp_err_t code
+        try:
+            code = rd_kafka_commit(self._rk, parts, 1)
+            if code != RD_KAFKA_RESP_ERR_NO_ERROR:
+                self._logger.info("consumer of %r: commit: %s", self.topic, _err_str(code))
+        finally:
+            rd_kafka_topic_partition_list_destroy(parts)
+
     def seek(self, offsets):
         cdef rd_kafka_topic_partition_list_t *parts = _partition_list(
             self._btopic, list(offsets), list(offsets.values()))

@@ -286,6 +286,10 @@ cdef extern from "rdkafka_abi.h" nogil:
     # "COOPERATIVE", "EAGER", or NULL/"NONE" when not (yet) known.
     const char *rd_kafka_rebalance_protocol "ESK_RDK(rd_kafka_rebalance_protocol)" (
         rd_kafka_t *rk)
+    # Commits `offsets` (NULL: the stored ones); async: returns at once, the result is served
+    # on the consumer queue (offset_commit_cb, which we do not set).
+    rd_kafka_resp_err_t rd_kafka_commit "ESK_RDK(rd_kafka_commit)" (
+        rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *offsets, int async)
     # Stores each element's offset (assigned partitions only) for the next commit.
     rd_kafka_resp_err_t rd_kafka_offsets_store "ESK_RDK(rd_kafka_offsets_store)" (
         rd_kafka_t *rk, rd_kafka_topic_partition_list_t *offsets)

@@ -270,6 +270,8 @@ typedef int (*esk_stats_cb_t)(rd_kafka_t *rk, char *json, size_t json_len, void 
     X(rd_kafka_resp_err_t, rd_kafka_offsets_for_times,                                             \
       (rd_kafka_t * rk, rd_kafka_topic_partition_list_t *offsets, int timeout_ms))                 \
     X(const char *, rd_kafka_rebalance_protocol, (rd_kafka_t * rk))                              \
+    X(rd_kafka_resp_err_t, rd_kafka_commit,                                                        \
+      (rd_kafka_t * rk, const rd_kafka_topic_partition_list_t *offsets, int async))                \
     X(rd_kafka_resp_err_t, rd_kafka_offsets_store,                                                 \
       (rd_kafka_t * rk, rd_kafka_topic_partition_list_t *offsets))                                 \
     X(rd_kafka_error_t *, rd_kafka_seek_partitions,                                                \

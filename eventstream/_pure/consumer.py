@@ -200,6 +200,19 @@ class PureConsumer:
             # committed offset says.
             self._spec.logger.info("consumer of %r: offsets not stored: %s", self._topic, exc)
 
+    def commit(self, offsets: Mapping[int, int]) -> None:
+        client = self._client
+        assert client is not None
+        try:
+            client.commit(
+                offsets=[
+                    confluent_kafka.TopicPartition(self._topic, p, o) for p, o in offsets.items()
+                ],
+                asynchronous=True,
+            )
+        except confluent_kafka.KafkaException as exc:
+            self._spec.logger.info("consumer of %r: commit: %s", self._topic, exc)
+
     def seek(self, offsets: Mapping[int, int]) -> None:
         client = self._client
         assert client is not None

@@ -230,6 +230,11 @@ class NativeConsumer(Protocol):
         """Store ``{partition: next offset}`` for the next commit (assigned partitions only)."""
         ...
 
+    def commit(self, offsets: Mapping[int, int]) -> None:
+        """Commit ``{partition: next offset}`` now (asynchronously), even below what was
+        committed before (librdkafka's auto-commit skips that after a move backwards)."""
+        ...
+
     def seek(self, offsets: Mapping[int, int]) -> None:
         """Move assigned partitions to ``{partition: offset}`` and make those their positions."""
         ...

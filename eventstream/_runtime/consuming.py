@@ -17,9 +17,10 @@ Nothing here is freed by a finalizer: a consumer dropped without ``close()`` is 
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from eventstream._runtime.backend import (
     Backend,
@@ -83,6 +84,8 @@ class ConsumerRuntime:
         # Start offsets resolved by assign() that are not the group's committed ones: stored by
         # assigned() once the partitions are assigned.
         self._pinned: dict[int, int] = {}
+        # Work for the poll thread between two rounds (never while a handler runs).
+        self._requests: collections.deque[Callable[[], None]] = collections.deque()
 
     # -- any thread --------
 
@@ -130,6 +133,11 @@ class ConsumerRuntime:
 
     def stopping(self) -> bool:
         return self._native.stopping()
+
+    def call_soon(self, work: Callable[[], None]) -> None:
+        """Run ``work()`` on the poll thread between two rounds, never while a handler runs (its
+        exceptions are logged). Any thread."""
+        self._requests.append(work)
 
     def abandon(self) -> None:
         """The consumer was dropped without close(): ask the poll thread to stop; it leaves the
@@ -210,8 +218,11 @@ class ConsumerRuntime:
             return
         self._opened.set()
         try:
+            requests = self._requests
             while not native.stopping():
                 native.poll(_FIRST_WAIT_MS)
+                while requests and not native.stopping():
+                    self._run_request(requests.popleft())
         except BaseException as exc:
             # A failure the Health already reported, KeyboardInterrupt/SystemExit/
             # DispatchAbandoned from a handler, or a bug: never lost; close() re-raises it.
@@ -220,6 +231,14 @@ class ConsumerRuntime:
             self._stopped_by(exc)
         finally:
             self._leave()
+
+    def _run_request(self, work: Callable[[], None]) -> None:
+        try:
+            work()
+        except Exception as exc:
+            self._logger.error(
+                "consumer of %r: work for the poll thread failed", self._topic, exc_info=exc
+            )
 
     def _stopped_by(self, exc: BaseException) -> None:
         if self._failure is None:
