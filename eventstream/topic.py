@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from functools import partial
-from typing import Generic, TypeVar
+from typing import Generic, Literal, TypeVar
 
 from google.protobuf.message import Message
 
@@ -95,7 +95,9 @@ class Topic(Closeable, Generic[E]):
         self._check_open()
         if key is not None and not callable(key):
             raise ArgumentTypeError(f"key must be a function of the event, got {key!r}")
-        health = self._health(f"producer of topic {self.name!r}", fail_on_authorization=False)
+        health = self._health(
+            f"producer of topic {self.name!r}", "producer", fail_on_authorization=False
+        )
         report = reporter(self.config)
         properties = self.config.producer_settings()
         max_bytes = int(properties.get("message.max.bytes", "1000000"))
@@ -158,6 +160,7 @@ class Topic(Closeable, Generic[E]):
         try:
             health = self._health(
                 f"consumer of topic {self.name!r} (group {self.config.group_id!r})",
+                "consumer",
                 fail_on_authorization=True,
             )
             report = reporter(self.config)
@@ -187,9 +190,12 @@ class Topic(Closeable, Generic[E]):
         self._adopt(consumer)
         return consumer
 
-    def _health(self, what: str, *, fail_on_authorization: bool) -> Health:
+    def _health(
+        self, what: str, kind: Literal["producer", "consumer"], *, fail_on_authorization: bool
+    ) -> Health:
         return Health(
             what=what,
+            kind=kind,
             brokers=str(self.config.brokers),
             logger=self.config.logger,
             on_error=self.config.on_error,

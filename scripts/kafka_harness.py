@@ -1115,6 +1115,14 @@ class KafkaCluster:
         self._write_state()
         self.wait_ready(timeout)
 
+    def freeze_node(self, node_id: int, frozen: bool = True) -> None:
+        """SIGSTOP (or, ``frozen=False``, SIGCONT) a node's JVM: a frozen broker keeps its TCP
+        connections open and answers nothing, as an overloaded or paused one does."""
+        node = self._node(node_id)
+        if node.pid is None or not self.is_node_running(node_id):
+            raise KafkaHarnessError(f"node {node_id} is not running")
+        os.kill(node.pid, signal.SIGSTOP if frozen else signal.SIGCONT)
+
     def wait_ready(self, timeout: float | None = None) -> None:
         """Block until every running node answers metadata and the probe topic is writable
         with acks=all and fully in sync across running nodes."""

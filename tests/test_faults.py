@@ -565,3 +565,76 @@ def test_consumer_process_killed_and_restarted_at_once_resumes(
         f"({len(set(read_seqs(out1)) & set(read_seqs(out2)))} of them again)"
         + "".join(f"\n  log: {line}" for line in log.read_text().splitlines())
     )
+
+
+# -- d. a frozen broker (SIGSTOP) under a producer and a consumer --------------------------------
+
+
+def test_a_frozen_broker_makes_its_clients_disconnected_and_the_recovery_counts_the_freeze(
+    clusters: Clusters, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The single node is frozen: its connections stay open (librdkafka's statistics still say
+    UP) but nothing asked comes back. A producer with a call waiting and an idle consumer (its
+    fetch long-polls wait) each become ``disconnected`` once requests have waited
+    ``disconnected_after`` seconds, with one WARNING and one ``on_error`` each; thawed, each
+    becomes ``ready`` with one INFO line that counts the outage from the last answer."""
+    caplog.set_level(logging.INFO, logger="eventstream")
+    cluster = clusters.get(1)
+    bootstrap = cluster.bootstrap_servers
+    name = new_topic_name("frozen")
+    create_topic(bootstrap, name, 2, 1)
+    errors: list[eventstream.EventStreamError] = []
+    config = eventstream.TopicConfig(
+        brokers=bootstrap,
+        topic=name,
+        instance_id="faults-frozen",
+        disconnected_after=2.0,
+        delivery_timeout=120.0,
+        on_error=errors.append,
+    )
+    with eventstream.new_topic(Invalidate, config) as topic:
+        consumer = topic.new_consumer()
+        consumer.consume(lambda event: None)
+        consumer.wait_until_assigned(60)
+        producer = topic.new_producer()
+        producer.produce(Invalidate(seq=0))
+        waiting = threading.Thread(
+            target=lambda: producer.produce(Invalidate(seq=1)), name="faults-frozen-call"
+        )
+        frozen_at = time.monotonic()
+        cluster.freeze_node(1)
+        try:
+            waiting.start()
+            wait_until(
+                lambda: (
+                    producer.status.state == "disconnected"
+                    and consumer.status.state == "disconnected"
+                ),
+                "both clients to become disconnected",
+                60,
+            )
+            noticed = time.monotonic() - frozen_at
+        finally:
+            cluster.freeze_node(1, frozen=False)
+        wait_until(
+            lambda: producer.status.state == "ready" and consumer.status.state == "ready",
+            "both clients to be ready again",
+            60,
+        )
+        outage = time.monotonic() - frozen_at
+        waiting.join(60)
+        assert not waiting.is_alive(), "the call made during the freeze never returned"
+    print(f"\nfrozen broker: both disconnected after {noticed:.1f} s, ready after {outage:.1f} s")
+    lines = log_lines(caplog)
+    for who in ("producer", "consumer"):
+        warnings = [
+            line for line in lines if line.startswith(f"WARNING {who}") and "answered for" in line
+        ]
+        infos = [
+            line for line in lines if line.startswith(f"INFO {who}") and "answers again" in line
+        ]
+        assert len(warnings) == 1 and len(infos) == 1, lines
+        seconds = float(infos[0].split("after ")[1].split(" s")[0])
+        assert seconds >= 2.0, infos  # at least disconnected_after of it was seen
+    disconnected = [e for e in errors if e.code == -187]  # type: ignore[attr-defined]
+    assert len(disconnected) == 2, errors

@@ -110,8 +110,8 @@ class ConsumerSpec:
     from_end: bool = False
     #: Time handlers and end-to-end latency (TopicConfig.metrics): a clock read per event.
     timed: bool = False
-    #: Called with librdkafka's statistics JSON (about once a second) if someone wants it.
-    statistics: Callable[[str], None] | None = None
+    #: What else wants librdkafka's statistics, parsed (metrics, on_statistics), if anything.
+    statistics: Callable[[Mapping[str, Any]], None] | None = None
     #: Read the W3C trace context headers into the metadata (TopicConfig.telemetry): the
     #: factory is then called with ``traceparent, tracestate`` too.
     trace_headers: bool = False

@@ -33,6 +33,7 @@ from eventstream._runtime.failures import gaps
 from eventstream._runtime.health import Health
 from eventstream._runtime.membership import Membership
 from eventstream._runtime.records import PartitionChange
+from eventstream._runtime.telemetry.reporting import statistics_tick
 from eventstream.errors import (
     BrokerError,
     EventStreamError,
@@ -429,8 +430,6 @@ class ConsumerRuntime:
             raise self._failure
 
     def statistics(self, raw: str) -> None:
-        from eventstream._runtime.telemetry.reporting import statistics_tick
-
         statistics_tick(raw, self._health, self._spec.statistics, self._logger)
 
     def log_warning(self, facility: str, text: str) -> None:

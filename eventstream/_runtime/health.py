@@ -21,7 +21,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -67,6 +67,7 @@ class Health:
         self,
         *,
         what: str,
+        kind: Literal["producer", "consumer"],
         brokers: str,
         logger: logging.Logger,
         on_error: ErrorCallback | None,
@@ -74,6 +75,7 @@ class Health:
         fail_on_authorization: bool,
     ) -> None:
         self.what = what  # e.g. "consumer of topic 'users' (group 'users::api-7')"
+        self._kind = kind
         self._brokers = brokers
         self._logger = logger
         self._on_error = on_error
@@ -85,6 +87,10 @@ class Health:
         self._down_since: float | None = None
         self._last_error: str | None = None
         self._warned: set[int] = set()
+        # observe(): received bytes per broker entry at the last tick, and when a broker last
+        # answered (counted from the client's start until one does).
+        self._rx: dict[str, int] = {}
+        self._last_answer = time.monotonic()
         #: Whether a broker has ever answered this client (until then, nothing it sent can
         #: have been written).
         self.answered = False
@@ -131,27 +137,35 @@ class Health:
                 f"{self.what}: a broker answers again, after {now - since:.1f} s without one",
             )
 
-    def down(self, reason: str | None = None) -> None:
-        """Evidence that no broker answers now (librdkafka's all-brokers-down error, or a
-        statistics tick without a connection up). After ``disconnected_after`` seconds of it the
-        client becomes ``disconnected``: one WARNING and one ``on_error``."""
+    def down(self, reason: str | None = None, *, since: float | None = None) -> None:
+        """Evidence that no broker answers now (librdkafka's all-brokers-down error; statistics
+        without a connection up, or with requests unanswered since ``since``). After
+        ``disconnected_after`` seconds of it the client becomes ``disconnected``: one WARNING and
+        one ``on_error``."""
         now = time.monotonic()
         with self._lock:
             if reason:
                 self._last_error = reason
             if self._status.state in ("disconnected", "failed", "closed"):
                 return
+            if since is not None and (self._down_since is None or since < self._down_since):
+                self._down_since = since
             if self._down_since is None:
                 self._down_since = now
                 return
             if now - self._down_since < self._threshold:
                 return
+            waiting = (
+                "events wait until TopicConfig.delivery_timeout"
+                if self._kind == "producer"
+                else "the consumer goes on where it left off once one answers"
+            )
             error = BrokerError(
                 f"{self.what}: no broker of {self._brokers} has answered for "
                 f"{now - self._down_since:.0f} s (last error: {self._last_error or 'none'}). "
-                "librdkafka keeps reconnecting; events wait until TopicConfig.delivery_timeout. "
-                "Check that the brokers run and that TopicConfig.brokers and security.protocol "
-                "are right.",
+                f"librdkafka keeps trying; {waiting}. Check that the brokers run (a broker that "
+                "is up but frozen or overloaded counts as not answering) and that "
+                "TopicConfig.brokers and security.protocol are right.",
                 code=_ALL_BROKERS_DOWN,
                 name="_ALL_BROKERS_DOWN",
                 retriable=True,
@@ -160,12 +174,46 @@ class Health:
         self._log(logging.WARNING, str(error))
         self._notify(error)
 
-    def tick(self, any_broker_up: bool) -> None:
-        """A statistics tick: is any connection to a broker up?"""
-        if any_broker_up:
-            self.up()
-        else:
+    def observe(self, stats: Mapping[str, Any]) -> None:
+        """librdkafka's statistics (a tick every statistics.interval.ms): do brokers answer?
+
+        A broker answered when an entry's received bytes grew since the last tick; the last answer
+        came the smallest ``rxidle`` before the tick. Requests are waiting when an entry has
+        requests in flight or queued (``waitresp_cnt``, ``outbuf_cnt``) or a producer has messages
+        (``msg_cnt``). Requests waiting and no answer for ``disconnected_after`` seconds is an
+        outage even with every connection up (a frozen or overloaded broker keeps its sockets
+        open); no connection up at all is one too. An idle client with nothing outstanding learns
+        nothing either way."""
+        now = time.monotonic()
+        brokers: Mapping[str, Mapping[str, Any]] = stats.get("brokers") or {}
+        answered = False
+        any_up = False
+        waiting = int(stats.get("msg_cnt", 0) or 0) > 0 if self._kind == "producer" else False
+        rx_now: dict[str, int] = {}
+        idle: list[int] = []
+        for name, broker in brokers.items():
+            rx = int(broker.get("rx", 0) or 0)
+            rx_now[name] = rx
+            if rx > self._rx.get(name, 0):
+                answered = True
+            rxidle = int(broker.get("rxidle", -1))
+            if rxidle >= 0:
+                idle.append(rxidle)
+            any_up = any_up or broker.get("state") == "UP"
+            waiting = (
+                waiting
+                or int(broker.get("waitresp_cnt", 0) or 0) > 0
+                or int(broker.get("outbuf_cnt", 0) or 0) > 0
+            )
+        self._rx = rx_now
+        if answered and idle:
+            self._last_answer = now - min(idle) / 1e6
+        if not any_up:
             self.down()
+        elif waiting and now - self._last_answer >= self._threshold:
+            self.down(since=self._last_answer)
+        elif answered:
+            self.up()
 
     def client_error(
         self, code: int, name: str, reason: str, *, fatal: bool = False

@@ -10,10 +10,12 @@ import logging
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from eventstream._runtime.health import Health, notify
-from eventstream.config import TopicConfig
+
+if TYPE_CHECKING:
+    from eventstream.config import TopicConfig
 
 __all__ = ["Reporter", "reporter", "statistics_tick"]
 
@@ -39,9 +41,8 @@ class Reporter:
         """The client whose metrics to report and that observes its statistics."""
         self._client = weakref.ref(client)
 
-    def __call__(self, raw: str) -> None:
+    def __call__(self, stats: Mapping[str, Any]) -> None:
         config = self._config
-        stats: dict[str, Any] = json.loads(raw)
         client = None if self._client is None else self._client()
         if client is not None:
             client.observe_statistics(stats)
@@ -61,14 +62,22 @@ def reporter(config: TopicConfig) -> Reporter | None:
 
 
 def statistics_tick(
-    raw: str, health: Health, statistics: Callable[[str], None] | None, logger: logging.Logger
+    raw: str,
+    health: Health,
+    statistics: Callable[[Mapping[str, Any]], None] | None,
+    logger: logging.Logger,
 ) -> None:
-    """A confluent-kafka client's ``stats_cb`` (the pure-Python backend): the connection state
-    (``"state":"UP"`` is how librdkafka's statistics spell a broker that is up), then whoever
-    wants the statistics themselves (the compiled backend does the same in C)."""
-    health.tick('"state":"UP"' in raw)
+    """A client's statistics tick (both backends, both kinds of client): librdkafka's statistics
+    are parsed once, the Health reads from them whether brokers answer, then the Reporter (if
+    something was asked for) gets them."""
+    try:
+        stats: dict[str, Any] = json.loads(raw)
+    except ValueError as exc:
+        logger.error("could not parse librdkafka's statistics", exc_info=exc)
+        return
+    health.observe(stats)
     if statistics is not None:
         try:
-            statistics(raw)
+            statistics(stats)
         except Exception as exc:
             logger.error("could not use librdkafka's statistics", exc_info=exc)
