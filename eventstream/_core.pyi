@@ -7,7 +7,7 @@ refuses librdkafka older than :data:`MIN_LIBRDKAFKA_VERSION` with an ``ImportErr
 import asyncio
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Final, Literal, final
+from typing import Final, final
 
 from google.protobuf.message import Message
 
@@ -101,9 +101,6 @@ class CompiledBackend:
 
     name: BackendName
     inert: bool
-    def check_properties(
-        self, properties: Mapping[str, str], kind: Literal["producer", "consumer"]
-    ) -> str | None: ...
     def new_producer(self, spec: ProducerSpec) -> Producer: ...
     def new_consumer(self, spec: ConsumerSpec, listener: ConsumerListener) -> Consumer: ...
 

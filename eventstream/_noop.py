@@ -9,7 +9,6 @@ import asyncio
 import time
 from array import array
 from collections.abc import Mapping, Sequence
-from typing import Literal
 
 from google.protobuf.message import Message
 
@@ -132,11 +131,6 @@ class _NoopConsumer:
 class _NoopBackend:
     name: BackendName = "pure"
     inert = True
-
-    def check_properties(
-        self, properties: Mapping[str, str], kind: Literal["producer", "consumer"]
-    ) -> str | None:
-        return None
 
     def new_producer(self, spec: ProducerSpec) -> _NoopProducer:
         return _NoopProducer(spec)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
+from eventstream._runtime import librdkafka
 from eventstream._runtime.telemetry.instrumentation import Telemetry
 from eventstream.errors import ConfigError, EventStreamError
 
@@ -121,8 +122,13 @@ def _brokers(value: object) -> str:
             f"got {value!r}",
         )
     for broker in brokers:
-        address = broker.split("://", 1)[-1]
-        match = _BROKER.fullmatch(address)
+        if "://" in broker or "/" in broker:
+            raise ConfigError(
+                "brokers",
+                f"{broker!r} is not a 'host:port' address: write the brokers without a scheme "
+                "or a path (the protocol is client_properties['security.protocol'])",
+            )
+        match = _BROKER.fullmatch(broker)
         if match is None or not 0 < int(match.group(1)) < 65536:
             raise ConfigError("brokers", f"{broker!r} is not a 'host:port' address")
     return ",".join(brokers)
@@ -173,7 +179,9 @@ class TopicConfig:
     for traces and metrics in OpenTelemetry); without it nothing is added per event.
 
     Raises :class:`~eventstream.ConfigError` naming the field for any invalid value, including a
-    property librdkafka does not know or a value it rejects. Makes no network call.
+    property librdkafka does not know or a value it rejects (a combination of properties
+    librdkafka refuses is reported when a producer or consumer makes its client). Makes no
+    client and no network call.
     """
 
     brokers: str | Sequence[str]
@@ -273,6 +281,12 @@ class TopicConfig:
             "client.id": f"eventstream-{self.instance_id}",
             # Statistics about once a second tell the client's connection state (ClientStatus).
             "statistics.interval.ms": "1000",
+            # Partitions added to the topic reach producers and consumers within seconds
+            # (librdkafka's default is 5 minutes): one small Metadata request per interval.
+            "topic.metadata.refresh.interval.ms": "3000",
+            # Topics are made by Topic.ensure_exists() only: a producer or consumer of a missing
+            # (or just deleted) topic must not create it with the broker's defaults.
+            "allow.auto.create.topics": "false",
         }
 
     def producer_settings(self) -> dict[str, str]:
@@ -290,6 +304,10 @@ class TopicConfig:
                 # waits out the linger.
                 "linger.ms": "5",
                 "message.timeout.ms": str(max(1, round(self.delivery_timeout * 1000))),
+                # A topic missing from the metadata this long fails its events at once (not
+                # written) instead of waiting out delivery_timeout: eventstream never creates
+                # topics implicitly (allow.auto.create.topics=false).
+                "topic.metadata.propagation.max.ms": "5000",
                 # The Java client's partitioner (murmur2 of the key): a key lands on the same
                 # partition whichever client produced it, and an empty key is a key (librdkafka's
                 # default, consistent_random, scatters empty keys).
@@ -338,41 +356,27 @@ class TopicConfig:
         return conf
 
     def _check_properties(self) -> None:
-        from eventstream._runtime.backend import load_backend
+        """Each property, as librdkafka's configuration API sees it (no client is made: a
+        combination librdkafka refuses is reported when the client is made, by
+        :meth:`client_refused`)."""
+        for field_name in ("client_properties", "producer_properties", "consumer_properties"):
+            mapping: Mapping[str, PropertyValue] = getattr(self, field_name)
+            for name, value in mapping.items():
+                error = librdkafka.property_error(name, str(value))
+                if error is not None:
+                    raise ConfigError(f"{field_name}[{name!r}]", error)
 
-        check = load_backend().check_properties
-        checks: tuple[tuple[Literal["producer", "consumer"], str, dict[str, str]], ...] = (
-            ("producer", "producer_properties", self.producer_settings()),
-            (
-                "consumer",
-                "consumer_properties",
-                self.consumer_settings(group_instance_id=f"{self.instance_id}-0"),
-            ),
+    def client_refused(self, kind: Literal["producer", "consumer"], reason: str) -> ConfigError:
+        """The error for librdkafka refusing to make a ``kind`` client from this configuration
+        (a combination of properties that are each fine: e.g. max.poll.interval.ms below
+        session.timeout.ms), naming the mappings and properties it came from."""
+        specific = "producer_properties" if kind == "producer" else "consumer_properties"
+        mappings = [f for f in ("client_properties", specific) if getattr(self, f)] or [specific]
+        names = (
+            ", ".join(repr(n) for f in mappings for n in getattr(self, f))
+            or "eventstream's defaults"
         )
-        for kind, field_name, conf in checks:
-            error = check(conf, kind)
-            if error is not None:
-                raise self._property_error(check, kind, field_name, conf, error)
-
-    def _property_error(
-        self,
-        check: Callable[[Mapping[str, str], Literal["producer", "consumer"]], str | None],
-        kind: Literal["producer", "consumer"],
-        field_name: str,
-        conf: dict[str, str],
-        error: str,
-    ) -> ConfigError:
-        """librdkafka rejected ``conf``: name the property (and the mapping it came from) that
-        fails on its own, else the combination."""
-        specific: Mapping[str, PropertyValue] = getattr(self, field_name)
-        user = {**_strings(self.client_properties), **_strings(specific)}
-        ours = {k: v for k, v in conf.items() if k not in user}
-        for name, value in user.items():
-            alone = check({**ours, name: value}, kind)
-            if alone is not None:
-                where = field_name if name in specific else "client_properties"
-                return ConfigError(f"{where}[{name!r}]", alone)
-        names = ", ".join(repr(n) for n in user) or "eventstream's defaults"
         return ConfigError(
-            field_name, f"librdkafka rejects this {kind} configuration ({names}): {error}"
+            " and ".join(mappings),
+            f"librdkafka refuses this {kind} configuration ({names}): {reason}",
         )

@@ -263,6 +263,12 @@ class Consumer(Closeable, Generic[E]):
             dispatch = Dispatch(handler, "event", with_metadata, failures, on_rebalance, on_gap)
         try:
             self._runtime.start(dispatch)
+        except ConfigError as exc:
+            with self._lock:
+                self._started = False
+            if exc.field != "properties":
+                raise
+            raise config.client_refused("consumer", exc.reason) from None
         except BaseException:
             with self._lock:
                 self._started = False

@@ -47,6 +47,7 @@ class ConfigError(EventStreamError, ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.reason = message
 
 
 class EventTypeError(EventStreamError, TypeError):
@@ -326,7 +327,15 @@ def is_authorization(code: int) -> bool:
     return code in _AUTHORIZATION_CODES
 
 
+_UNKNOWN_TOPIC = frozenset({3, -188})  # UNKNOWN_TOPIC_OR_PART, _UNKNOWN_TOPIC
+
+
 def _hint(code: int, reason: str) -> str:
+    if code in _UNKNOWN_TOPIC:
+        return (
+            "The topic does not exist: eventstream never creates topics implicitly; create it "
+            "with Topic.ensure_exists() (or the cluster's own tools)."
+        )
     if is_authentication(code, reason):
         if code == _SSL:
             return (

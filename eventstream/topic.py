@@ -116,8 +116,14 @@ class Topic(Closeable, Generic[E]):
             payload_budget=wire.payload_budget(max_bytes, self.config.instance_id, self.type_name),
             max_message_bytes=max_bytes,
         )
+        try:
+            native = self._backend.new_producer(spec)
+        except ConfigError as exc:
+            if exc.field != "properties":
+                raise
+            raise self.config.client_refused("producer", exc.reason) from None
         producer: Producer[E] = Producer(
-            self._backend.new_producer(spec),
+            native,
             self.name,
             health,
             self.config.logger,

@@ -31,6 +31,8 @@ async def run(brokers: str, *, events: int = 100) -> int:
             all_received.set()
 
     with new_topic(UserChanged, config) as topic:
+        # eventstream never creates topics implicitly; ensure_exists() blocks, so off the loop.
+        await asyncio.to_thread(topic.ensure_exists, partitions=1)
         async with topic.new_consumer(start_from_beginning=True) as consumer:
             consumer.consume(on_change)
             async with topic.new_producer(key=lambda event: event.user_id) as producer:

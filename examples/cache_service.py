@@ -90,6 +90,7 @@ def run(brokers: str, *, writes: int = 300) -> int:
 
     topics = [topic_for("node-a"), topic_for("node-b"), topic_for("writer")]
     try:
+        topics[2].ensure_exists(partitions=3)  # eventstream never creates topics implicitly
         nodes = [ServiceInstance(t, source) for t in topics[:2]]
         for node in nodes:
             node.start()

@@ -255,34 +255,6 @@ include "consumer.pxi"
 include "mock.pxi"
 
 
-cdef str _client_error(dict props, rd_kafka_type_t kind):
-    """librdkafka's complaint about a client of `kind` built from `props`, or None. A handle
-    without bootstrap servers validates names, values and their combinations (e.g. idempotence
-    with acks=1, a consumer's group protocol settings) and connects nowhere; its log lines are
-    discarded."""
-    cdef char errstr[ERRSTR_SIZE]
-    cdef rd_kafka_conf_t *conf = rd_kafka_conf_new()
-    cdef rd_kafka_t *rk
-    cdef bytes bname, bvalue
-    rd_kafka_conf_set_log_cb(conf, NULL)
-    for name, value in props.items():
-        if not isinstance(name, str) or not isinstance(value, str):
-            rd_kafka_conf_destroy(conf)
-            return f"properties must map str to str, got {name!r}: {value!r}"
-        bname = name.encode()
-        bvalue = value.encode()
-        if rd_kafka_conf_set(conf, bname, bvalue, errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK:
-            rd_kafka_conf_destroy(conf)
-            return errstr.decode("utf-8", "replace")
-    rk = rd_kafka_new(kind, conf, errstr, sizeof(errstr))
-    if rk == NULL:
-        rd_kafka_conf_destroy(conf)
-        return errstr.decode("utf-8", "replace")
-    with nogil:
-        rd_kafka_destroy(rk)
-    return None
-
-
 # --------------------------------------------------------------------------------------------
 # The Backend
 # --------------------------------------------------------------------------------------------
@@ -292,12 +264,6 @@ class CompiledBackend:
 
     name = "compiled"
     inert = False
-
-    def check_properties(self, properties, kind):
-        """librdkafka's complaint about a `kind` ("producer"/"consumer") client built from
-        `properties`, or None. No network."""
-        props = {k: v for k, v in properties.items() if k != "bootstrap.servers"}
-        return _client_error(props, RD_KAFKA_CONSUMER if kind == "consumer" else RD_KAFKA_PRODUCER)
 
     def new_producer(self, spec):
         return Producer(spec)

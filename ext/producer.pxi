@@ -166,6 +166,18 @@ pthread_mutex_init(&_live_lock, NULL)
 esk_cond_init(&_live_cond)
 
 
+def _forget_owners():
+    """In a child after fork(): the parent's owners do not exist here (their states belong to
+    the parent, and so may the lock)."""
+    global _live
+    _live = NULL
+    pthread_mutex_init(&_live_lock, NULL)
+    esk_cond_init(&_live_cond)
+
+
+_os.register_at_fork(after_in_child=_forget_owners)
+
+
 cdef void _state_release(ProducerState *st) noexcept nogil:
     """Drop one reference to the state; the last frees it (its handle is destroyed by then)."""
     if esk_add_int(&st.refs, -1) == 0:

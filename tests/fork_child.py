@@ -16,6 +16,7 @@ def main(brokers: str, topic_name: str) -> int:
     received: list[int] = []
     config = eventstream.TopicConfig(brokers=brokers, topic=topic_name, instance_id="svc-fork")
     topic = eventstream.new_topic(Invalidate, config)
+    topic.ensure_exists(partitions=1)
     producer = topic.new_producer()
     producer.produce(Invalidate(seq=1))
     consumer = topic.new_consumer(start_from_beginning=True)

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import confluent_kafka
+import confluent_kafka.admin
 import pytest
+from testevents_pb2 import Invalidate
 
 import eventstream
 from eventstream import cli
@@ -407,6 +409,10 @@ def test_tail_reports_a_consumer_error_and_goes_on(
 
 
 def _produce_then_tail(brokers: str, topic: str) -> list[dict[str, Any]]:
+    # eventstream never creates a topic implicitly: this one is made first, with one partition.
+    config = eventstream.TopicConfig(brokers=brokers, topic=topic, instance_id="cli-test")
+    with eventstream.new_topic(Invalidate, config) as maker:
+        maker.ensure_exists(partitions=1)
     produced = eventstream_command(
         "produce",
         "--brokers",
@@ -466,9 +472,29 @@ def test_produce_then_tail_round_trip_on_the_embedded_cluster(embedded: Embedded
 
 def test_produce_then_tail_round_trip(kafka_bootstrap: str, topic_name: str) -> None:
     records = _produce_then_tail(kafka_bootstrap, topic_name)
-    # The broker auto-creates the topic with one partition: tail shows the produce order.
+    # One partition: tail shows the produce order.
     assert [r["event"]["user_id"] for r in records] == ["u1", "u2", "u3"]
     assert (records[0]["partition"], records[0]["offset"]) == (0, 0)
+
+
+def test_produce_to_a_missing_topic_says_it_is_missing_and_creates_nothing(
+    kafka_bootstrap: str, topic_name: str
+) -> None:
+    produced = eventstream_command(
+        "produce",
+        "--brokers",
+        kafka_bootstrap,
+        "--topic",
+        topic_name,
+        "--type",
+        TYPE,
+        '{"user_id": "u1", "version": 1}',
+    )
+    assert produced.returncode == 3, produced.stderr
+    assert "does not exist" in produced.stderr and "ensure_exists" in produced.stderr
+    assert "failed (not written)" in produced.stderr and "in doubt" not in produced.stderr
+    admin = confluent_kafka.admin.AdminClient({"bootstrap.servers": kafka_bootstrap})
+    assert topic_name not in admin.list_topics(timeout=10).topics
 
 
 # --- demo and bench -----------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -182,12 +183,46 @@ def test_consumer_properties_are_checked_at_construction() -> None:
 
 
 def test_a_combination_librdkafka_refuses_names_the_mapping_and_the_properties() -> None:
-    # Each is fine alone; together librdkafka refuses them (max.poll.interval.ms must be at
-    # least session.timeout.ms).
+    """Each is fine alone, so the config is made (without a client); together librdkafka refuses
+    them (max.poll.interval.ms must be at least session.timeout.ms) when the consumer makes its
+    client, and the error names the mapping and the properties."""
+    cfg = config(
+        consumer_properties={"session.timeout.ms": "60000", "max.poll.interval.ms": "50000"}
+    )
+    topic = eventstream.new_topic(Invalidate, cfg)
+    consumer = topic.new_consumer()
     with pytest.raises(ConfigError) as info:
-        config(consumer_properties={"session.timeout.ms": "60000", "max.poll.interval.ms": "50000"})
+        consumer.consume(lambda event: None)
     assert info.value.field == "consumer_properties"
     assert "'session.timeout.ms'" in str(info.value) and "'max.poll.interval.ms'" in str(info.value)
+    topic.close()
+
+
+def test_a_producer_combination_is_refused_when_the_producer_is_made() -> None:
+    cfg = config(
+        producer_properties={
+            "transactional.id": "t",
+            "enable.idempotence": "true",
+            "max.in.flight.requests.per.connection": "10",
+        }
+    )
+    topic = eventstream.new_topic(Invalidate, cfg)
+    with pytest.raises(ConfigError) as info:
+        topic.new_producer()
+    assert info.value.field == "producer_properties"
+    assert "'max.in.flight.requests.per.connection'" in str(info.value)
+    topic.close()
+
+
+def test_making_a_config_starts_no_client() -> None:
+    """librdkafka's threads (rdk:main, rdk:broker...) start with a client: none may appear."""
+    before = _native_threads()
+    config(
+        client_properties={"socket.timeout.ms": "20000"},
+        consumer_properties={"fetch.wait.max.ms": "50"},
+    )
+    started = _native_threads() - before
+    assert not any(name.startswith("rdk:") for _tid, name in started), started
 
 
 def test_kip848_protocol_gets_no_assignment_strategy_and_refuses_classic_only_settings() -> None:
@@ -195,9 +230,14 @@ def test_kip848_protocol_gets_no_assignment_strategy_and_refuses_classic_only_se
     settings = cfg.consumer_settings()
     assert "partition.assignment.strategy" not in settings
     assert cfg.uses_consumer_protocol
+    topic = eventstream.new_topic(
+        Invalidate,
+        config(consumer_properties={"group.protocol": "consumer", "session.timeout.ms": "6000"}),
+    )
     with pytest.raises(ConfigError) as info:
-        config(consumer_properties={"group.protocol": "consumer", "session.timeout.ms": "6000"})
+        topic.new_consumer().consume(lambda event: None)
     assert info.value.field.startswith("consumer_properties")
+    topic.close()
 
 
 @pytest.mark.parametrize("value", [-1, float("nan"), float("inf"), True, "5", 86_401])
@@ -253,3 +293,24 @@ def test_callback_properties_say_what_takes_their_place(name: str, instead: str)
         config(client_properties={name: print})
     assert info.value.field == f"client_properties[{name!r}]"
     assert instead in str(info.value)
+
+
+def _native_threads() -> set[tuple[str, str]]:
+    """(id, name) of this process's threads as the OS sees them (librdkafka's are rdk:...)."""
+    threads = set()
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/comm") as f:
+                threads.add((task, f.read().strip()))
+        except OSError:  # ended meanwhile
+            pass
+    return threads
+
+
+@pytest.mark.parametrize(
+    "brokers", ["http://localhost:9092", "PLAINTEXT://kafka:9092", "kafka:9092/path"]
+)
+def test_a_broker_address_with_a_scheme_or_a_path_is_refused(brokers: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config(brokers=brokers)
+    assert info.value.field == "brokers" and "without a scheme or a path" in str(info.value)

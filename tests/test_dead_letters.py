@@ -23,6 +23,16 @@ pytestmark = pytest.mark.timeout(90)
 RETRY_FAST = RetryPolicy(attempts=3, backoff=0.01, max_backoff=0.05)
 
 
+def create_dead_letter_topic(topic: eventstream.Topic[Any], name: str) -> None:
+    """The dead-letter topic is the application's, made like any other (nothing is created
+    implicitly)."""
+    config = eventstream.TopicConfig(
+        brokers=topic.config.brokers, topic=name, instance_id=topic.config.instance_id
+    )
+    with eventstream.new_topic(Invalidate, config) as dead:
+        dead.ensure_exists(partitions=1)
+
+
 def dead_letters(bootstrap: str, topic: str, count: int) -> list[Any]:
     return raw_consume(bootstrap, topic, count)
 
@@ -56,6 +66,7 @@ def test_what_still_fails_goes_to_the_dead_letter_topic_and_the_partition_goes_o
 ) -> None:
     topic = make_topic(instance_id="svc-dlq")
     dlq = f"{topic.name}.dlq"
+    create_dead_letter_topic(topic, dlq)
     collector = Collector()
 
     def handler(event: Invalidate) -> None:
@@ -110,6 +121,7 @@ def test_records_that_cannot_reach_the_handler_are_dead_lettered_with_the_reason
 ) -> None:
     topic = make_topic(instance_id="svc-poison")
     dlq = f"{topic.name}.dlq"
+    create_dead_letter_topic(topic, dlq)
     raw_produce(
         kafka_bootstrap,
         topic.name,
@@ -195,6 +207,7 @@ def test_async_handlers_are_retried_and_dead_lettered_too(
 
     topic = make_topic(instance_id="svc-async-dlq")
     dlq = f"{topic.name}.dlq"
+    create_dead_letter_topic(topic, dlq)
     attempts: dict[int, int] = {}
 
     async def handler(event: Invalidate) -> None:

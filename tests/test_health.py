@@ -83,6 +83,7 @@ def test_a_frozen_broker_with_requests_waiting_is_an_outage(
     health, clock = make_health(monkeypatch, "producer")
     caplog.set_level(logging.INFO, logger="eventstream.test-health")
     start = clock.now
+    health.observe(stats(rx=50, rxidle_s=0.5))  # the entry's first tick: a baseline
     health.observe(stats(rx=100, rxidle_s=0.2, waiting=1))  # answered at start - 0.2
     assert health.status.state == "ready"
     for second in range(1, 5):
@@ -123,3 +124,30 @@ def test_a_producer_with_messages_queued_counts_as_waiting(
         clock.now = start + second
         health.observe({**stats(rx=100, rxidle_s=second + 1), "msg_cnt": 7})
     assert health.status.state == "disconnected"
+
+
+def test_a_join_waiting_at_the_coordinator_during_a_rebalance_is_no_outage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rebalance can hold a consumer's join request at the coordinator for as long as it takes
+    (up to max.poll.interval.ms): requests waiting there then say nothing about the brokers."""
+    health, clock = make_health(monkeypatch)
+    health.up()
+    start = clock.now
+    for second in range(0, 11):
+        clock.now = start + second
+        health.observe(
+            {
+                "cgrp": {"join_state": "wait-join"},
+                "brokers": {
+                    "GroupCoordinator": {
+                        "state": "UP",
+                        "rx": 3,
+                        "rxidle": (second + 1) * 10**6,
+                        "waitresp_cnt": 1,
+                        "outbuf_cnt": 0,
+                    },
+                },
+            }
+        )
+    assert health.status.state == "ready"

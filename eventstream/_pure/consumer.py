@@ -16,7 +16,7 @@ from typing import Any, cast
 import confluent_kafka
 from google.protobuf.message import Message
 
-from eventstream._runtime import wire
+from eventstream._runtime import forks, wire
 from eventstream._runtime.backend import ConsumerListener, ConsumerSpec, Dispatch
 from eventstream._runtime.failures.policy import Failures
 from eventstream._runtime.librdkafka import ClientLog
@@ -90,6 +90,7 @@ class PureConsumer:
         conf["logger"] = ClientLog(self._spec.logger, listener.log_warning)
         try:
             client = confluent_kafka.Consumer(conf)
+            forks.keep_in_children(self)
         except confluent_kafka.KafkaException as exc:
             raise ConfigError("properties", exc.args[0].str()) from None
         # confluent-kafka assigns (incrementally, for the cooperative protocol) after these

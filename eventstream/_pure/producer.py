@@ -23,7 +23,7 @@ from functools import partial
 import confluent_kafka
 from google.protobuf.message import Message
 
-from eventstream._runtime import wire
+from eventstream._runtime import forks, wire
 from eventstream._runtime.backend import ProducerSpec
 from eventstream._runtime.health import Health
 from eventstream._runtime.librdkafka import ClientLog
@@ -226,6 +226,7 @@ class _Client:
         conf["logger"] = ClientLog(spec.logger)
         try:
             self.client = confluent_kafka.Producer(conf)
+            forks.keep_in_children(self)
         except confluent_kafka.KafkaException as exc:
             raise ConfigError("properties", exc.args[0].str()) from None
         # Guards the counts below; notified when the owner has work (see PureProducer).

@@ -12,6 +12,7 @@ import confluent_kafka
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from eventstream._runtime import forks
 from eventstream._runtime.librdkafka import ClientLog
 from eventstream.errors import (
     BrokerError,
@@ -57,6 +58,7 @@ class TopicAdmin:
         self._bootstrap = properties.get("bootstrap.servers", "")
         self._topic = topic
         self._client: AdminClient | None = None
+        self._generation = forks.generation()
         self._failure: BrokerError | None = None  # refused credentials, a fatal error
         self._last_error: str | None = None
 
@@ -89,9 +91,11 @@ class TopicAdmin:
         )
 
     def _admin(self) -> AdminClient:
-        if self._client is None:
+        if self._client is None or self._generation != forks.generation():
             # The stubs do not list the "logger" property, which takes an object with .log().
             self._client = AdminClient(self._properties)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+            self._generation = forks.generation()  # a forked child makes its own
+            forks.keep_in_children(self)
         return self._client
 
     def partitions(self, timeout: float) -> dict[int, int] | None:

@@ -357,13 +357,6 @@ class Backend(Protocol):
     #: No clients, no threads: every operation does nothing (the no-op topic's backend).
     inert: bool
 
-    def check_properties(
-        self, properties: Mapping[str, str], kind: Literal["producer", "consumer"]
-    ) -> str | None:
-        """librdkafka's complaint about a ``kind`` client built from ``properties`` (an unknown
-        name, a bad value or combination), or ``None``. Makes no network call."""
-        ...
-
     def new_producer(self, spec: ProducerSpec) -> NativeProducer: ...
 
     def new_consumer(self, spec: ConsumerSpec, listener: ConsumerListener) -> NativeConsumer: ...

@@ -177,10 +177,13 @@ class Health:
     def observe(self, stats: Mapping[str, Any]) -> None:
         """librdkafka's statistics (a tick every statistics.interval.ms): do brokers answer?
 
-        A broker answered when an entry's received bytes grew since the last tick; the last answer
-        came the smallest ``rxidle`` before the tick. Requests are waiting when an entry has
+        A broker answered when an entry's received bytes grew since the last tick (an entry new
+        at this tick only sets its baseline); the last answer came the smallest ``rxidle`` before
+        the tick. Requests are waiting when an entry has
         requests in flight or queued (``waitresp_cnt``, ``outbuf_cnt``) or a producer has messages
-        (``msg_cnt``). Requests waiting and no answer for ``disconnected_after`` seconds is an
+        (``msg_cnt``); while a consumer's group rebalances, its coordinator may hold a join request
+        as long as the rebalance takes, which is not waiting in vain. Requests waiting and no
+        answer for ``disconnected_after`` seconds is an
         outage even with every connection up (a frozen or overloaded broker keeps its sockets
         open); no connection up at all is one too. An idle client with nothing outstanding learns
         nothing either way."""
@@ -191,22 +194,26 @@ class Health:
         waiting = int(stats.get("msg_cnt", 0) or 0) > 0 if self._kind == "producer" else False
         rx_now: dict[str, int] = {}
         idle: list[int] = []
+        group: Mapping[str, Any] = stats.get("cgrp") or {}
+        rebalancing = group.get("join_state", "steady") != "steady"
         for name, broker in brokers.items():
             rx = int(broker.get("rx", 0) or 0)
             rx_now[name] = rx
-            if rx > self._rx.get(name, 0):
+            if rx > self._rx.get(name, rx):  # entries come and go: a new one is a baseline
                 answered = True
             rxidle = int(broker.get("rxidle", -1))
             if rxidle >= 0:
                 idle.append(rxidle)
             any_up = any_up or broker.get("state") == "UP"
+            if name == "GroupCoordinator" and rebalancing:
+                continue  # a join waits at the coordinator as long as the rebalance takes
             waiting = (
                 waiting
                 or int(broker.get("waitresp_cnt", 0) or 0) > 0
                 or int(broker.get("outbuf_cnt", 0) or 0) > 0
             )
         self._rx = rx_now
-        if answered and idle:
+        if idle:  # each entry says how long ago it last received anything
             self._last_answer = now - min(idle) / 1e6
         if not any_up:
             self.down()

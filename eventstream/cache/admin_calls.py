@@ -17,6 +17,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._listoffsets import OffsetSpec
 
+from eventstream._runtime import forks
 from eventstream._runtime.librdkafka import ClientLog
 from eventstream.config import TopicConfig
 from eventstream.errors import (
@@ -56,6 +57,7 @@ class AdminCalls:
         self.last_error: str | None = None
         # The stubs do not list the "logger" property, which takes an object with .log().
         self.client = AdminClient(settings)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+        forks.keep_in_children(self)
 
     def _on_client_error(self, err: confluent_kafka.KafkaError) -> None:
         self.last_error = f"{err.name()}: {err.str()}"

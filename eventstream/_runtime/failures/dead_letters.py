@@ -15,7 +15,7 @@ from typing import cast
 
 import confluent_kafka
 
-from eventstream._runtime import wire
+from eventstream._runtime import forks, wire
 from eventstream._runtime.backend import DispatchAbandoned
 from eventstream._runtime.failures.skips import SkipReason
 from eventstream._runtime.health import Health
@@ -55,6 +55,7 @@ class DeadLetters:
             }
             conf["logger"] = ClientLog(self._logger)
             self._client = confluent_kafka.Producer(conf)
+            forks.keep_in_children(self)
         return self._client
 
     def send(
