@@ -87,25 +87,41 @@ class CloseError(EventStreamError):
 
 
 class GapError(EventStreamError):
-    """Events of a partition were skipped: they were deleted by retention before this instance
-    handled them, so a cache fed by the stream may be stale. Given to ``on_error`` (and logged)
-    when a consumer resumes past them; never raised by a call.
+    """Events of a partition were skipped, so a cache fed by the stream may be stale: they were
+    deleted by retention before this instance handled them, or they were lost with a topic that
+    was deleted and recreated under the consumer. Given to ``on_error`` and ``on_gap`` (and
+    logged) when a consumer goes on past them; never raised by a call.
 
     ``first_offset`` is the first skipped offset, ``resume_offset`` where reading resumed;
-    ``skipped`` how many offsets lie between (an upper bound on the events missed).
+    ``skipped`` how many offsets lie between (an upper bound on the events missed). When the
+    topic was ``recreated``, ``first_offset`` is where the consumer was in the old topic (what
+    followed there, if anything, is lost), ``resume_offset`` the first offset of the new one, and
+    ``skipped`` is ``None``: nobody can count what the old topic held.
     """
 
     def __init__(
-        self, message: str, *, topic: str, partition: int, first_offset: int, resume_offset: int
+        self,
+        message: str,
+        *,
+        topic: str,
+        partition: int,
+        first_offset: int,
+        resume_offset: int,
+        recreated: bool = False,
     ) -> None:
         super().__init__(message)
         self.topic = topic
         self.partition = partition
         self.first_offset = first_offset
         self.resume_offset = resume_offset
+        self.recreated = recreated
 
     @property
-    def skipped(self) -> int:
+    def skipped(self) -> int | None:
+        """How many offsets were skipped (an upper bound on the events missed); ``None`` when
+        the topic was recreated."""
+        if self.recreated:
+            return None
         return max(0, self.resume_offset - self.first_offset)
 
     def __reduce__(self) -> tuple[object, ...]:
@@ -114,6 +130,7 @@ class GapError(EventStreamError):
             "partition": self.partition,
             "first_offset": self.first_offset,
             "resume_offset": self.resume_offset,
+            "recreated": self.recreated,
         }
         return (_rebuild_gap, (str(self), kwargs))
 

@@ -30,6 +30,7 @@ from eventstream._runtime.backend import (
     NativeConsumer,
 )
 from eventstream._runtime.failures import gaps
+from eventstream._runtime.failures.recreation import Change, TopicWatch
 from eventstream._runtime.health import Health
 from eventstream._runtime.membership import Membership
 from eventstream._runtime.records import PartitionChange
@@ -55,6 +56,9 @@ _DEFAULT_CLOSE_TIMEOUT = 30.0  # closing after a failure, when close() gave no d
 _PARTITION_EOF = -191
 _UNKNOWN_TOPIC_OR_PART = 3
 _MAX_POLL_EXCEEDED = -147
+_UNKNOWN_PARTITION = -190
+# Signs that the topic may have been deleted or recreated: ask for its id at once.
+_TOPIC_TROUBLE = frozenset({_UNKNOWN_TOPIC_OR_PART, _UNKNOWN_PARTITION})
 
 
 class ConsumerRuntime:
@@ -85,6 +89,8 @@ class ConsumerRuntime:
         # Start offsets resolved by assign() that are not the group's committed ones: stored by
         # assigned() once the partitions are assigned.
         self._pinned: dict[int, int] = {}
+        # The topic's id, asked every few seconds: a deleted and recreated topic (poll thread).
+        self._watch: TopicWatch | None = None
         # Work for the poll thread between two rounds (never while a handler runs).
         self._requests: collections.deque[Callable[[], None]] = collections.deque()
 
@@ -220,10 +226,14 @@ class ConsumerRuntime:
         self._opened.set()
         try:
             requests = self._requests
+            watch = self._watch = TopicWatch(self._spec.properties, self._topic, self._logger)
             while not native.stopping():
                 native.poll(_FIRST_WAIT_MS)
                 while requests and not native.stopping():
                     self._run_request(requests.popleft())
+                change = watch.poll()
+                if change is not None:
+                    self._topic_changed(change)
         except BaseException as exc:
             # A failure the Health already reported, KeyboardInterrupt/SystemExit/
             # DispatchAbandoned from a handler, or a bug: never lost; close() re-raises it.
@@ -231,7 +241,58 @@ class ConsumerRuntime:
                 self._health.stopped(exc)
             self._stopped_by(exc)
         finally:
+            if self._watch is not None:
+                self._watch.close()
             self._leave()
+
+    def _topic_changed(self, change: Change) -> None:
+        """The topic was deleted, or deleted and recreated (a new id), under the consumer."""
+        if change == "deleted":
+            self._health.warn(
+                BrokerError(
+                    f"consumer of {self._topic!r}: the topic was deleted; the consumer waits for "
+                    "it to be created again (eventstream never creates topics implicitly: "
+                    "Topic.ensure_exists()) and then reads the new topic from its first event",
+                    code=_UNKNOWN_TOPIC_OR_PART,
+                    name="UNKNOWN_TOPIC_OR_PART",
+                    retriable=True,
+                )
+            )
+            return
+        native = self._native
+        old = native.positions()
+        starts: dict[int, int] = {}
+        for partition in sorted(old):  # one at a time: the new topic may have fewer
+            try:
+                lows, _highs = native.watermarks([partition], int(_RESOLVE_TIMEOUT * 1000))
+            except BrokerError:
+                continue  # gone with the old topic: the coming rebalance takes it away
+            starts[partition] = lows[0]
+        if starts:
+            native.seek(starts)
+            # The group's committed offsets went with the old topic, and librdkafka's
+            # auto-commit does not go below the offsets it committed before.
+            native.commit(starts)
+        for partition in sorted(old):
+            self._gap(
+                GapError(
+                    f"consumer of {self._topic!r}: the topic was deleted and recreated (its id "
+                    f"changed): events of the old topic's partition {partition} from offset "
+                    f"{old[partition]} on are lost if this consumer had not handled them, and "
+                    f"the new topic is read from its first event"
+                    + (f" (offset {starts[partition]})" if partition in starts else "")
+                    + "; events read again are duplicates. A cache fed by this stream may be "
+                    "stale.",
+                    topic=self._topic,
+                    partition=partition,
+                    first_offset=old[partition],
+                    resume_offset=starts.get(partition, 0),
+                    recreated=True,
+                )
+            )
+        self._changed("lost", sorted(old))
+        if starts:
+            self._changed("assigned", sorted(starts))
 
     def _run_request(self, work: Callable[[], None]) -> None:
         try:
@@ -395,6 +456,8 @@ class ConsumerRuntime:
             self._logger.error("consumer of %r: the on_gap hook raised", self._topic, exc_info=exc)
 
     def client_error(self, code: int, name: str, reason: str, fatal: bool) -> None:
+        if code in _TOPIC_TROUBLE and self._watch is not None:
+            self._watch.soon()
         cause = fatal_cause(code, reason)
         if cause != code:
             code, name = cause, error_name(cause)
@@ -408,6 +471,8 @@ class ConsumerRuntime:
     def record_error(self, code: int, name: str, reason: str, fatal: bool) -> None:
         if code == _PARTITION_EOF:
             return
+        if code in _TOPIC_TROUBLE and self._watch is not None:
+            self._watch.soon()
         if code == _UNKNOWN_TOPIC_OR_PART:
             if not self._topic_missing_reported:
                 self._topic_missing_reported = True
@@ -433,7 +498,10 @@ class ConsumerRuntime:
         statistics_tick(raw, self._health, self._spec.statistics, self._logger)
 
     def log_warning(self, facility: str, text: str) -> None:
-        """A fetch position out of the log is a gap (librdkafka resets it and says so)."""
+        """A fetch position out of the log is a gap (librdkafka resets it and says so); a
+        partition count that changed or a reset may mean a recreated topic."""
+        if facility in ("OFFSET", "PARTCNT") and self._watch is not None:
+            self._watch.soon()
         if facility == "OFFSET":
             gap = self._resets.warned(text)
             if gap is not None:
