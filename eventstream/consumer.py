@@ -322,21 +322,46 @@ class Consumer(Closeable, Generic[E]):
         ) -> list[Failed]:
             # Called on the poll thread: one hop to the loop per batch, waited for in slices so
             # that a close() on the loop's own thread (which blocks that loop) cannot deadlock.
+            if loop.is_closed():
+                self._loop_gone()
+                raise DispatchAbandoned()
+            coroutine = run(events, metadatas)
             try:
-                future = asyncio.run_coroutine_threadsafe(run(events, metadatas), loop)
-            except RuntimeError:
-                raise DispatchAbandoned() from None  # the loop is closed
+                future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+            except RuntimeError:  # closed meanwhile
+                coroutine.close()
+                self._loop_gone()
+                raise DispatchAbandoned() from None
             while True:
                 try:
                     return future.result(0.1)
                 except concurrent.futures.TimeoutError:
-                    if loop.is_closed() or self._abandon:
+                    if self._abandon:
                         future.cancel()
                         raise DispatchAbandoned() from None
+                    if loop.is_closed():
+                        future.cancel()
+                        self._loop_gone()
+                        raise DispatchAbandoned() from None
                 except concurrent.futures.CancelledError:
+                    if not (self._abandon or self._runtime.stopping()):
+                        self._loop_gone()
                     raise DispatchAbandoned() from None
 
         return run_batch
+
+    def _loop_gone(self) -> None:
+        """The async handler's event loop closed while the consumer runs: nothing can be handled
+        any more. The consumer fails (one ERROR, on_error; close() raises it); the batch is given
+        up unhandled (the caller raises DispatchAbandoned)."""
+        error = EventStreamError(
+            f"consumer of {self._topic!r}: the event loop that runs its async handler is closed, "
+            "so no event can be handled: the consumer stopped consuming, and its unhandled events "
+            "go to the group's next consumer. Close the consumer before its loop (`await "
+            "consumer.aclose()`, or `async with`)."
+        )
+        self._health.stopped(error)
+        self._runtime.fail(error)
 
     def metrics(self) -> ConsumerMetrics:
         """Counts since :meth:`consume` (and, with ``TopicConfig(metrics=True)``, handler and
@@ -442,7 +467,3 @@ class Consumer(Closeable, Generic[E]):
         finally:
             if self._failures is not None:
                 self._failures.close()  # the skip summary; the dead-letter producer
-
-    async def aclose(self, timeout: float | None = 30.0) -> None:
-        """:meth:`close` without blocking the event loop (needed when the handler is async)."""
-        await asyncio.get_running_loop().run_in_executor(None, self.close, timeout)

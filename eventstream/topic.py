@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Generic, Literal, TypeVar
@@ -13,7 +14,7 @@ from eventstream._noop import NOOP_BACKEND
 from eventstream._runtime import wire
 from eventstream._runtime.admin import TopicAdmin
 from eventstream._runtime.backend import Backend, ConsumerSpec, ProducerSpec, load_backend
-from eventstream._runtime.closing import Closeable
+from eventstream._runtime.closing import Closeable, check_timeout
 from eventstream._runtime.consuming import ConsumerRuntime
 from eventstream._runtime.health import Health
 from eventstream._runtime.membership import Membership, claim
@@ -242,21 +243,25 @@ class Topic(Closeable, Generic[E]):
         self._check_open()
         self._topic_admin().wait_until_ready(timeout)
 
-    def close(self) -> None:
-        """Close every producer and consumer made by this topic, carrying on past failures, then
-        raise them together as a :class:`CloseError` (a ``BaseException`` such as
-        KeyboardInterrupt from a handler is re-raised as itself, after the rest are closed).
-        Idempotent; blocks while producers flush and consumer handlers finish."""
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Close every producer and consumer (and cache) made by this topic, within ``timeout``
+        seconds in all (``None``: as long as they take), carrying on past failures, then raise
+        them together as a :class:`CloseError` (a ``BaseException`` such as KeyboardInterrupt
+        from a handler is re-raised as itself, after the rest are closed). Idempotent; blocks
+        while producers flush and consumer handlers finish."""
+        check_timeout(timeout)
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             children, self._children = self._children, []
+        deadline = None if timeout is None else time.monotonic() + timeout
         failures: list[BaseException] = []
         interrupt: BaseException | None = None
         for child in children:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                child.close()
+                child.close(left)
             except Exception as exc:
                 failures.append(exc)
             except BaseException as exc:  # e.g. a handler's KeyboardInterrupt: close the rest first

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 
 import pytest
 from testevents_pb2 import Invalidate
@@ -102,3 +103,73 @@ def test_async_handler_needs_a_loop() -> None:
 
     with eventstream.new_noop_topic(Invalidate) as topic, pytest.raises(ValueError):
         topic.new_consumer().consume(handler)  # no running loop, none given
+
+
+def test_an_async_consumer_whose_loop_is_closed_fails_and_says_so(make_topic) -> None:
+    """The loop that runs the handler is closed while the consumer runs: the next event cannot
+    be handled; the consumer fails (status, one on_error) with an error that names the loop,
+    and close() raises it."""
+    errors: list[eventstream.EventStreamError] = []
+    topic = make_topic(on_error=errors.append)
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    seen: list[int] = []
+
+    async def handler(event: Invalidate) -> None:
+        seen.append(event.seq)
+
+    consumer = topic.new_consumer(start_from_beginning=True)
+    consumer.consume(handler, loop=loop)
+    consumer.wait_until_assigned(30)
+    loop.call_soon_threadsafe(loop.stop)
+    runner.join(10)
+    loop.close()
+    with topic.new_producer() as producer:
+        producer.produce(Invalidate(seq=1))
+    deadline = time.monotonic() + 30
+    while consumer.status.state != "failed":
+        assert time.monotonic() < deadline, consumer.status
+        time.sleep(0.05)
+    assert "event loop" in str(consumer.status.error) and "closed" in str(consumer.status.error)
+    with pytest.raises(eventstream.EventStreamError, match="event loop"):
+        consumer.close()
+    assert seen == []
+
+
+def test_produce_async_never_blocks_the_loop_on_a_full_queue(make_topic) -> None:
+    """librdkafka's queue has room for 5 events and holds them 0.5 s (linger): a call of 30
+    waits seconds for room, on a worker thread; the loop goes on ticking meanwhile."""
+    topic = make_topic(producer_properties={"queue.buffering.max.messages": 5, "linger.ms": 500})
+
+    async def main() -> tuple[float, float]:
+        longest = 0.0
+        done = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal longest
+            last = time.monotonic()
+            while not done.is_set():
+                await asyncio.sleep(0.01)
+                now = time.monotonic()
+                longest = max(longest, now - last)
+                last = now
+
+        tick = asyncio.create_task(ticker())
+        producer = topic.new_producer()
+        started = time.monotonic()
+        deliveries = await producer.produce_async(*(Invalidate(seq=i) for i in range(30)))
+        took = time.monotonic() - started
+        done.set()
+        await tick
+        await producer.aclose()
+        assert len(deliveries) == 30
+        return took, longest
+
+    took, longest = asyncio.run(main())
+    print(
+        f"\nproduce_async of 30 through a queue of 5: {took:.2f} s; longest loop stall "
+        f"{longest * 1000:.0f} ms"
+    )
+    assert took > 1.0, "the queue was never full: the test proves nothing"
+    assert longest < took / 4, f"the loop stalled {longest:.2f} s of the call's {took:.2f} s"

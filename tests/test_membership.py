@@ -4,10 +4,12 @@ protocols (classic and KIP-848's ``group.protocol=consumer``) work."""
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 import textwrap
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,29 @@ def test_consumers_of_an_instance_are_numbered_static_members() -> None:
     )
     with eventstream.new_topic(Invalidate, kip848) as topic:
         assert topic.new_consumer().group_instance_id is None
+
+
+def test_a_static_member_id_is_held_by_one_open_consumer_at_a_time(
+    make_topic: Callable[..., eventstream.Topic[Any]],
+) -> None:
+    """A closed consumer's id goes to the next consumer; the closed one, garbage-collected
+    later, must not free it again: the consumer after that gets another id."""
+    topic = make_topic(instance_id="api-8")
+    first = topic.new_consumer()
+    first.consume(lambda event: None)
+    first.wait_until_assigned(60)
+    first.close()
+    second = topic.new_consumer()
+    assert second.group_instance_id == "api-8-0"
+    gone = weakref.ref(first)
+    topic._children = [second]  # the test drops the closed consumer: nothing else holds it
+    del first
+    gc.collect()
+    assert gone() is None, "the closed consumer is still alive"
+    third = topic.new_consumer()
+    assert third.group_instance_id == "api-8-1", "two open consumers share a static member id"
+    second.close()
+    assert topic.new_consumer().group_instance_id == "api-8-0"
 
 
 CHILD = textwrap.dedent(

@@ -28,7 +28,8 @@ def check_timeout(timeout: float | None) -> None:
 
 
 class Closeable:
-    def close(self) -> None:
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Release what the object holds, waiting up to ``timeout`` seconds."""
         raise NotImplementedError
 
     # Producer and Consumer: made in this process (forks.generation()) and not closed.
@@ -47,9 +48,9 @@ class Closeable:
         if self._closed:
             raise ClosedError(f"{what} is closed")
 
-    async def aclose(self) -> None:
+    async def aclose(self, timeout: float | None = 30.0) -> None:
         """:meth:`close` without blocking the event loop."""
-        await asyncio.get_running_loop().run_in_executor(None, self.close)
+        await asyncio.get_running_loop().run_in_executor(None, self.close, timeout)
 
     def __enter__(self) -> Self:
         return self

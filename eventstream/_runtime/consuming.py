@@ -146,6 +146,11 @@ class ConsumerRuntime:
         exceptions are logged). Any thread."""
         self._requests.append(work)
 
+    def fail(self, error: BaseException) -> None:
+        """Consumption cannot go on (``error`` says why, and close() raises it): the poll thread
+        stops after the running handler. Any thread."""
+        self._stopped_by(error)
+
     def abandon(self) -> None:
         """The consumer was dropped without close(): ask the poll thread to stop; it leaves the
         group and destroys the handle by itself. Never blocks, never frees."""

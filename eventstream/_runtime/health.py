@@ -256,9 +256,10 @@ class Health:
         return error
 
     def stopped(self, cause: BaseException) -> None:
-        """A consumer's handler raised a BaseException (SystemExit, KeyboardInterrupt, ...) that
-        ends consumption: state ``failed``, one ERROR, ``on_error``; ``close()`` re-raises it."""
-        error = EventStreamError(
+        """Consumption ended for good: a handler raised a BaseException (SystemExit,
+        KeyboardInterrupt, ...), or ``cause`` is an EventStreamError saying why. State
+        ``failed``, one ERROR, ``on_error``; ``close()`` re-raises it."""
+        error = cause if isinstance(cause, EventStreamError) else EventStreamError(
             f"{self.what} stopped consuming: the handler raised {type(cause).__name__}"
             f"{': ' + str(cause) if str(cause) else ''}; close() re-raises it. The event it was "
             "handling is delivered again to the group's next consumer."

@@ -12,7 +12,6 @@ and eventstream turns into an error naming the shared id.
 from __future__ import annotations
 
 import threading
-import weakref
 
 from eventstream._runtime import forks
 
@@ -23,22 +22,25 @@ _claimed: dict[tuple[str, str], set[int]] = {}
 
 
 class Membership:
-    """One claimed index. ``release()`` (idempotent) frees it for the next consumer."""
+    """One claimed index, held until :meth:`release` (the consumer's runtime calls it once the
+    member has left its group, or was never started)."""
 
     def __init__(self, key: tuple[str, str], index: int, instance_id: str) -> None:
         self._key = key
         self.index = index
         self.group_instance_id = f"{instance_id}-{index}"
         self._generation = forks.generation()
-
-    def release_with(self, owner: object) -> None:
-        """Release when ``owner`` is garbage-collected (if not released before)."""
-        weakref.finalize(owner, self.release)
+        self._released = False
 
     def release(self) -> None:
+        """Free the index for the next consumer. Only the first call does: a later one (a
+        finalizer, a second close) must not free an index another consumer holds by then."""
         if self._generation != forks.generation():
             return  # claimed in a parent process: its table is not ours
         with _lock:
+            if self._released:
+                return
+            self._released = True
             held = _claimed.get(self._key)
             if held is not None:
                 held.discard(self.index)
@@ -47,8 +49,7 @@ class Membership:
 
 
 def claim(brokers: str, group_id: str, instance_id: str) -> Membership:
-    """Claim the lowest free index of ``group_id`` on ``brokers``. Call ``release_with(owner)``
-    so that it is freed when the consumer is garbage-collected at the latest."""
+    """Claim the lowest free index of ``group_id`` on ``brokers``."""
     key = (brokers, group_id)
     with _lock:
         held = _claimed.setdefault(key, set())

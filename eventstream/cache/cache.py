@@ -398,7 +398,7 @@ class Cache(Closeable, Generic[K, V]):
         with self._lock:
             return self._core.metrics(self._clock())
 
-    def close(self, timeout: float = 30.0) -> None:
+    def close(self, timeout: float | None = 30.0) -> None:
         """Stop: drop every entry, end the probe and the verifier, close the feed (its consumer
         commits and leaves the group). Gets raise :class:`~eventstream.ClosedError` from now on;
         loads under way finish and store nothing. Idempotent; blocks up to about ``timeout``.

@@ -70,7 +70,7 @@ class Feed(Protocol):
         into one later move). Returns at once."""
         ...
 
-    def close(self, timeout: float) -> None:
+    def close(self, timeout: float | None) -> None:
         """Stop consuming: commit what was applied, leave the group. Blocks up to ``timeout``
         for a sink call in progress; raises what stopped the consumer, if anything."""
         ...

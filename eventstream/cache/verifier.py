@@ -59,7 +59,7 @@ class Verifier(Generic[K, V]):
     def wake(self) -> None:
         self._wake.set()
 
-    def stop(self, timeout: float) -> None:
+    def stop(self, timeout: float | None) -> None:
         """Stop after the check under way (which may wait up to ``timeout`` for a load)."""
         self._stopping = True
         self._wake.set()
