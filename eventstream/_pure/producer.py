@@ -217,9 +217,11 @@ class _Client:
     thread runs :meth:`own`; see the module docstring."""
 
     def __init__(self, spec: ProducerSpec) -> None:
-        self._spec = spec
+        # Not the spec itself: its key function may hold the application's objects, and this
+        # object lives as long as the owner thread (see the module docstring).
         self.topic = spec.topic
         self.health: Health = spec.health
+        self._statistics = spec.statistics
         conf: dict[str, object] = dict(spec.properties)
         conf["error_cb"] = self._on_client_error
         conf["stats_cb"] = self._on_stats
@@ -275,8 +277,8 @@ class _Client:
             self.fail_queued(failure.code, failure.name)
 
     def _on_stats(self, stats: str) -> None:
-        if self._spec.statistics is not None:
-            self._spec.statistics(stats)
+        if self._statistics is not None:
+            self._statistics(stats)
 
     def in_doubt(self, code: int) -> bool:
         """Whether an event whose delivery failed with ``code`` may have been written. Nothing
