@@ -1,12 +1,15 @@
 """The pure-Python backend's producer: a confluent_kafka.Producer, its owner thread, and per-call
 delivery tracking.
 
-Ownership: the client belongs to an owner thread (``_Client`` and its loop), which serves
-delivery reports and callbacks and, when asked to stop, fails what is outstanding and destroys
-the client. The owner references only ``_Client``, never the :class:`PureProducer`, so a producer
-dropped without ``close()`` is garbage-collected like any object: it then asks the owner to stop.
-Nobody else destroys the client, and close() never calls into it (a close from a signal handler
-may run inside one of the client's own calls on the same thread).
+Ownership: the client belongs to an owner thread (``_Client`` and its loop), which alone serves
+it (delivery reports and callbacks run there, in Python) and, when asked to stop, fails what is
+outstanding and destroys the client. The owner references only ``_Client``, never the
+:class:`PureProducer`, so a producer dropped without ``close()`` is garbage-collected like any
+object: it then asks the owner to stop. Callers only enqueue (confluent-kafka's produce() runs
+no callback) and wait for their own call's events; they never serve the client. So a signal
+(Python runs its handlers in the main thread only) never interrupts a delivery report that
+another call waits for, and a close() from a signal handler never re-enters a call of the
+client on the same thread.
 """
 
 from __future__ import annotations
@@ -46,12 +49,12 @@ from eventstream.errors import (
 
 __all__ = ["PureProducer", "prepare_records"]
 
-# A blocking produce() serves delivery reports itself with client.flush() in slices this long (s),
-# until its own events are reported: flush ignores linger.ms while it runs, so the call's events
-# are sent at once, and the slices bound the wait for other threads' events.
-_FLUSH_SLICE = 0.002
 # The owner thread's longest wait between two rounds (s).
 _POLL_SLICE = 0.1
+# Callers: the longest wait between two looks at their deadline (s), and the pause while
+# librdkafka's queue is full (the owner flushes meanwhile).
+_WAIT_SLICE = 0.1
+_ROOM_SLICE = 0.001
 _DESTROY = -197  # librdkafka's _DESTROY: what events enqueued after close fail with
 _PURGE_QUEUE = -152
 _PURGE_INFLIGHT = -151
@@ -233,8 +236,9 @@ class _Client:
             raise ConfigError("properties", exc.args[0].str()) from None
         # Guards the counts below; notified when the owner has work (see PureProducer).
         self.state = threading.Condition(threading.Lock())
-        self.flushers = 0  # blocking produce() calls flushing right now
-        self.async_pending = 0  # produce_async() calls enqueued and not yet complete
+        # Calls that have enqueued their events and wait for them, and callers waiting for room
+        # in the queue or for flush(): the owner flushes while there are any.
+        self.waiting = 0
         self.active = 0  # calls that may use the client; the owner destroys it only at 0
         self.stop: str | None = None  # "close" or "abandon": asks the owner to stop
         self.close_deadline: float | None = None
@@ -307,12 +311,26 @@ class _Client:
             self.client.poll(timeout)
         except confluent_kafka.KafkaException as exc:
             self._on_client_error(exc.args[0])
+        except SystemError as exc:
+            # confluent-kafka drops an exception raised as a bare type inside one of its
+            # callbacks (flush/poll then "returned NULL without setting an exception"); Python's
+            # default SIGINT handler raises KeyboardInterrupt that way, in our delivery callback.
+            if "without setting an exception" in str(exc):
+                raise KeyboardInterrupt from None
+            raise
         return len(self.client)
 
     def _should_flush(self) -> bool:
-        """Called with ``state`` held: async calls wait, no blocking caller serves, and there is
-        something to send or report (so the owner never spins on an empty flush)."""
-        return not self.flushers and self.async_pending > 0 and len(self.client) > 0
+        """Called with ``state`` held: someone waits for deliveries and there is something to
+        send or report (so the owner never spins on an empty flush)."""
+        return self.waiting > 0 and len(self.client) > 0
+
+    def wait_for_owner(self, count: int) -> None:
+        """``count`` (1 or -1) more callers waiting for the owner to flush (see ``waiting``)."""
+        with self.state:
+            self.waiting += count
+            if count > 0:
+                self.state.notify_all()
 
     # -- the owner thread --------
 
@@ -325,11 +343,8 @@ class _Client:
                 if self.stop is not None:
                     break
                 flush = self._should_flush()
-                serve = not self.flushers
-            if flush:
-                self.serve(_POLL_SLICE)
-            elif serve:
-                self.serve(0, flush=False)
+            # flush() ignores linger.ms while it runs: waiting calls' events are sent at once.
+            self.serve(_POLL_SLICE if flush else 0, flush=flush)
         self._finish()
 
     def _finish(self) -> None:
@@ -439,9 +454,16 @@ class PureProducer:
 
     def flush(self, timeout: float) -> int:
         core = self._enter(0)
+        deadline = time.monotonic() + timeout
+        core.wait_for_owner(1)
         try:
-            return core.serve(timeout)
+            while True:  # the owner flushes; this caller looks at the queue
+                left = len(core.client)
+                if not left or time.monotonic() >= deadline:
+                    return left
+                time.sleep(min(_ROOM_SLICE * 10, max(0.0, deadline - time.monotonic())))
         finally:
+            core.wait_for_owner(-1)
             self._exit()
 
     def close(self, timeout: float | None) -> tuple[int, int, bool]:
@@ -500,10 +522,11 @@ class PureProducer:
                     )
                     break
                 except BufferError:
-                    # librdkafka's queue is full: wait for delivery reports to make room.
+                    # librdkafka's queue is full: delivery reports (served by the owner)
+                    # make room, as linger.ms lets them; so on the compiled backend.
                     if deadline is not None and time.monotonic() >= deadline:
                         return True
-                    core.serve(0.05, flush=False)
+                    time.sleep(_ROOM_SLICE)
                 except confluent_kafka.KafkaException as exc:
                     err = exc.args[0]
                     if err.fatal():
@@ -512,8 +535,8 @@ class PureProducer:
                     tracker.fail(
                         err.code(),
                         err.name(),
-                        f"{err.str()} (event {index} of the call was refused before it was sent; "
-                        f"events {index}..{tracker.total - 1} were not sent)",
+                        f"{err.str()} (event {index} of the call was refused before it was "
+                        f"sent; events {index}..{tracker.total - 1} were not sent)",
                         tracker.total - tracker.enqueued,
                         in_doubt=False,
                     )
@@ -558,25 +581,20 @@ class PureProducer:
         finally:
             not_sent = tracker.total - tracker.enqueued
             tracker.hand_over()
-        state = core.state
-        with state:
-            core.flushers += 1
+        core.wait_for_owner(1)
         try:
-            # Serve delivery reports here (see the class doc) until this call's are all in.
+            # The owner serves the deliveries (see the module docstring); this call waits.
             while not timed_out and not tracker.done.is_set():
                 if deadline is None:
-                    core.serve(_FLUSH_SLICE)
+                    tracker.done.wait(_WAIT_SLICE)
                     continue
                 left = deadline - time.monotonic()
                 if left <= 0:
                     timed_out = not tracker.done.is_set()
                     break
-                core.serve(min(_FLUSH_SLICE, left))
+                tracker.done.wait(min(_WAIT_SLICE, left))
         finally:
-            with state:
-                core.flushers -= 1
-                if not core.flushers:
-                    state.notify_all()
+            core.wait_for_owner(-1)
         if timed_out:
             timeout_error = _timeout_error(
                 tracker, timeout, not_sent, self._spec.topic, self._health.last_error
@@ -633,8 +651,7 @@ class PureProducer:
                 future.set_exception(error)
 
         def on_done() -> None:
-            with core.state:
-                core.async_pending -= 1
+            core.wait_for_owner(-1)
             error = tracker.error(topic, core.failure(tracker))
             core.count(tracker, error)
             # A closed loop raises RuntimeError: nobody is waiting any more.
@@ -748,12 +765,9 @@ class _Pending:
                 tracker.total - tracker.enqueued,
                 in_doubt=False,
             )
-        core = self._producer._core  # pyright: ignore[reportPrivateUsage]
-        with core.state:
-            # Once the call has enqueued everything the owner flushes for it (as the compiled
-            # backend's owner does); counted before the guard goes (on_done uncounts it).
-            core.async_pending += 1
-            core.state.notify_all()
+        # Once the call has enqueued everything the owner flushes for it (as the compiled
+        # backend's owner does); counted before the guard goes (on_done uncounts it).
+        self._producer._core.wait_for_owner(1)  # pyright: ignore[reportPrivateUsage]
         tracker.hand_over()
         self._producer._exit()  # pyright: ignore[reportPrivateUsage]
 

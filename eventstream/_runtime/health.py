@@ -259,11 +259,15 @@ class Health:
         """Consumption ended for good: a handler raised a BaseException (SystemExit,
         KeyboardInterrupt, ...), or ``cause`` is an EventStreamError saying why. State
         ``failed``, one ERROR, ``on_error``; ``close()`` re-raises it."""
-        error = cause if isinstance(cause, EventStreamError) else EventStreamError(
-            f"{self.what} stopped consuming: the handler raised {type(cause).__name__}"
-            f"{': ' + str(cause) if str(cause) else ''}; close() re-raises it. The event it was "
-            "handling is delivered again to the group's next consumer."
-        )
+        if isinstance(cause, EventStreamError):
+            error = cause
+        else:
+            said = f": {cause}" if str(cause) else ""
+            error = EventStreamError(
+                f"{self.what} stopped consuming: the handler raised {type(cause).__name__}"
+                f"{said}; close() re-raises it. The event it was handling is delivered again to "
+                "the group's next consumer."
+            )
         with self._lock:
             if self._status.state in ("failed", "closed"):
                 return
