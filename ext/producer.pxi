@@ -977,7 +977,7 @@ cdef class Producer:
         if esk_add_int(&st.active, -1) == 0 and esk_load_int(&st.stop) != STOP_NONE:
             _wake(st)               # the owner may be waiting for the last call to leave
 
-    cdef _Batch _prepare(self, list evs, Py_ssize_t n, object headers):
+    cdef _Batch _prepare(self, tuple evs, Py_ssize_t n, object headers):
         """Type-check, then serialize values and keys of the whole call and check their sizes,
         before anything is enqueued."""
         cdef Py_ssize_t i, size
@@ -1172,7 +1172,7 @@ cdef class Producer:
     def produce(self, events, timeout, headers=()):
         """Serialize, enqueue and wait for every event of this call to be acknowledged;
         `headers` go on every event of the call."""
-        cdef list evs = events if type(events) is list else list(events)
+        cdef tuple evs = events if type(events) is tuple else tuple(events)
         cdef Py_ssize_t n = len(evs)
         cdef Tracker *t = NULL
         cdef int64_t deadline, now, not_sent = 0
@@ -1225,7 +1225,7 @@ cdef class Producer:
         rest): the future is resolved on `loop` when every event of the call is acknowledged,
         or failed with the same errors as produce(), a timeout included. Called on `loop`'s
         thread; never blocks it."""
-        cdef list evs = events if type(events) is list else list(events)
+        cdef tuple evs = events if type(events) is tuple else tuple(events)
         cdef Py_ssize_t n = len(evs)
         cdef Tracker *t = NULL
         cdef int64_t deadline
