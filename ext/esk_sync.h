@@ -1,7 +1,8 @@
 /*
  * Small C helpers for _core.pyx that Cython cannot express directly: atomics (GCC/Clang
- * __atomic builtins), CLOCK_MONOTONIC deadlines and condition variables that wait on it, and
- * the decimal formatting of event ids on the produce hot path.
+ * __atomic builtins), CLOCK_MONOTONIC deadlines and condition variables that wait on it, the
+ * decimal formatting of event ids on the produce hot path, and AddressSanitizer poisoning of
+ * memory kept for reuse.
  */
 #ifndef ESK_SYNC_H
 #define ESK_SYNC_H
@@ -111,5 +112,17 @@ static inline size_t esk_format_id(char *out, const char *prefix, size_t prefix_
         out[prefix_len + i] = digits[k - 1 - i];
     return prefix_len + k;
 }
+
+/* Memory kept for reuse (a producer's spare trackers) is poisoned while nobody may use it, so that
+ * under AddressSanitizer a use after release is reported as it would be after free(); no-ops in
+ * a normal build. */
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define esk_poison(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
+#define esk_unpoison(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define esk_poison(p, n) ((void)(p), (void)(n))
+#define esk_unpoison(p, n) ((void)(p), (void)(n))
+#endif
 
 #endif /* ESK_SYNC_H */

@@ -1,4 +1,5 @@
-# pthreads and the small C helpers of esk_sync.h (atomics, monotonic clock, id formatting).
+# pthreads and the small C helpers of esk_sync.h (atomics, monotonic clock, id formatting,
+# AddressSanitizer poisoning).
 
 from libc.stdint cimport int64_t, uint64_t
 
@@ -49,3 +50,5 @@ cdef extern from "esk_sync.h" nogil:
     int esk_cond_init(pthread_cond_t *cond)
     int esk_cond_wait_until(pthread_cond_t *cond, pthread_mutex_t *mutex, int64_t deadline_ns)
     size_t esk_format_id(char *out, const char *prefix, size_t prefix_len, uint64_t n)
+    void esk_poison(const void *p, size_t n)
+    void esk_unpoison(const void *p, size_t n)
