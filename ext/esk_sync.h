@@ -1,8 +1,8 @@
 /*
  * Small C helpers for _core.pyx that Cython cannot express directly: atomics (GCC/Clang
  * __atomic builtins), CLOCK_MONOTONIC deadlines and condition variables that wait on it, the
- * decimal formatting of event ids on the produce hot path, and AddressSanitizer poisoning of
- * memory kept for reuse.
+ * decimal formatting of event ids and ce_time on the produce hot path, and AddressSanitizer
+ * poisoning of memory kept for reuse.
  */
 #ifndef ESK_SYNC_H
 #define ESK_SYNC_H
@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
@@ -111,6 +112,26 @@ static inline size_t esk_format_id(char *out, const char *prefix, size_t prefix_
     for (i = 0; i < k; i++)
         out[prefix_len + i] = digits[k - 1 - i];
     return prefix_len + k;
+}
+
+/* ce_time: RFC 3339 in UTC with milliseconds, e.g. "2026-12-01T09:30:00.123Z" (what
+ * eventstream._runtime.wire.timestamp() writes), of the wall clock now, into `out` (room for 32
+ * bytes). Returns the length, or 0 if the time cannot be formatted. (Python's time.strftime()
+ * allocates and frees a 1 KiB buffer per call: on the produce path that made glibc consolidate
+ * its fastbins and trim the heap, which the next call then faulted back in.) */
+static inline size_t esk_format_time(char *out) {
+    struct timespec ts;
+    struct tm tm;
+    time_t seconds;
+    int n;
+    if (clock_gettime(CLOCK_REALTIME, &ts) != 0)
+        return 0;
+    seconds = ts.tv_sec;
+    if (gmtime_r(&seconds, &tm) == NULL || tm.tm_year + 1900 < 1000 || tm.tm_year + 1900 > 9999)
+        return 0;
+    n = snprintf(out, 32, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+                 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ts.tv_nsec / 1000000));
+    return n > 0 && n < 32 ? (size_t)n : 0;
 }
 
 /* Memory kept for reuse (a producer's spare trackers) is poisoned while nobody may use it, so that

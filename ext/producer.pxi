@@ -33,7 +33,8 @@
 # Reuse: each producer keeps a few released trackers (with their slots, OutMsg arrays and `data`
 # buffers) as spares, sized by its largest recent call, and the arrays of the Deliveries it
 # returned once nobody else holds them. In steady state a call allocates no per-call buffer, so
-# glibc has nothing of ours to trim from the heap and fault back in on the next call.
+# glibc has nothing of ours to trim from the heap and fault back in on the next call (ce_time is
+# formatted in C for the same reason: time.strftime() allocates and frees 1 KiB per call).
 #
 # Sending: linger.ms (5 ms) lets librdkafka gather a call's events into few requests while the
 # caller enqueues them; once a call has enqueued everything, nothing is gained by lingering. So
@@ -1212,12 +1213,14 @@ cdef class Producer:
         cdef OutMsg *msgs = t.msgs
         cdef int64_t budget = self._budget, key_len
         cdef char *dst
+        cdef char tbuf[32]
         etype = self._event_type
         for i in range(n):
             if type(evs[i]) is not etype:
                 raise _errors.event_type_error(i, type(evs[i]), etype, self._type_name)
         batch = _Batch.__new__(_Batch)
-        stamp = _wire.timestamp()
+        size = <Py_ssize_t>esk_format_time(tbuf)       # ce_time, as _wire.timestamp() writes it
+        stamp = PyBytes_FromStringAndSize(tbuf, size) if size else _wire.timestamp()
         batch.keep = [stamp]
         batch.call.time = stamp
         batch.call.time_len = len(stamp)

@@ -1,22 +1,27 @@
 """What a produce call sends and returns is its own, although the compiled backend reuses a
 call's buffers for later calls (its tracker with the serialized values that librdkafka points
 at until each is acknowledged, and the arrays of a Deliveries nobody holds any more): every
-event arrives as it was given, where its Delivery says, with its own ce_id, whatever the sizes,
-keys, threads and asyncio calls in flight around it."""
+event arrives as it was given, where its Delivery says, with its own ce_id and a well-formed
+ce_time, whatever the sizes, keys, threads and asyncio calls in flight around it."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
+import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import pytest
-from support import Collector
+from support import Collector, raw_consume
 from testevents_pb2 import Invalidate
 
 from eventstream import Delivery
 
 pytestmark = pytest.mark.timeout(120)
+
+CE_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
 def _events(first: int, count: int, producer: str = "p") -> list[Invalidate]:
@@ -146,3 +151,19 @@ def test_async_calls_in_flight_together_each_send_their_own(
     consumer = topic.new_consumer(start_from_beginning=True)
     consumer.consume(collector, with_metadata=True)
     _check_arrived(collector.wait_for_count(len(sent)), sent, where)
+
+
+def test_ce_time_is_rfc3339_utc_milliseconds_of_the_call(kafka_bootstrap: str, make_topic) -> None:
+    topic = make_topic()
+    with topic.new_producer() as producer:
+        before = time.time()
+        producer.produce(*_events(0, 3))
+        after = time.time()
+    records = raw_consume(kafka_bootstrap, topic.name, 3)
+    stamps = {dict(r.headers() or [])["ce_time"].decode() for r in records}
+    assert len(stamps) == 1, f"one ce_time per call: {stamps}"
+    stamp = stamps.pop()
+    assert CE_TIME.fullmatch(stamp), stamp
+    at = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    assert before - 0.002 <= at <= after + 0.002, (before, stamp, after)
+    assert datetime.fromtimestamp(at, tz=UTC).year == datetime.now(tz=UTC).year
