@@ -1,8 +1,8 @@
 /*
  * Small C helpers for _core.pyx that Cython cannot express directly: atomics (GCC/Clang
  * __atomic builtins), CLOCK_MONOTONIC deadlines and condition variables that wait on it, the
- * decimal formatting of event ids and ce_time on the produce hot path, and AddressSanitizer
- * poisoning of memory kept for reuse.
+ * decimal formatting of event ids and ce_time on the produce hot path, a direct call of a built-in
+ * method (SerializeToString), and AddressSanitizer poisoning of memory kept for reuse.
  */
 #ifndef ESK_SYNC_H
 #define ESK_SYNC_H
@@ -133,6 +133,26 @@ static inline size_t esk_format_time(char *out) {
                  tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ts.tv_nsec / 1000000));
     return n > 0 && n < 32 ? (size_t)n : 0;
 }
+
+#ifdef Py_PYTHON_H
+/* The C function behind `descr` if it is the method descriptor of a built-in type's method taking
+ * (self, args, kwargs) (METH_VARARGS | METH_KEYWORDS, as upb's Message.SerializeToString) and
+ * instances of `type` may be its self; NULL otherwise (then call it as a Python object). Calling
+ * the function itself skips the descriptor's vectorcall wrapper, which would check self's type
+ * again and build an argument tuple on every call. */
+typedef PyObject *(*esk_kwmethod)(PyObject *self, PyObject *args, PyObject *kwargs);
+static inline esk_kwmethod esk_kwmethod_of(PyObject *descr, PyObject *type) {
+    PyMethodDescrObject *d;
+    if (!PyType_Check(type) || Py_TYPE(descr) != &PyMethodDescr_Type)
+        return NULL;
+    d = (PyMethodDescrObject *)descr;
+    if ((d->d_method->ml_flags & ~METH_COEXIST) != (METH_VARARGS | METH_KEYWORDS))
+        return NULL;
+    if (!PyType_IsSubtype((PyTypeObject *)type, PyDescr_TYPE(d)))
+        return NULL;
+    return (esk_kwmethod)(void (*)(void))d->d_method->ml_meth;
+}
+#endif
 
 /* Memory kept for reuse (a producer's spare trackers) is poisoned while nobody may use it, so that
  * under AddressSanitizer a use after release is reported as it would be after free(); no-ops in

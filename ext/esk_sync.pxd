@@ -1,7 +1,8 @@
 # pthreads and the small C helpers of esk_sync.h (atomics, monotonic clock, id formatting,
-# AddressSanitizer poisoning).
+# a direct call of a built-in method, AddressSanitizer poisoning).
 
 from libc.stdint cimport int64_t, uint64_t
+from cpython.ref cimport PyObject
 
 
 cdef extern from "<pthread.h>" nogil:
@@ -54,3 +55,7 @@ cdef extern from "esk_sync.h" nogil:
     void esk_poison(const void *p, size_t n)
     void esk_unpoison(const void *p, size_t n)
 
+
+cdef extern from "esk_sync.h":
+    ctypedef object (*esk_kwmethod)(object self, object args, PyObject *kwargs)
+    esk_kwmethod esk_kwmethod_of(object descr, object type)

@@ -1010,6 +1010,7 @@ cdef class Producer:
     cdef object _event_type
     cdef object _type_name
     cdef object _serialize          # the event class's unbound SerializeToString
+    cdef esk_kwmethod _serialize_c  # ... its C function (upb), or NULL: see esk_kwmethod_of
     cdef object _key
     # What the owner uses through the state's borrowed pointers (see "Ownership"):
     cdef object _logger
@@ -1041,6 +1042,7 @@ cdef class Producer:
         self._event_type = spec.event_type
         self._type_name = spec.type_name
         self._serialize = spec.event_type.SerializeToString
+        self._serialize_c = esk_kwmethod_of(self._serialize, spec.event_type)
         self._key = spec.key
         self._logger = spec.logger
         self._client_logger = spec.logger.getChild("librdkafka")
@@ -1240,11 +1242,13 @@ cdef class Producer:
         if batch.call.n_extra:
             budget -= _wire.headers_size([(name, len(value)) for name, value in headers])
         ser = self._serialize
+        cdef esk_kwmethod ser_c = self._serialize_c
         keyfn = self._key
         for i in range(n):
             ev = evs[i]
             try:
-                data = ser(ev)
+                # type(ev) is the event type (checked above), which ser_c takes as self.
+                data = ser_c(ev, (), NULL) if ser_c != NULL else ser(ev)
             except Exception as exc:
                 raise _errors.serialize_error(i, self._type_name, exc) from exc
             if type(data) is not bytes:
