@@ -134,6 +134,25 @@ static inline size_t esk_format_time(char *out) {
     return n > 0 && n < 32 ? (size_t)n : 0;
 }
 
+/* The id esk_format_id() wrote into out[0..len) plus one, in place (the digits are the part
+ * after prefix_len): cheaper than formatting each of a call's consecutive ids anew. Returns the
+ * new length (one more when 99...9 became 100...0). */
+static inline size_t esk_next_id(char *out, size_t prefix_len, size_t len) {
+    size_t i = len;
+    while (i > prefix_len) {
+        i--;
+        if (out[i] != '9') {
+            out[i]++;
+            return len;
+        }
+        out[i] = '0';
+    }
+    /* all nines: 1 followed by zeros, one digit longer (room: prefix_len + 20) */
+    out[prefix_len] = '1';
+    out[len] = '0';
+    return len + 1;
+}
+
 #ifdef Py_PYTHON_H
 /* The C function behind `descr` if it is the method descriptor of a built-in type's method taking
  * (self, args, kwargs) (METH_VARARGS | METH_KEYWORDS, as upb's Message.SerializeToString) and

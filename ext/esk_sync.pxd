@@ -51,6 +51,7 @@ cdef extern from "esk_sync.h" nogil:
     int esk_cond_init(pthread_cond_t *cond)
     int esk_cond_wait_until(pthread_cond_t *cond, pthread_mutex_t *mutex, int64_t deadline_ns)
     size_t esk_format_id(char *out, const char *prefix, size_t prefix_len, uint64_t n)
+    size_t esk_next_id(char *out, size_t prefix_len, size_t len)
     size_t esk_format_time(char *out)
     void esk_poison(const void *p, size_t n)
     void esk_unpoison(const void *p, size_t n)

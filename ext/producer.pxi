@@ -1309,7 +1309,7 @@ cdef class Producer:
         cdef rd_kafka_error_t *error
         cdef int code
         cdef char idbuf[ID_PREFIX_SIZE + 24]
-        cdef size_t idlen
+        cdef size_t idlen = 0
         cdef Py_ssize_t i
         cdef int x
         cdef HeaderSpec *hs = &self._hs
@@ -1334,7 +1334,11 @@ cdef class Producer:
             hdrs = rd_kafka_headers_new(N_HEADERS + call.n_extra)
             rd_kafka_header_add(hdrs, hs.n_ct, hs.nlen_ct, hs.v_ct, hs.vlen_ct)
             rd_kafka_header_add(hdrs, hs.n_spec, hs.nlen_spec, hs.v_spec, hs.vlen_spec)
-            idlen = esk_format_id(idbuf, st.id_prefix, st.id_prefix_len, id_base + <uint64_t>i + 1)
+            if idlen == 0:          # the first id of this slice; the next ones count up
+                idlen = esk_format_id(idbuf, st.id_prefix, st.id_prefix_len,
+                                      id_base + <uint64_t>i + 1)
+            else:
+                idlen = esk_next_id(idbuf, st.id_prefix_len, idlen)
             rd_kafka_header_add(hdrs, hs.n_id, hs.nlen_id, idbuf, <ssize_t>idlen)
             rd_kafka_header_add(hdrs, hs.n_source, hs.nlen_source, hs.v_source, hs.vlen_source)
             rd_kafka_header_add(hdrs, hs.n_type, hs.nlen_type, hs.v_type, hs.vlen_type)
