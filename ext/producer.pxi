@@ -414,6 +414,14 @@ cdef char *_tracker_room(Tracker *t, size_t size) except NULL:
     return t.data + t.data_len
 
 
+cdef inline void _tracker_poison(Tracker *t, int64_t cap, char *data,
+                                 size_t data_cap) noexcept nogil:
+    """A spare is unusable until _tracker_acquire takes it (AddressSanitizer builds only)."""
+    esk_poison(t, _tracker_size(cap))
+    if data != NULL:
+        esk_poison(data, data_cap)
+
+
 cdef void _tracker_release(Tracker *t) noexcept nogil:
     """Drop one reference; the last keeps the tracker as a spare of its producer (unless it is
     larger than the producer's recent calls need, or the spares are full of larger ones) or
@@ -421,27 +429,28 @@ cdef void _tracker_release(Tracker *t) noexcept nogil:
     cdef ProducerState *st
     cdef Tracker *drop = NULL
     cdef int64_t cap, drop_cap = 0, keep_events, keep_bytes
-    cdef size_t drop_data = 0
+    cdef size_t drop_data = 0, data_cap
+    cdef char *data
     cdef int k, smallest
     if esk_add_int(&t.refs, -1) != 0:
         return
     st = t.state
     cap = t.cap
+    data = t.data                       # (read before t may be poisoned)
+    data_cap = t.data_cap
     pthread_mutex_lock(&st.spare_lock)
     if <int64_t>t.data_len > st.recent_bytes[0]:
         st.recent_bytes[0] = <int64_t>t.data_len
     keep_events = 2 * max(st.recent_events[0], st.recent_events[1]) + SPARE_SLACK_EVENTS
     keep_bytes = 2 * max(st.recent_bytes[0], st.recent_bytes[1]) + SPARE_SLACK_BYTES
-    if cap > keep_events or <int64_t>t.data_cap > keep_bytes:
+    if cap > keep_events or <int64_t>data_cap > keep_bytes:
         drop = t                        # larger than what the producer's calls need now
     elif st.nspares < N_SPARES:
         st.spares[st.nspares].t = t
         st.spares[st.nspares].cap = cap
-        st.spares[st.nspares].data_cap = t.data_cap
+        st.spares[st.nspares].data_cap = data_cap
         st.nspares += 1
-        esk_poison(t, _tracker_size(cap))
-        if t.data != NULL:
-            esk_poison(t.data, t.data_cap)
+        _tracker_poison(t, cap, data, data_cap)
     else:
         smallest = 0
         for k in range(1, N_SPARES):
@@ -453,10 +462,8 @@ cdef void _tracker_release(Tracker *t) noexcept nogil:
             drop_data = st.spares[smallest].data_cap
             st.spares[smallest].t = t
             st.spares[smallest].cap = cap
-            st.spares[smallest].data_cap = t.data_cap
-            esk_poison(t, _tracker_size(cap))
-            if t.data != NULL:
-                esk_poison(t.data, t.data_cap)
+            st.spares[smallest].data_cap = data_cap
+            _tracker_poison(t, cap, data, data_cap)
         else:
             drop = t
     pthread_mutex_unlock(&st.spare_lock)
