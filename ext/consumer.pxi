@@ -846,6 +846,7 @@ cdef class Consumer:
         cdef int64_t t0 = 0
         handler = self._handler
         failures = self._failures
+        meta = None
         try:
             while i < n:
                 if esk_load_int(&self._stop):
@@ -860,19 +861,27 @@ cdef class Consumer:
                 if event is not None:
                     self._handling(m)
                     try:
-                        args = (event, self._metadata(m, &h)) if with_metadata else (event,)
+                        if with_metadata:
+                            meta = self._metadata(m, &h)
                         if timed:
                             t0 = esk_now_ns()
                             self._record_e2e(m)
                         error = None
                         try:
-                            handler(*args)
+                            # Called directly: an argument tuple is built only for a failure.
+                            if with_metadata:
+                                handler(event, meta)
+                            else:
+                                handler(event)
                         except Exception as exc:
                             error = exc
                         if timed:
                             _hist_add(&self._handler_hist, esk_now_ns() - t0)
-                        if error is None or failures.failed(
-                                handler, args, error, m.partition, m.offset,
+                        if error is None:
+                            self._handled += 1
+                        elif failures.failed(
+                                handler, (event, meta) if with_metadata else (event,), error,
+                                m.partition, m.offset,
                                 self._raw(m) if failures.wants_raw else None):
                             self._handled += 1
                     finally:
