@@ -4,8 +4,9 @@
 #
 # Ownership: the librdkafka handle and the C state (ProducerState) belong to one native thread,
 # the owner, started with the producer. It serves delivery reports and callbacks (rd_kafka_poll,
-# rd_kafka_flush) and, once asked to stop, fails what is left, waits for the calls still inside
-# the handle, destroys the handle and frees the state. Nobody else destroys or frees them:
+# rd_kafka_flush; except while a blocking produce() serves them, see "Serving") and, once asked
+# to stop, fails what is left, waits for the calls still inside the handle, destroys the handle
+# and frees the state. Nobody else destroys or frees them:
 # close() and abandon() only ask, and the Producer's finalizer (never joining) asks too. The
 # state is freed by whichever of the owner, the Producer object and the trackers in use lets go
 # of it last (refs).
@@ -19,6 +20,7 @@
 # Threads:
 #   * callers of produce()/produce_async()/flush(): any Python thread, GIL released while
 #     enqueueing and while waiting; each counts itself in `active` while it may use the handle;
+#     flush() and one waiting produce() at a time (see "Serving") also serve the main queue;
 #   * the owner thread (pthread, detached): rd_kafka_poll()/rd_kafka_flush() run _on_delivery()
 #     without the GIL; _on_error(), _on_stats() and the resolution of asyncio futures take it.
 #
@@ -42,9 +44,19 @@
 # main queue), and while that count is > 0 the owner serves with rd_kafka_flush() instead of
 # rd_kafka_poll(): librdkafka then sends whatever lingers at once. The callers still wait on
 # their own tracker only: flush() waits for every message of the handle. Delivery reports are
-# served by the owner (and by callers of flush(), which call rd_kafka_flush() themselves); the
-# callbacks touch trackers only through atomics and their locks, so more than one serving thread
-# is safe.
+# served by the owner (and by callers of flush(), which call rd_kafka_flush() themselves, and by
+# a serving produce()); the callbacks touch trackers only through atomics and their locks, so
+# more than one serving thread is safe.
+#
+# Serving: a blocking produce() that has enqueued its events serves the main queue itself while
+# it waits (_tracker_serve: rd_kafka_flush() in slices, which also sends what lingers, until a
+# report on this thread completes its call), as a C client's loop does; at most one call at a
+# time (`serving`, taken before the hand-over), and the owner stands down meanwhile (it waits on
+# `serve_cond`; it serves again once that call returns, and goes on when asked to stop). Other
+# calls wait on their trackers as before. So the call's messages are freed on the thread that
+# allocated them: freed by the owner, interleaved with the caller's next call, they let glibc
+# consolidate and trim the heap top after most calls (measured: ~100-140 page faults per 1,000
+# events of 100 B on the calling thread, in about half of the runs; none this way).
 
 from cpython.ref cimport Py_XDECREF, Py_REFCNT
 from cpython.object cimport Py_SIZE
@@ -176,6 +188,8 @@ cdef struct ProducerState:
     pthread_cond_t finish_cond
     Tracker *completed          # async trackers fully reported, waiting to be resolved
     int has_completed           # atomic hint for the owner
+    int serving                 # atomic: 1 while a blocking produce() serves the main queue
+    pthread_cond_t serve_cond   # (with `lock`) the owner waits on it while `serving` is 1
     pthread_t thread
     uint64_t counter            # atomic: ce_id sequence number of the last reserved event
     char id_prefix[ID_PREFIX_SIZE]  # "<producer id>-"
@@ -222,6 +236,7 @@ cdef void _state_release(ProducerState *st) noexcept nogil:
         pthread_mutex_destroy(&st.spare_lock)
         pthread_mutex_destroy(&st.lock)
         pthread_cond_destroy(&st.finish_cond)
+        pthread_cond_destroy(&st.serve_cond)
         free(st.topic_name)
         free(st)
 
@@ -499,6 +514,9 @@ cdef void _tracker_complete(Tracker *t) noexcept nogil:
         pthread_cond_broadcast(&t.cond)
         pthread_mutex_unlock(&t.lock)
         _tracker_release(t)
+        # In a delivery report inside the serving call's rd_kafka_flush() (see "Serving"), make
+        # that flush return now. (Thread-local; harmless anywhere else.)
+        rd_kafka_yield(st.rk)
         return
     # Settling the future needs the GIL: hand the tracker (and its completion reference) to
     # whoever next runs _resolve_completed(), normally the owner right after the rd_kafka_poll()
@@ -524,6 +542,34 @@ cdef bint _tracker_wait(Tracker *t, int64_t until) noexcept nogil:
     done = t.done
     pthread_mutex_unlock(&t.lock)
     return done
+
+
+cdef bint _tracker_serve(Tracker *t, int64_t until) noexcept nogil:
+    """Serve the main queue (delivery reports, callbacks) until the tracker completes or `until`
+    passes (see "Serving"); whether it completed. The caller holds `serving` and is active."""
+    cdef ProducerState *st = t.state
+    cdef int64_t left_ms = (until - esk_now_ns()) // 1_000_000
+    if not _tracker_done(t):
+        # Returns when this thread's report completes a call (rd_kafka_yield), when every
+        # message of the handle is reported, or after the slice (10 ms polls inside).
+        rd_kafka_flush(st.rk, <int>max(min(left_ms, <int64_t>POLL_SLICE_MS), 0))
+    return _tracker_done(t)
+
+
+cdef inline bint _tracker_done(Tracker *t) noexcept nogil:
+    cdef bint done
+    pthread_mutex_lock(&t.lock)
+    done = t.done
+    pthread_mutex_unlock(&t.lock)
+    return done
+
+
+cdef void _stop_serving(ProducerState *st) noexcept nogil:
+    """The serving caller is done: the owner serves again."""
+    pthread_mutex_lock(&st.lock)
+    esk_store_int(&st.serving, 0)
+    pthread_cond_broadcast(&st.serve_cond)
+    pthread_mutex_unlock(&st.lock)
 
 
 cdef void _tracker_hand_over(Tracker *t) noexcept nogil:
@@ -803,6 +849,17 @@ cdef void *_owner_main(void *arg) noexcept nogil:
     cdef int64_t deadline, left
     esk_name_thread("es-producer")
     while not esk_load_int(&st.stop):
+        if esk_load_int(&st.serving):
+            # A blocking produce() serves the main queue while it waits (see "Serving").
+            pthread_mutex_lock(&st.lock)
+            while esk_load_int(&st.serving) and not esk_load_int(&st.stop):
+                if esk_cond_wait_until(&st.serve_cond, &st.lock,
+                                       esk_now_ns() + POLL_SLICE_MS * 1_000_000) != 0:
+                    break
+            pthread_mutex_unlock(&st.lock)
+            if esk_load_int(&st.has_completed):
+                _resolve_completed(st)
+            continue
         if esk_load_int(&st.flushing) > 0 and rd_kafka_outq_len(rk) > 0:
             # Calls are waiting: send what lingers now. Returns when every message of the
             # handle is reported, when a callback yields (an async call completed), or after
@@ -1102,6 +1159,12 @@ cdef class Producer:
             free(st)
             raise MemoryError()
         if esk_cond_init(&st.finish_cond) != 0:
+            pthread_mutex_destroy(&st.spare_lock)
+            pthread_mutex_destroy(&st.lock)
+            free(st)
+            raise MemoryError()
+        if esk_cond_init(&st.serve_cond) != 0:
+            pthread_cond_destroy(&st.finish_cond)
             pthread_mutex_destroy(&st.spare_lock)
             pthread_mutex_destroy(&st.lock)
             free(st)
@@ -1422,6 +1485,7 @@ cdef class Producer:
         cdef Tracker *t = NULL
         cdef int64_t deadline, now, not_sent = 0
         cdef bint done = False
+        cdef bint serving = False
         cdef int outcome = 0
         if n == 0:
             return _Deliveries.empty()
@@ -1432,20 +1496,34 @@ cdef class Producer:
             deadline = _deadline_after(timeout)
             _tracker_arm(t, False)
             try:
-                outcome = self._enqueue_all(batch, t, deadline)
+                try:
+                    outcome = self._enqueue_all(batch, t, deadline)
+                finally:
+                    not_sent = t.total - t.enqueued if outcome == 1 else 0
+                    # Serve the main queue while waiting, unless another call does (see
+                    # "Serving"): taken once enqueued (while enqueueing, the owner's serving
+                    # frees room in a full queue) and before the hand-over, whose wake-up then
+                    # makes the owner stand down.
+                    serving = outcome == 0 and esk_cas_int(&self._st.serving, 0, 1)
+                    _tracker_hand_over(t)
+                batch = None
+                # Events never enqueued because the deadline passed first must not let the call
+                # succeed once the enqueued ones are acknowledged: a timeout, reported now.
+                while outcome != 1:
+                    now = esk_now_ns()
+                    with nogil:
+                        if serving:
+                            done = _tracker_serve(t, min(now + WAIT_SLICE_NS, deadline))
+                        else:
+                            done = _tracker_wait(t, min(now + WAIT_SLICE_NS, deadline))
+                    if esk_load_int(&self._st.has_completed):
+                        _resolve_completed(self._st)
+                    if done or esk_now_ns() >= deadline:
+                        break
+                    PyErr_CheckSignals()
             finally:
-                not_sent = t.total - t.enqueued if outcome == 1 else 0
-                _tracker_hand_over(t)
-            batch = None
-            # Events never enqueued because the deadline passed first must not let the call
-            # succeed once the enqueued ones are acknowledged: that is a timeout, reported now.
-            while outcome != 1:
-                now = esk_now_ns()
-                with nogil:
-                    done = _tracker_wait(t, min(now + WAIT_SLICE_NS, deadline))
-                if done or esk_now_ns() >= deadline:
-                    break
-                PyErr_CheckSignals()
+                if serving:
+                    _stop_serving(self._st)
             if done:
                 exc = _tracker_error(self._st, t)
                 if exc is not None:
