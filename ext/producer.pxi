@@ -48,15 +48,18 @@
 # a serving produce()); the callbacks touch trackers only through atomics and their locks, so
 # more than one serving thread is safe.
 #
-# Serving: a blocking produce() that has enqueued its events serves the main queue itself while
-# it waits (_tracker_serve: rd_kafka_flush() in slices, which also sends what lingers, until a
-# report on this thread completes its call), as a C client's loop does; at most one call at a
-# time (`serving`, taken before the hand-over), and the owner stands down meanwhile (it waits on
-# `serve_cond`; it serves again once that call returns, and goes on when asked to stop). Other
-# calls wait on their trackers as before. So the call's messages are freed on the thread that
-# allocated them: freed by the owner, interleaved with the caller's next call, they let glibc
-# consolidate and trim the heap top after most calls (measured: ~100-140 page faults per 1,000
-# events of 100 B on the calling thread, in about half of the runs; none this way).
+# Serving: a blocking produce() serves the main queue itself from the moment its events are
+# prepared until it returns, as a C client's loop does: at most one call at a time (`serving`),
+# and the owner stands down meanwhile (woken when the call takes `serving`, it waits on
+# `serve_cond`; it serves again once that call returns, and goes on when asked to stop). The
+# call polls while librdkafka's queue is full, and once enqueued waits in rd_kafka_flush()
+# slices (which also send what lingers) until a report on its thread completes its call
+# (_tracker_serve). Other calls wait on their trackers as before. So the call's messages are
+# freed on the thread that allocated them: freed by the owner, interleaved with the caller's
+# next call, they let glibc consolidate and trim the heap top after most calls (measured:
+# ~100-140 page faults per 1,000 events of 100 B on the calling thread in about half of the
+# runs; none this way). Taking `serving` before enqueueing (not after) leaves the owner time to
+# stand down before the first report arrives, so that it does not serve the call's reports.
 
 from cpython.ref cimport Py_XDECREF, Py_REFCNT
 from cpython.object cimport Py_SIZE
@@ -1366,7 +1369,7 @@ cdef class Producer:
         return batch
 
     cdef Py_ssize_t _enqueue(self, const CallHeaders *call, Tracker *t, uint64_t id_base,
-                             int64_t slice_end, int *err_out) noexcept nogil:
+                             int64_t slice_end, bint serving, int *err_out) noexcept nogil:
         """Enqueue events t.enqueued..total-1, counting each in t.enqueued. Returns t.enqueued;
         *err_out is then 0 (all enqueued), QUEUE_FULL (still full at slice_end: retry after a
         signal check) or the hard error code. Runs without the GIL: `call` is kept alive by the
@@ -1435,8 +1438,12 @@ cdef class Producer:
                 rd_kafka_error_destroy(error)
                 if (code == RD_KAFKA_RESP_ERR__QUEUE_FULL and esk_now_ns() < slice_end
                         and esk_load_int(&st.refuse) == 0):
-                    # The poll thread serves delivery reports, which frees room.
-                    esk_sleep_ns(QUEUE_FULL_BACKOFF_NS)
+                    # Serving delivery reports frees room: the owner does, or this call when it
+                    # holds `serving` (see "Serving").
+                    if serving:
+                        rd_kafka_poll(st.rk, QUEUE_FULL_BACKOFF_NS // 1_000_000)
+                    else:
+                        esk_sleep_ns(QUEUE_FULL_BACKOFF_NS)
                     continue
                 rd_kafka_headers_destroy(hdrs)      # still ours after a failed produceva
                 err_out[0] = code
@@ -1444,7 +1451,8 @@ cdef class Producer:
             t.enqueued = i + 1
         return t.enqueued
 
-    cdef int _enqueue_all(self, _Batch batch, Tracker *t, int64_t deadline) except -1:
+    cdef int _enqueue_all(self, _Batch batch, Tracker *t, int64_t deadline,
+                          bint serving=False) except -1:
         """Enqueue the call's events from t.enqueued on. Returns 0 once all are enqueued; 1 if
         `deadline` passed with librdkafka's queue still full (the rest is neither enqueued nor
         counted); 2 after a hard error, the rest counted as failed (never sent). Raises
@@ -1458,7 +1466,7 @@ cdef class Producer:
         while True:
             slice_end = min(esk_now_ns() + WAIT_SLICE_NS, deadline)
             with nogil:
-                self._enqueue(&batch.call, t, t.id_base, slice_end, &err)
+                self._enqueue(&batch.call, t, t.id_base, slice_end, serving, &err)
             if err == 0:
                 return 0
             if err == RD_KAFKA_RESP_ERR__QUEUE_FULL:
@@ -1495,16 +1503,18 @@ cdef class Producer:
             batch = self._prepare(evs, n, headers, t)
             deadline = _deadline_after(timeout)
             _tracker_arm(t, False)
+            # Serve the main queue from here until the call returns, unless another call does
+            # (see "Serving"). Taken once the events are prepared (the key function and the
+            # serialization may take long) and before enqueueing, so that the owner, woken
+            # now, has stood down before the first report arrives.
+            serving = esk_cas_int(&self._st.serving, 0, 1)
             try:
+                if serving:
+                    _wake(self._st)
                 try:
-                    outcome = self._enqueue_all(batch, t, deadline)
+                    outcome = self._enqueue_all(batch, t, deadline, serving)
                 finally:
                     not_sent = t.total - t.enqueued if outcome == 1 else 0
-                    # Serve the main queue while waiting, unless another call does (see
-                    # "Serving"): taken once enqueued (while enqueueing, the owner's serving
-                    # frees room in a full queue) and before the hand-over, whose wake-up then
-                    # makes the owner stand down.
-                    serving = outcome == 0 and esk_cas_int(&self._st.serving, 0, 1)
                     _tracker_hand_over(t)
                 batch = None
                 # Events never enqueued because the deadline passed first must not let the call
