@@ -341,10 +341,20 @@ cdef Tracker *_tracker_acquire(ProducerState *st, int64_t n) except NULL:
     cdef int64_t i, cap = 0
     cdef size_t data_cap = 0
     cdef int k, best = -1
+    cdef Spare old
+    old.t = NULL
     with nogil:
         pthread_mutex_lock(&st.spare_lock)
         st.window_calls += 1
         if st.window_calls > SPARE_WINDOW:
+            # A spare much larger than the calls of the last two windows needed goes (one per
+            # window: also the spares that no call picks, because smaller ones fit).
+            for k in range(st.nspares):
+                if _oversized(st, st.spares[k].cap, st.spares[k].data_cap):
+                    old = st.spares[k]
+                    st.nspares -= 1
+                    st.spares[k] = st.spares[st.nspares]
+                    break
             st.window_calls = 1
             st.recent_events[1] = st.recent_events[0]
             st.recent_bytes[1] = st.recent_bytes[0]
@@ -362,6 +372,8 @@ cdef Tracker *_tracker_acquire(ProducerState *st, int64_t n) except NULL:
             st.nspares -= 1
             st.spares[best] = st.spares[st.nspares]
         pthread_mutex_unlock(&st.spare_lock)
+        if old.t != NULL:
+            _tracker_free(old.t, old.cap, old.data_cap, True)
     if t != NULL:
         esk_unpoison(t, _tracker_size(cap))
         if t.data != NULL:
@@ -432,6 +444,15 @@ cdef char *_tracker_room(Tracker *t, size_t size) except NULL:
     return t.data + t.data_len
 
 
+cdef inline bint _oversized(ProducerState *st, int64_t cap, size_t data_cap) noexcept nogil:
+    """Whether a tracker of this size is more than twice what the producer's largest call of
+    the last two windows needed (plus some slack): then it is freed rather than kept. Under
+    spare_lock."""
+    return (cap > 2 * max(st.recent_events[0], st.recent_events[1]) + SPARE_SLACK_EVENTS
+            or <int64_t>data_cap > 2 * max(st.recent_bytes[0], st.recent_bytes[1])
+            + SPARE_SLACK_BYTES)
+
+
 cdef inline void _tracker_poison(Tracker *t, int64_t cap, char *data,
                                  size_t data_cap) noexcept nogil:
     """A spare is unusable until _tracker_acquire takes it (AddressSanitizer builds only)."""
@@ -446,7 +467,7 @@ cdef void _tracker_release(Tracker *t) noexcept nogil:
     frees it, then drops the tracker's reference on the state."""
     cdef ProducerState *st
     cdef Tracker *drop = NULL
-    cdef int64_t cap, drop_cap = 0, keep_events, keep_bytes
+    cdef int64_t cap, drop_cap = 0
     cdef size_t drop_data = 0, data_cap
     cdef char *data
     cdef int k, smallest
@@ -459,9 +480,7 @@ cdef void _tracker_release(Tracker *t) noexcept nogil:
     pthread_mutex_lock(&st.spare_lock)
     if <int64_t>t.data_len > st.recent_bytes[0]:
         st.recent_bytes[0] = <int64_t>t.data_len
-    keep_events = 2 * max(st.recent_events[0], st.recent_events[1]) + SPARE_SLACK_EVENTS
-    keep_bytes = 2 * max(st.recent_bytes[0], st.recent_bytes[1]) + SPARE_SLACK_BYTES
-    if cap > keep_events or <int64_t>data_cap > keep_bytes:
+    if _oversized(st, cap, data_cap):
         drop = t                        # larger than what the producer's calls need now
     elif st.nspares < N_SPARES:
         st.spares[st.nspares].t = t
