@@ -13,7 +13,7 @@ hold the clients.
 cimport cython
 from libc.stdint cimport int32_t, int64_t, uint64_t, INT64_MIN
 from libc.stdlib cimport malloc, calloc, realloc, free
-from libc.string cimport memcpy, memcmp, strlen, strcmp
+from libc.string cimport memcpy, memcmp, memset, strlen, strcmp
 from libc.stdio cimport snprintf
 from posix.dlfcn cimport dlopen, dlerror, RTLD_NOW, RTLD_LOCAL
 from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF

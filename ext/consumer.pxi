@@ -48,6 +48,8 @@ cdef struct ConsumerState:
 cdef struct ParsedHeaders:
     # has_*: the header is present; its value may still be NULL (a null header value).
     bint has_type, has_ct, has_source, has_id
+    bint type_ok                # no ce_type, or the consumer's type name (compared once, in C)
+    bint ct_ok                  # no content-type, or exactly wire.CONTENT_TYPE
     const void *ce_type
     size_t ce_type_len
     const void *content_type
@@ -66,19 +68,34 @@ cdef struct HeaderNames:
     const char *id
     const char *traceparent
     const char *tracestate
+    # The values a record is checked against:
+    const char *type_value      # the consumer's ce_type (the protobuf full name)
+    size_t type_value_len
+    const char *ct_value        # wire.CONTENT_TYPE, the canonical spelling
+    size_t ct_value_len
+
+
+cdef inline bint _is(const void *p, size_t n, const char *want, size_t want_len) noexcept nogil:
+    return p != NULL and n == want_len and memcmp(p, want, n) == 0
 
 
 cdef void _parse_headers(const rd_kafka_message_t *m, ParsedHeaders *h,
                          const HeaderNames *n, bint with_metadata) noexcept nogil:
-    """Point h's fields into the message's headers (valid until the message is destroyed); the
-    source and id only when the handler takes metadata. A repeated header counts by its last
-    occurrence (wire.py)."""
+    """Point h's fields into the message's headers (valid until the message is destroyed) and
+    compare ce_type and content-type with what the consumer expects; the source and id only
+    when the handler takes metadata. A repeated header counts by its last occurrence
+    (wire.py)."""
     cdef rd_kafka_headers_t *hdrs = NULL
     h.has_type = h.has_ct = h.has_source = h.has_id = False
+    h.type_ok = h.ct_ok = True
     if rd_kafka_message_headers(m, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR or hdrs == NULL:
         return
     h.has_type = rd_kafka_header_get_last(hdrs, n.type, &h.ce_type, &h.ce_type_len) == 0
+    if h.has_type:
+        h.type_ok = _is(h.ce_type, h.ce_type_len, n.type_value, n.type_value_len)
     h.has_ct = rd_kafka_header_get_last(hdrs, n.ct, &h.content_type, &h.content_type_len) == 0
+    if h.has_ct:
+        h.ct_ok = _is(h.content_type, h.content_type_len, n.ct_value, n.ct_value_len)
     if not with_metadata:
         return
     h.has_source = rd_kafka_header_get_last(hdrs, n.source, &h.source, &h.source_len) == 0
@@ -86,10 +103,6 @@ cdef void _parse_headers(const rd_kafka_message_t *m, ParsedHeaders *h,
         h.has_source = rd_kafka_header_get_last(
             hdrs, n.legacy_source, &h.source, &h.source_len) == 0
     h.has_id = rd_kafka_header_get_last(hdrs, n.id, &h.event_id, &h.event_id_len) == 0
-
-
-cdef inline bint _value_is(const void *p, size_t n, bytes b):
-    return p != NULL and <Py_ssize_t>n == len(b) and memcmp(p, <const char *>b, n) == 0
 
 
 cdef inline object _header_text(bint present, const void *p, size_t n):
@@ -341,6 +354,10 @@ cdef class Consumer:
         self._names.id = self._n_id
         self._names.traceparent = self._n_tp
         self._names.tracestate = self._n_ts
+        self._names.type_value = self._type_name
+        self._names.type_value_len = len(self._type_name)
+        self._names.ct_value = self._ct
+        self._names.ct_value_len = len(self._ct)
         self._fork_generation = _fork_generation
         self._warning_hook = listener.log_warning
         self._timed = bool(spec.timed)
@@ -738,18 +755,20 @@ cdef class Consumer:
         """The event, or None if the record is skipped (reported to Failures: logged,
         summarized, dead-lettered). Checked in the order the headers are written:
         content-type, then ce_type; then the value."""
-        if h.has_ct and not _value_is(h.content_type, h.content_type_len, self._ct):
+        if not h.ct_ok:
             # Not the canonical spelling: compare as a media type (case, parameters).
             if h.content_type == NULL or not _wire.is_protobuf(
                     (<const char *>h.content_type)[:h.content_type_len]):
                 self._skip(m, "content-type", _header_bytes(h.content_type, h.content_type_len))
                 return None
-        if h.has_type and not _value_is(h.ce_type, h.ce_type_len, self._type_name):
+        if not h.type_ok:
             self._skip(m, "type", _header_bytes(h.ce_type, h.ce_type_len))
             return None
         if m.payload == NULL:
             self._skip(m, "tombstone", None)
             return None
+        # (Copied: upb reads only bytes, memoryview and bytearray values; a memoryview made per
+        # record costs more than the copy, up to at least 4 KB.)
         value = PyBytes_FromStringAndSize(<const char *>m.payload, m.len)
         try:
             return self._from_string(value)
@@ -827,6 +846,7 @@ cdef class Consumer:
         cdef int64_t t0 = 0
         handler = self._handler
         failures = self._failures
+        meta = None
         try:
             while i < n:
                 if esk_load_int(&self._stop):
@@ -841,19 +861,27 @@ cdef class Consumer:
                 if event is not None:
                     self._handling(m)
                     try:
-                        args = (event, self._metadata(m, &h)) if with_metadata else (event,)
+                        if with_metadata:
+                            meta = self._metadata(m, &h)
                         if timed:
                             t0 = esk_now_ns()
                             self._record_e2e(m)
                         error = None
                         try:
-                            handler(*args)
+                            # Called directly: an argument tuple is built only for a failure.
+                            if with_metadata:
+                                handler(event, meta)
+                            else:
+                                handler(event)
                         except Exception as exc:
                             error = exc
                         if timed:
                             _hist_add(&self._handler_hist, esk_now_ns() - t0)
-                        if error is None or failures.failed(
-                                handler, args, error, m.partition, m.offset,
+                        if error is None:
+                            self._handled += 1
+                        elif failures.failed(
+                                handler, (event, meta) if with_metadata else (event,), error,
+                                m.partition, m.offset,
                                 self._raw(m) if failures.wants_raw else None):
                             self._handled += 1
                     finally:

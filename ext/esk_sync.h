@@ -1,7 +1,8 @@
 /*
  * Small C helpers for _core.pyx that Cython cannot express directly: atomics (GCC/Clang
- * __atomic builtins), CLOCK_MONOTONIC deadlines and condition variables that wait on it, and
- * the decimal formatting of event ids on the produce hot path.
+ * __atomic builtins), CLOCK_MONOTONIC deadlines and condition variables that wait on it, the
+ * decimal formatting of event ids and ce_time on the produce hot path, a direct call of a built-in
+ * method (SerializeToString), and AddressSanitizer poisoning of memory kept for reuse.
  */
 #ifndef ESK_SYNC_H
 #define ESK_SYNC_H
@@ -12,6 +13,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
@@ -111,5 +113,76 @@ static inline size_t esk_format_id(char *out, const char *prefix, size_t prefix_
         out[prefix_len + i] = digits[k - 1 - i];
     return prefix_len + k;
 }
+
+/* ce_time: RFC 3339 in UTC with milliseconds, e.g. "2026-12-01T09:30:00.123Z" (what
+ * eventstream._runtime.wire.timestamp() writes), of the wall clock now, into `out` (room for 32
+ * bytes). Returns the length, or 0 if the time cannot be formatted. (Python's time.strftime()
+ * allocates and frees a 1 KiB buffer per call: on the produce path that made glibc consolidate
+ * its fastbins and trim the heap, which the next call then faulted back in.) */
+static inline size_t esk_format_time(char *out) {
+    struct timespec ts;
+    struct tm tm;
+    time_t seconds;
+    int n;
+    if (clock_gettime(CLOCK_REALTIME, &ts) != 0)
+        return 0;
+    seconds = ts.tv_sec;
+    if (gmtime_r(&seconds, &tm) == NULL || tm.tm_year + 1900 < 1000 || tm.tm_year + 1900 > 9999)
+        return 0;
+    n = snprintf(out, 32, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+                 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ts.tv_nsec / 1000000));
+    return n > 0 && n < 32 ? (size_t)n : 0;
+}
+
+/* The id esk_format_id() wrote into out[0..len) plus one, in place (the digits are the part
+ * after prefix_len): cheaper than formatting each of a call's consecutive ids anew. Returns the
+ * new length (one more when 99...9 became 100...0). */
+static inline size_t esk_next_id(char *out, size_t prefix_len, size_t len) {
+    size_t i = len;
+    while (i > prefix_len) {
+        i--;
+        if (out[i] != '9') {
+            out[i]++;
+            return len;
+        }
+        out[i] = '0';
+    }
+    /* all nines: 1 followed by zeros, one digit longer (room: prefix_len + 20) */
+    out[prefix_len] = '1';
+    out[len] = '0';
+    return len + 1;
+}
+
+#ifdef Py_PYTHON_H
+/* The C function behind `descr` if it is the method descriptor of a built-in type's method taking
+ * (self, args, kwargs) (METH_VARARGS | METH_KEYWORDS, as upb's Message.SerializeToString) and
+ * instances of `type` may be its self; NULL otherwise (then call it as a Python object). Calling
+ * the function itself skips the descriptor's vectorcall wrapper, which would check self's type
+ * again and build an argument tuple on every call. */
+typedef PyObject *(*esk_kwmethod)(PyObject *self, PyObject *args, PyObject *kwargs);
+static inline esk_kwmethod esk_kwmethod_of(PyObject *descr, PyObject *type) {
+    PyMethodDescrObject *d;
+    if (!PyType_Check(type) || Py_TYPE(descr) != &PyMethodDescr_Type)
+        return NULL;
+    d = (PyMethodDescrObject *)descr;
+    if ((d->d_method->ml_flags & ~METH_COEXIST) != (METH_VARARGS | METH_KEYWORDS))
+        return NULL;
+    if (!PyType_IsSubtype((PyTypeObject *)type, PyDescr_TYPE(d)))
+        return NULL;
+    return (esk_kwmethod)(void (*)(void))d->d_method->ml_meth;
+}
+#endif
+
+/* Memory kept for reuse (a producer's spare trackers) is poisoned while nobody may use it, so that
+ * under AddressSanitizer a use after release is reported as it would be after free(); no-ops in
+ * a normal build. */
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define esk_poison(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
+#define esk_unpoison(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define esk_poison(p, n) ((void)(p), (void)(n))
+#define esk_unpoison(p, n) ((void)(p), (void)(n))
+#endif
 
 #endif /* ESK_SYNC_H */

@@ -1,6 +1,8 @@
-# pthreads and the small C helpers of esk_sync.h (atomics, monotonic clock, id formatting).
+# pthreads and the small C helpers of esk_sync.h (atomics, monotonic clock, id formatting,
+# a direct call of a built-in method, AddressSanitizer poisoning).
 
 from libc.stdint cimport int64_t, uint64_t
+from cpython.ref cimport PyObject
 
 
 cdef extern from "<pthread.h>" nogil:
@@ -49,3 +51,12 @@ cdef extern from "esk_sync.h" nogil:
     int esk_cond_init(pthread_cond_t *cond)
     int esk_cond_wait_until(pthread_cond_t *cond, pthread_mutex_t *mutex, int64_t deadline_ns)
     size_t esk_format_id(char *out, const char *prefix, size_t prefix_len, uint64_t n)
+    size_t esk_next_id(char *out, size_t prefix_len, size_t len)
+    size_t esk_format_time(char *out)
+    void esk_poison(const void *p, size_t n)
+    void esk_unpoison(const void *p, size_t n)
+
+
+cdef extern from "esk_sync.h":
+    ctypedef object (*esk_kwmethod)(object self, object args, PyObject *kwargs)
+    esk_kwmethod esk_kwmethod_of(object descr, object type)
