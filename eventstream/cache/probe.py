@@ -21,6 +21,9 @@ from eventstream.errors import TopicError
 
 __all__ = ["AdminProbe", "Probe"]
 
+_BACKOFF = 0.05  # seconds between asks after a partition had no leader
+_BETWEEN_LEADERS = frozenset({5, 6})  # LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER
+
 
 class Probe(Protocol):
     """Where every partition of the topic ends now."""
@@ -48,6 +51,18 @@ class AdminProbe:
         request failed), :class:`~eventstream.WaitTimeoutError` (no answer in time),
         :class:`~eventstream.AuthenticationError`, :class:`~eventstream.AuthorizationError`."""
         deadline = time.monotonic() + self._timeout
+        while True:
+            try:
+                return self._ask(deadline)
+            except TopicError as exc:
+                # A partition between leaders (just created, a broker restarting) answers
+                # NOT_LEADER or LEADER_NOT_AVAILABLE: the next request, after a metadata
+                # refresh, finds the new leader.
+                if exc.code not in _BETWEEN_LEADERS or time.monotonic() + _BACKOFF >= deadline:
+                    raise
+            time.sleep(_BACKOFF)
+
+    def _ask(self, deadline: float) -> dict[int, int]:
         calls, what = self._calls, f"end offsets of topic {self._topic!r}"
         topic = calls.result(
             calls.describe_topic(self._topic, deadline), deadline, what, TopicError
