@@ -237,9 +237,12 @@ class _Client:
         # Guards the counts below; notified when the owner has work (see PureProducer).
         self.state = threading.Condition(threading.Lock())
         # Calls that have enqueued their events and wait for them, and callers waiting for room
-        # in the queue or for flush(): the owner flushes while there are any.
-        self.waiting = 0
-        self.active = 0  # calls that may use the client; the owner destroys it only at 0
+        # in the queue or for flush(): the owner flushes while there are any. Both are sets of
+        # one token per call, not counts: a call adds its token inside the ``try`` whose
+        # ``finally`` discards it, as the first call there, so a KeyboardInterrupt landing
+        # anywhere (even in a lock's acquire) can neither leak a token nor take one twice.
+        self.waiting: set[object] = set()
+        self.active: set[object] = set()  # calls that may use the client; destroyed when empty
         self.stop: str | None = None  # "close" or "abandon": asks the owner to stop
         self.close_deadline: float | None = None
         self.purged_failed = self.purged_in_doubt = 0  # events a close failed
@@ -323,14 +326,14 @@ class _Client:
     def _should_flush(self) -> bool:
         """Called with ``state`` held: someone waits for deliveries and there is something to
         send or report (so the owner never spins on an empty flush)."""
-        return self.waiting > 0 and len(self.client) > 0
+        return bool(self.waiting) and len(self.client) > 0
 
-    def wait_for_owner(self, count: int) -> None:
-        """``count`` (1 or -1) more callers waiting for the owner to flush (see ``waiting``)."""
+    def wait_for_owner(self, token: object) -> None:
+        """The call of ``token`` waits for the owner to flush (see ``waiting``); it discards
+        ``token`` from ``waiting`` when it stops waiting."""
+        self.waiting.add(token)
         with self.state:
-            self.waiting += count
-            if count > 0:
-                self.state.notify_all()
+            self.state.notify_all()
 
     # -- the owner thread --------
 
@@ -419,52 +422,42 @@ class PureProducer:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    def _enter(self, count: int) -> _Client:
-        """Count a call that may use the client; raises ClosedError after close, or the
-        producer's failure as this call's ProduceError."""
+    def _enter(self, token: object, count: int) -> _Client:
+        """Count the call of ``token`` as one that may use the client (the caller discards
+        ``token`` from ``active`` in a ``finally``, also when this raises); raises ClosedError
+        after close, or the producer's failure as this call's ProduceError."""
         core = self._core
-        with core.state:
-            if core.stop is not None:
-                raise ClosedError(f"the producer of {self._spec.topic!r} is closed")
-            core.active += 1
-        try:
-            failure = self._core.failure()
-            if failure is not None and count:
-                raise produce_error(
-                    failure.code,
-                    failure.name,
-                    str(failure),
-                    failed=count,
-                    in_doubt=0,
-                    total=count,
-                    topic=self._spec.topic,
-                    cause=failure,
-                )
-        except BaseException:
-            self._exit()
-            raise
+        core.active.add(token)  # before looking at stop: the owner sees it or this call sees stop
+        if core.stop is not None:
+            raise ClosedError(f"the producer of {self._spec.topic!r} is closed")
+        failure = core.failure()
+        if failure is not None and count:
+            raise produce_error(
+                failure.code,
+                failure.name,
+                str(failure),
+                failed=count,
+                in_doubt=0,
+                total=count,
+                topic=self._spec.topic,
+                cause=failure,
+            )
         return core
 
-    def _exit(self) -> None:
-        core = self._core
-        with core.state:
-            core.active -= 1
-            if not core.active:
-                core.state.notify_all()
-
     def flush(self, timeout: float) -> int:
-        core = self._enter(0)
-        deadline = time.monotonic() + timeout
-        core.wait_for_owner(1)
+        token = object()
         try:
+            core = self._enter(token, 0)
+            deadline = time.monotonic() + timeout
+            core.wait_for_owner(token)
             while True:  # the owner flushes; this caller looks at the queue
                 left = len(core.client)
                 if not left or time.monotonic() >= deadline:
                     return left
                 time.sleep(min(_ROOM_SLICE * 10, max(0.0, deadline - time.monotonic())))
         finally:
-            core.wait_for_owner(-1)
-            self._exit()
+            self._core.waiting.discard(token)
+            self._core.active.discard(token)
 
     def close(self, timeout: float | None) -> tuple[int, int, bool]:
         core = self._core
@@ -560,15 +553,16 @@ class PureProducer:
         if not events:
             return Deliveries.empty()
         records = prepare_records(self._spec, events, headers)
-        core = self._enter(len(records))
+        token = object()
         try:
-            return self._produce(core, records, timeout, headers)
+            return self._produce(self._enter(token, len(records)), token, records, timeout, headers)
         finally:
-            self._exit()
+            self._core.active.discard(token)
 
     def _produce(
         self,
         core: _Client,
+        token: object,
         records: list[Record],
         timeout: float | None,
         headers: Sequence[tuple[str, bytes]],
@@ -581,8 +575,8 @@ class PureProducer:
         finally:
             not_sent = tracker.total - tracker.enqueued
             tracker.hand_over()
-        core.wait_for_owner(1)
         try:
+            core.wait_for_owner(token)
             # The owner serves the deliveries (see the module docstring); this call waits.
             while not timed_out and not tracker.done.is_set():
                 if deadline is None:
@@ -594,7 +588,7 @@ class PureProducer:
                     break
                 tracker.done.wait(min(_WAIT_SLICE, left))
         finally:
-            core.wait_for_owner(-1)
+            core.waiting.discard(token)
         if timed_out:
             timeout_error = _timeout_error(
                 tracker, timeout, not_sent, self._spec.topic, self._health.last_error
@@ -633,7 +627,12 @@ class PureProducer:
             future.set_result(Deliveries.empty())
             return future, None
         records = prepare_records(self._spec, events, headers)
-        core = self._enter(len(records))
+        token = object()  # in ``active`` until _Pending.hand_over(), in ``waiting`` until on_done
+        try:
+            core = self._enter(token, len(records))
+        except BaseException:
+            self._core.active.discard(token)
+            raise
         tracker = self._new_tracker(len(records))
         topic = self._spec.topic
         health = self._health
@@ -651,7 +650,7 @@ class PureProducer:
                 future.set_exception(error)
 
         def on_done() -> None:
-            core.wait_for_owner(-1)
+            core.waiting.discard(token)
             error = tracker.error(topic, core.failure(tracker))
             core.count(tracker, error)
             # A closed loop raises RuntimeError: nobody is waiting any more.
@@ -666,7 +665,7 @@ class PureProducer:
         except BaseException:
             tracker.on_done = None  # no future is returned: nothing to settle or count
             tracker.hand_over()
-            self._exit()
+            core.active.discard(token)
             raise
         if deadline is not None:
             last_error = partial(getattr, health, "last_error")
@@ -679,7 +678,7 @@ class PureProducer:
 
             timer = loop.call_later(max(0.0, deadline - time.monotonic()), expire)
             future.add_done_callback(lambda _: timer.cancel())
-        pending = _Pending(self, records, tracker, deadline, headers, future, loop, timeout)
+        pending = _Pending(self, token, records, tracker, deadline, headers, future, loop, timeout)
         if full:
             return future, pending
         pending.hand_over()
@@ -705,6 +704,7 @@ class _Pending:
     def __init__(
         self,
         producer: PureProducer,
+        token: object,
         records: list[Record],
         tracker: _Tracker,
         deadline: float | None,
@@ -714,6 +714,7 @@ class _Pending:
         timeout: float | None,
     ) -> None:
         self._producer = producer
+        self._token = token
         self._records = records
         self._tracker = tracker
         self._deadline = deadline
@@ -767,9 +768,10 @@ class _Pending:
             )
         # Once the call has enqueued everything the owner flushes for it (as the compiled
         # backend's owner does); counted before the guard goes (on_done uncounts it).
-        self._producer._core.wait_for_owner(1)  # pyright: ignore[reportPrivateUsage]
+        core = self._producer._core  # pyright: ignore[reportPrivateUsage]
+        core.wait_for_owner(self._token)
         tracker.hand_over()
-        self._producer._exit()  # pyright: ignore[reportPrivateUsage]
+        core.active.discard(self._token)
 
 
 def _fail_future(future: asyncio.Future[Deliveries], error: BaseException) -> None:
