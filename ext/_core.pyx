@@ -3,8 +3,8 @@
 
 One librdkafka per process: this module does not link against librdkafka. At import it asks
 eventstream._runtime.librdkafka.candidate_paths() where the librdkafka that confluent-kafka
-loaded is (the one its wheel bundles), dlopen()s that very file, and resolves every function it uses into a pointer table (rdkafka_abi.h). librdkafka older
-than 2.1.0 is refused.
+loaded is (the one its wheel bundles), dlopen()s that very file, and resolves every function it
+uses into a pointer table (rdkafka_abi.h). librdkafka older than 2.1.0 is refused.
 
 Layout: this file is the loader and the Backend object; producer.pxi, consumer.pxi and mock.pxi
 hold the clients.
