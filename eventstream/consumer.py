@@ -96,6 +96,8 @@ class Consumer(Closeable, Generic[E]):
 
     @property
     def closed(self) -> bool:
+        """Whether :meth:`close` was called (it may still be finishing on another thread).
+        Thread-safe; no network call."""
         return self._closed
 
     @property
