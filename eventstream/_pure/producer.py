@@ -22,13 +22,12 @@ import time
 from array import array
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import TYPE_CHECKING
 
 import confluent_kafka
 from google.protobuf.message import Message
 
 from eventstream._runtime import forks, wire
-from eventstream._runtime.backend import ProducerSpec
-from eventstream._runtime.health import Health
 from eventstream._runtime.librdkafka import ClientLog
 from eventstream._runtime.records import Deliveries
 from eventstream._runtime.telemetry.metrics import LatencyRecorder, ProducerMetrics
@@ -46,6 +45,10 @@ from eventstream.errors import (
     produce_timeout_error,
     serialize_error,
 )
+
+if TYPE_CHECKING:  # a backend imports only leaf modules at run time (tests/test_layers.py)
+    from eventstream._runtime.backend import ProducerSpec
+    from eventstream._runtime.health import Health
 
 __all__ = ["PureProducer", "prepare_records"]
 
