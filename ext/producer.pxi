@@ -1510,8 +1510,7 @@ cdef class Producer:
             if err == RD_KAFKA_RESP_ERR__FATAL:
                 _producer_failure(self._st)
             refused = t.enqueued
-            reason = (f"{_err_str(err)} (event {refused} of the call was refused before it was "
-                      f"sent: events {refused}..{t.total - 1} were not sent)").encode()
+            reason = _errors.refused_at_enqueue(_err_str(err), refused, t.total).encode()
             _tracker_fail(t, err, reason, t.total - t.enqueued, False)
             return 2
 

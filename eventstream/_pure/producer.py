@@ -43,6 +43,7 @@ from eventstream.errors import (
     key_type_error,
     produce_error,
     produce_timeout_error,
+    refused_at_enqueue,
     serialize_error,
 )
 
@@ -538,8 +539,7 @@ class PureProducer:
                     tracker.fail(
                         err.code(),
                         err.name(),
-                        f"{err.str()} (event {index} of the call was refused before it was "
-                        f"sent; events {index}..{tracker.total - 1} were not sent)",
+                        refused_at_enqueue(err.str(), index, tracker.total),
                         tracker.total - tracker.enqueued,
                         in_doubt=False,
                     )
