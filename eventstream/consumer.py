@@ -294,20 +294,24 @@ class Consumer(Closeable, Generic[E]):
             # (Failures.failed_async, timed there as for a sync handler).
             failed: list[Failed] = []
             for index, (event, meta) in enumerate(zip(events, metadatas, strict=True)):
-                args = (event, meta) if with_metadata else (event,)
                 started = 0
                 if timed:
                     started = time.monotonic_ns()
                     if meta.timestamp_ms > 0:
                         e2e.add((time.time_ns() // 1_000_000 - meta.timestamp_ms) * 1_000_000)
                 try:
-                    await handler(*args)
+                    # Called directly: an argument tuple is built only for a failure.
+                    if with_metadata:
+                        await handler(event, meta)
+                    else:
+                        await handler(event)
                     continue
                 except Exception as exc:
                     error = exc
                 finally:
                     if timed:
                         handler_time.add(time.monotonic_ns() - started)
+                args = (event, meta) if with_metadata else (event,)
                 outcome = await failures.failed_async(handler, args, error)
                 if outcome is not None:
                     failed.append((index, *outcome))
