@@ -9,20 +9,23 @@ import asyncio
 import time
 from array import array
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from google.protobuf.message import Message
 
-from eventstream._runtime.backend import (
-    BackendName,
-    ConsumerListener,
-    ConsumerSpec,
-    Dispatch,
-    PendingEnqueue,
-    ProducerSpec,
-)
 from eventstream._runtime.records import Deliveries
 from eventstream._runtime.telemetry.metrics import Histogram, ProducerMetrics
 from eventstream.errors import event_type_error
+
+if TYPE_CHECKING:  # a backend imports only leaf modules at run time (tests/test_layers.py)
+    from eventstream._runtime.backend import (
+        BackendName,
+        ConsumerListener,
+        ConsumerSpec,
+        Dispatch,
+        PendingEnqueue,
+        ProducerSpec,
+    )
 
 __all__ = ["NOOP_BACKEND"]
 

@@ -96,6 +96,8 @@ class Consumer(Closeable, Generic[E]):
 
     @property
     def closed(self) -> bool:
+        """Whether :meth:`close` was called (it may still be finishing on another thread).
+        Thread-safe; no network call."""
         return self._closed
 
     @property
@@ -284,37 +286,35 @@ class Consumer(Closeable, Generic[E]):
         timed = self._config.metrics_enabled
         handler_time = self._async_handler_time
         e2e = self._async_e2e
-        stopping = self._runtime.stopping
 
         async def run(
             events: Sequence[Message], metadatas: Sequence[EventMetadata]
         ) -> list[Failed]:
+            # The first call of each event is timed here; its retries are the shared policy's
+            # (Failures.failed_async, timed there as for a sync handler).
             failed: list[Failed] = []
             for index, (event, meta) in enumerate(zip(events, metadatas, strict=True)):
-                attempt = 1
                 started = 0
-                while True:
+                if timed:
+                    started = time.monotonic_ns()
+                    if meta.timestamp_ms > 0:
+                        e2e.add((time.time_ns() // 1_000_000 - meta.timestamp_ms) * 1_000_000)
+                try:
+                    # Called directly: an argument tuple is built only for a failure.
+                    if with_metadata:
+                        await handler(event, meta)
+                    else:
+                        await handler(event)
+                    continue
+                except Exception as exc:
+                    error = exc
+                finally:
                     if timed:
-                        started = time.monotonic_ns()
-                        if meta.timestamp_ms > 0:
-                            e2e.add((time.time_ns() // 1_000_000 - meta.timestamp_ms) * 1_000_000)
-                    try:
-                        if with_metadata:
-                            await handler(event, meta)
-                        else:
-                            await handler(event)
-                        break
-                    except Exception as exc:
-                        if attempt < failures.attempts and not stopping():
-                            failures.counts.retried += 1
-                            await asyncio.sleep(failures.delay(attempt))
-                            attempt += 1
-                            continue
-                        failed.append((index, exc, attempt))
-                        break
-                    finally:
-                        if timed:
-                            handler_time.add(time.monotonic_ns() - started)
+                        handler_time.add(time.monotonic_ns() - started)
+                args = (event, meta) if with_metadata else (event,)
+                outcome = await failures.failed_async(handler, args, error)
+                if outcome is not None:
+                    failed.append((index, *outcome))
             return failed
 
         def run_batch(

@@ -472,6 +472,15 @@ def event_too_large_error(
     return err
 
 
+def refused_at_enqueue(reason: str, index: int, total: int) -> str:
+    """How a call's failure reads when librdkafka refused its event ``index`` of ``total`` (for
+    ``reason``) before sending it, so that it and the rest of the call were not sent."""
+    return (
+        f"{reason} (event {index} of the call was refused before it was sent; events "
+        f"{index}..{total - 1} were not sent)"
+    )
+
+
 def produce_timeout_error(
     *,
     pending: int,

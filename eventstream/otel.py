@@ -33,6 +33,7 @@ from opentelemetry import metrics, propagate, trace
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from eventstream._runtime import wire
 from eventstream._runtime.telemetry.instrumentation import TelemetryHandler
 
 __all__ = ["OpenTelemetry"]
@@ -129,7 +130,10 @@ class OpenTelemetry:
         def span_arguments(meta: Any) -> dict[str, Any]:
             carrier = {
                 k: v
-                for k, v in (("traceparent", meta.traceparent), ("tracestate", meta.tracestate))
+                for k, v in (
+                    (wire.HEADER_TRACEPARENT, meta.traceparent),
+                    (wire.HEADER_TRACESTATE, meta.tracestate),
+                )
                 if v is not None
             }
             attributes: dict[str, Any] = {

@@ -67,6 +67,8 @@ class Producer(Closeable, Generic[E]):
 
     @property
     def closed(self) -> bool:
+        """Whether :meth:`close` was called (it may still be finishing on another thread).
+        Thread-safe; no network call."""
         return self._closed
 
     @property
@@ -103,12 +105,13 @@ class Producer(Closeable, Generic[E]):
             return self._backend.produce(events, timeout, headers)
 
     async def produce_async(self, *events: E, timeout: float | None = None) -> Deliveries:
-        """Like :meth:`produce`, but awaits the acknowledgements without blocking the event loop.
+        """Like :meth:`produce`, but awaits the acknowledgements instead of blocking for them.
 
-        Never blocks the event loop: when librdkafka's queue is full, the rest of the call waits
-        for room on a worker thread. Type, serialization and size errors are raised before
-        anything is sent. On ``timeout`` raises :class:`ProduceTimeoutError` (the events are in
-        doubt); cancelling the await does not recall events already handed over.
+        The events are serialized and handed to librdkafka on the event loop's thread (CPU time
+        that grows with the call, no network wait); when librdkafka's queue is full, the rest of
+        the call waits for room on a worker thread. Type, serialization and size errors are
+        raised before anything is sent. On ``timeout`` raises :class:`ProduceTimeoutError` (the
+        events are in doubt); cancelling the await does not recall events already handed over.
         """
         self._check_usable()
         check_timeout(timeout)

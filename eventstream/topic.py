@@ -73,10 +73,13 @@ class Topic(Closeable, Generic[E]):
 
     @property
     def name(self) -> str:
+        """The Kafka topic's name (``config.topic``)."""
         return self.config.topic
 
     @property
     def closed(self) -> bool:
+        """Whether :meth:`close` was called (its producers and consumers are then closed or
+        closing). Thread-safe; no network call."""
         return self._closed
 
     def _adopt(self, child: Producer[E] | Consumer[E]) -> None:

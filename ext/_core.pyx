@@ -1,10 +1,10 @@
 # cython: language_level=3
 """eventstream's compiled backend: producer and consumer over librdkafka's C API.
 
-One librdkafka per process: this module does not link against librdkafka. At import it finds the
-librdkafka that confluent-kafka's wheel bundles (and has already loaded), dlopen()s that very
-file, and resolves every function it uses into a pointer table (rdkafka_abi.h). librdkafka older
-than 2.1.0 is refused.
+One librdkafka per process: this module does not link against librdkafka. At import it asks
+eventstream._runtime.librdkafka.candidate_paths() where the librdkafka that confluent-kafka
+loaded is (the one its wheel bundles), dlopen()s that very file, and resolves every function it
+uses into a pointer table (rdkafka_abi.h). librdkafka older than 2.1.0 is refused.
 
 Layout: this file is the loader and the Backend object; producer.pxi, consumer.pxi and mock.pxi
 hold the clients.
@@ -26,11 +26,11 @@ from esk_sync cimport *
 
 import array as _array
 import atexit as _atexit
-import glob as _glob
 import os as _os
 import threading as _threading
 
 from eventstream import errors as _errors
+from eventstream._runtime import librdkafka as _librdkafka
 from eventstream._runtime import wire as _wire
 from eventstream._runtime.records import RawRecord as _RawRecord
 from eventstream._runtime.records import Deliveries as _Deliveries
@@ -67,24 +67,6 @@ cdef enum:
 # Loader
 # --------------------------------------------------------------------------------------------
 
-def _candidate_paths():
-    """Paths of the librdkafka confluent-kafka loaded, best first."""
-    import confluent_kafka
-    import confluent_kafka.cimpl  # noqa: F401  (loads the bundled librdkafka, RTLD_LOCAL)
-
-    pkg_dir = _os.path.dirname(_os.path.abspath(confluent_kafka.__file__))
-    libs_dir = _os.path.join(_os.path.dirname(pkg_dir), "confluent_kafka.libs")
-    # auditwheel names it librdkafka-<hash>.so.1; the hash changes with every release.
-    paths = sorted(_glob.glob(_os.path.join(libs_dir, "librdkafka-*.so.1")))
-    cdef char buf[4096]
-    # confluent-kafka built from source links a librdkafka elsewhere: ask the dynamic linker.
-    if esk_find_loaded_librdkafka(buf, sizeof(buf)):
-        loaded = buf.decode("utf-8", "surrogateescape")
-        if loaded not in paths:
-            paths.append(loaded)
-    return paths
-
-
 cdef void *_open_librdkafka(list paths) except NULL:
     cdef void *handle = NULL
     cdef bytes p
@@ -112,7 +94,8 @@ cdef void *_open_librdkafka(list paths) except NULL:
 
 
 def _load():
-    paths = _candidate_paths()
+    # Where to look is decided once, in Python, for this module and the pure backend alike.
+    paths = _librdkafka.candidate_paths()
     cdef void *handle = _open_librdkafka(paths)
     cdef const char *missing = esk_rdk_load(handle)
     if missing != NULL:

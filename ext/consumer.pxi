@@ -13,9 +13,10 @@
 # so the callback assigns and unassigns itself (incrementally for COOPERATIVE and KIP-848), at
 # the offsets the listener chose.
 #
-# Ownership: the handle is made, polled, closed and destroyed on the poll thread only. Other
-# threads read the position table (under its lock) and the stop flag and handler coordinates
-# (atomics); they never touch the handle.
+# Ownership: the handle is made, polled, closed and destroyed on the poll thread only (but by
+# __dealloc__ after an open() that failed half-way). Other threads read the position table (under
+# its lock), the stop flag and handler coordinates (atomics) and the counts (plain reads: a
+# snapshot may be a few events behind); they never touch the handle.
 
 cdef enum:
     BATCH_MAX = 500             # messages per round: the first one + drained with timeout 0

@@ -2,14 +2,14 @@
 # serialize a whole call in one compiled loop, enqueue with rd_kafka_produceva(), and wait for
 # this call's delivery reports only.
 #
-# Ownership: the librdkafka handle and the C state (ProducerState) belong to one native thread,
-# the owner, started with the producer. It serves delivery reports and callbacks (rd_kafka_poll,
-# rd_kafka_flush; except while a blocking produce() serves them, see "Serving") and, once asked
-# to stop, fails what is left, waits for the calls still inside the handle, destroys the handle
-# and frees the state. Nobody else destroys or frees them:
-# close() and abandon() only ask, and the Producer's finalizer (never joining) asks too. The
-# state is freed by whichever of the owner, the Producer object and the trackers in use lets go
-# of it last (refs).
+# Ownership: the librdkafka handle belongs to one native thread, the owner, started with the
+# producer. It serves delivery reports and callbacks (rd_kafka_poll, rd_kafka_flush; except while
+# a blocking produce() serves them, see "Serving") and, once asked to stop, fails what is left,
+# waits for the calls still inside the handle and destroys the handle. Nobody else destroys it
+# (but the starting thread, if the owner could not be started): close() and abandon() only ask,
+# and the Producer's finalizer (never joining) asks too. The C state (ProducerState) is shared:
+# it is freed by whichever of the owner, the Producer object and the trackers in use lets go of
+# it last (refs).
 #
 # Python objects the owner uses (the Health, the logger, the statistics callback) are attributes
 # of the Producer, where the garbage collector sees them; the state points at them (borrowed)
@@ -22,7 +22,8 @@
 #     enqueueing and while waiting; each counts itself in `active` while it may use the handle;
 #     flush() and one waiting produce() at a time (see "Serving") also serve the main queue;
 #   * the owner thread (pthread, detached): rd_kafka_poll()/rd_kafka_flush() run _on_delivery()
-#     without the GIL; _on_error(), _on_stats() and the resolution of asyncio futures take it.
+#     without the GIL; _on_error(), _on_stats(), _on_log() and the resolution of asyncio futures
+#     take it (so do these callbacks on a caller's thread while it serves the main queue).
 #
 # Memory: a call's serialized values and keys are copied, once, into its tracker's `data`
 # buffer (so no Python object has to outlive the call that enqueued it); librdkafka copies the
@@ -1509,8 +1510,7 @@ cdef class Producer:
             if err == RD_KAFKA_RESP_ERR__FATAL:
                 _producer_failure(self._st)
             refused = t.enqueued
-            reason = (f"{_err_str(err)} (event {refused} of the call was refused before it was "
-                      f"sent: events {refused}..{t.total - 1} were not sent)").encode()
+            reason = _errors.refused_at_enqueue(_err_str(err), refused, t.total).encode()
             _tracker_fail(t, err, reason, t.total - t.enqueued, False)
             return 2
 

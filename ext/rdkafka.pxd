@@ -148,7 +148,6 @@ cdef extern from "rdkafka_abi.h" nogil:
     # Loader (see rdkafka_abi.h).
     const char *esk_rdk_load(void *handle)
     const char *esk_rdk_missing_mock()
-    int esk_find_loaded_librdkafka(char *out, size_t size)
 
     # ---- general ----
     int rd_kafka_version "ESK_RDK(rd_kafka_version)" ()

@@ -15,11 +15,7 @@
 #ifndef ESK_RDKAFKA_ABI_H
 #define ESK_RDKAFKA_ABI_H
 
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE 1 /* dl_iterate_phdr */
-#endif
 #include <dlfcn.h>
-#include <link.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -326,37 +322,6 @@ static const char *esk_rdk_missing_mock(void) {
     ESK_RDK_OPTIONAL(ESK_RDK_CHECK)
 #undef ESK_RDK_CHECK
     return NULL;
-}
-
-/* The path of an already loaded shared object whose file name starts with "librdkafka", for
- * installations where confluent-kafka links a librdkafka outside its wheel's .libs directory. */
-typedef struct {
-    char *out;
-    size_t size;
-    int found;
-} esk_find_ctx_t;
-
-static int esk_find_cb(struct dl_phdr_info *info, size_t size, void *data) {
-    esk_find_ctx_t *ctx = (esk_find_ctx_t *)data;
-    const char *path = info->dlpi_name, *base;
-    (void)size;
-    if (path == NULL || path[0] == '\0')
-        return 0;
-    base = strrchr(path, '/');
-    base = base ? base + 1 : path;
-    if (strncmp(base, "librdkafka", 10) != 0 || strncmp(base, "librdkafka++", 12) == 0)
-        return 0;
-    if (strlen(path) + 1 > ctx->size)
-        return 0;
-    memcpy(ctx->out, path, strlen(path) + 1);
-    ctx->found = 1;
-    return 1; /* stop */
-}
-
-static int esk_find_loaded_librdkafka(char *out, size_t size) {
-    esk_find_ctx_t ctx = {out, size, 0};
-    dl_iterate_phdr(esk_find_cb, &ctx);
-    return ctx.found;
 }
 
 #endif /* ESK_RDKAFKA_ABI_H */

@@ -41,6 +41,20 @@ def test_loaded_core_is_the_expected_build() -> None:
     assert os.path.realpath(expected) in {os.path.realpath(m) for m in mapped}
 
 
+def test_the_compiled_module_loads_the_librdkafka_the_shared_locator_names() -> None:
+    """One place decides where librdkafka is (eventstream._runtime.librdkafka): the compiled
+    module opens one of its candidates, the one confluent-kafka loaded."""
+    if eventstream.backend() != "compiled":
+        pytest.skip("the compiled backend is not in use")
+    import eventstream._core as core
+    from eventstream._runtime.librdkafka import candidate_paths
+
+    assert core.LIBRDKAFKA_PATH in candidate_paths()
+    with open("/proc/self/maps") as maps:
+        mapped = {os.path.realpath(line.split()[-1]) for line in maps if "/" in line}
+    assert os.path.realpath(core.LIBRDKAFKA_PATH) in mapped
+
+
 def test_no_extensions_switch_decides_the_backend() -> None:
     wants_pure = os.environ.get("EVENTSTREAM_NO_EXTENSIONS", "") not in ("", "0")
     assert eventstream.backend() == ("pure" if wants_pure else "compiled")

@@ -200,6 +200,36 @@ def test_close_during_a_retry_wait_leaves_the_event_for_the_next_consumer(
     later.wait_for_seq(1)
 
 
+def test_close_during_an_async_retry_wait_leaves_the_event_for_the_next_consumer(
+    make_topic: Callable[..., eventstream.Topic[Any]],
+) -> None:
+    """The async handler's retries are the sync ones' (one policy): a close() during a pause
+    gives the event up to the group's next consumer, neither waiting the pause out nor
+    counting it failed."""
+    import asyncio
+
+    topic = make_topic()
+
+    async def always(event: Invalidate) -> None:
+        raise RuntimeError("down")
+
+    async def main() -> Any:
+        with topic.new_producer() as producer:
+            producer.produce(Invalidate(seq=1))
+        consumer = topic.new_consumer(start_from_beginning=True)
+        consumer.consume(always, retry=RetryPolicy(attempts=5, backoff=60, max_backoff=60))
+        while consumer.metrics().retried < 1:
+            await asyncio.sleep(0.05)
+        await asyncio.wait_for(consumer.aclose(), 20)  # interrupts the 60 s pause
+        return consumer.metrics()
+
+    metrics = asyncio.run(main())
+    assert (metrics.handled, metrics.failed, metrics.retried) == (0, 0, 1)
+    later = Collector()
+    topic.new_consumer(start_from_beginning=True).consume(later)
+    later.wait_for_seq(1)
+
+
 def test_async_handlers_are_retried_and_dead_lettered_too(
     make_topic: Callable[..., eventstream.Topic[Any]], kafka_bootstrap: str
 ) -> None:

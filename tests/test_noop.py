@@ -7,6 +7,7 @@ import threading
 from typing import Any
 
 import confluent_kafka
+import confluent_kafka.admin
 import pytest
 from support import Collector
 from testevents_pb2 import Invalidate, Unrelated
@@ -90,5 +91,6 @@ def _refuse_clients(monkeypatch: pytest.MonkeyPatch) -> _Refuse:
     refuse = _Refuse()
     for name in ("Producer", "Consumer"):
         monkeypatch.setattr(confluent_kafka, name, refuse(f"confluent_kafka.{name}"))
-    monkeypatch.setattr("eventstream._runtime.admin.AdminClient", refuse("AdminClient"))
+    # eventstream imports AdminClient from confluent_kafka.admin when it makes one.
+    monkeypatch.setattr(confluent_kafka.admin, "AdminClient", refuse("AdminClient"))
     return refuse

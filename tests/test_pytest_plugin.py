@@ -161,3 +161,19 @@ def unreachable_broker() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"127.0.0.1:{port}"
+
+
+def test_loading_the_plugin_imports_nothing_heavy() -> None:
+    """pytest imports the plugin in every session of a project that has eventstream installed:
+    that costs neither confluent-kafka nor a backend (the fixtures load them when used)."""
+    code = (
+        "import sys\n"
+        "import eventstream.testing.pytest_plugin\n"
+        "heavy = ('confluent_kafka', 'eventstream._core', 'eventstream._pure',"
+        " 'eventstream.cache')\n"
+        "print(sorted(m for m in sys.modules for h in heavy if m == h or m.startswith(h + '.')))\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == "[]", f"importing the plugin loaded {loaded}"

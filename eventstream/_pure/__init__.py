@@ -7,9 +7,18 @@ same and passes the same tests.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from eventstream._pure.consumer import PureConsumer
 from eventstream._pure.producer import PureProducer
-from eventstream._runtime.backend import BackendName, ConsumerListener, ConsumerSpec, ProducerSpec
+
+if TYPE_CHECKING:  # a backend imports only leaf modules at run time (tests/test_layers.py)
+    from eventstream._runtime.backend import (
+        BackendName,
+        ConsumerListener,
+        ConsumerSpec,
+        ProducerSpec,
+    )
 
 __all__ = ["BACKEND", "PureBackend"]
 

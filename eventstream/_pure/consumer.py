@@ -11,18 +11,20 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import confluent_kafka
 from google.protobuf.message import Message
 
 from eventstream._runtime import forks, wire
-from eventstream._runtime.backend import ConsumerListener, ConsumerSpec, Dispatch
-from eventstream._runtime.failures.policy import Failures
 from eventstream._runtime.librdkafka import ClientLog
 from eventstream._runtime.records import RawRecord
 from eventstream._runtime.telemetry.metrics import Histogram, LatencyRecorder
 from eventstream.errors import BrokerError, ConfigError, is_retriable
+
+if TYPE_CHECKING:  # a backend imports only leaf modules at run time (tests/test_layers.py)
+    from eventstream._runtime.backend import ConsumerListener, ConsumerSpec, Dispatch
+    from eventstream._runtime.failures.policy import Failures
 
 __all__ = ["PureConsumer"]
 

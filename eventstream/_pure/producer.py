@@ -22,13 +22,12 @@ import time
 from array import array
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import TYPE_CHECKING
 
 import confluent_kafka
 from google.protobuf.message import Message
 
 from eventstream._runtime import forks, wire
-from eventstream._runtime.backend import ProducerSpec
-from eventstream._runtime.health import Health
 from eventstream._runtime.librdkafka import ClientLog
 from eventstream._runtime.records import Deliveries
 from eventstream._runtime.telemetry.metrics import LatencyRecorder, ProducerMetrics
@@ -44,8 +43,13 @@ from eventstream.errors import (
     key_type_error,
     produce_error,
     produce_timeout_error,
+    refused_at_enqueue,
     serialize_error,
 )
+
+if TYPE_CHECKING:  # a backend imports only leaf modules at run time (tests/test_layers.py)
+    from eventstream._runtime.backend import ProducerSpec
+    from eventstream._runtime.health import Health
 
 __all__ = ["PureProducer", "prepare_records"]
 
@@ -535,8 +539,7 @@ class PureProducer:
                     tracker.fail(
                         err.code(),
                         err.name(),
-                        f"{err.str()} (event {index} of the call was refused before it was "
-                        f"sent; events {index}..{tracker.total - 1} were not sent)",
+                        refused_at_enqueue(err.str(), index, tracker.total),
                         tracker.total - tracker.enqueued,
                         in_doubt=False,
                     )

@@ -1,1 +1,1 @@
-"""The cold paths both backends share (see eventstream/_runtime/README)."""
+"""The cold paths both backends share (docs/architecture.md says what each module owns)."""

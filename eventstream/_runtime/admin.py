@@ -6,11 +6,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from typing import cast
-
-import confluent_kafka
-from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
+from typing import TYPE_CHECKING, cast
 
 from eventstream._runtime import forks
 from eventstream._runtime.librdkafka import ClientLog
@@ -23,6 +19,10 @@ from eventstream.errors import (
     is_authorization,
     is_retriable,
 )
+
+if TYPE_CHECKING:
+    import confluent_kafka
+    from confluent_kafka.admin import AdminClient
 
 __all__ = ["TopicAdmin", "register_topic_creator", "unregister_topic_creator"]
 
@@ -92,6 +92,9 @@ class TopicAdmin:
 
     def _admin(self) -> AdminClient:
         if self._client is None or self._generation != forks.generation():
+            # Imported on first use: importing eventstream loads no confluent-kafka.
+            from confluent_kafka.admin import AdminClient
+
             # The stubs do not list the "logger" property, which takes an object with .log().
             self._client = AdminClient(self._properties)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
             self._generation = forks.generation()  # a forked child makes its own
@@ -101,6 +104,8 @@ class TopicAdmin:
     def partitions(self, timeout: float) -> dict[int, int] | None:
         """``{partition: leader}`` of the topic, or ``None`` if it does not exist.
         Lists all topics so that the request can never auto-create this one."""
+        import confluent_kafka
+
         admin = self._admin()
         deadline = time.monotonic() + timeout
         while True:
@@ -153,6 +158,9 @@ class TopicAdmin:
         creator = _creators.get(self._bootstrap)
         if creator is not None:
             return self._ensure_with(creator, partitions, replication_factor, timeout)
+        import confluent_kafka
+        from confluent_kafka.cimpl import NewTopic
+
         new = [NewTopic(self._topic, partitions, replication_factor)]
         # confluent-kafka's stubs leave the futures' result type unknown.
         futures = cast(

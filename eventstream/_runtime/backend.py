@@ -128,10 +128,10 @@ class Dispatch:
     go to ``failures.skip``.
 
     ``mode == "batch"``: ``handler(events, metadatas)`` once per polled batch, in partition order;
-    ``metadatas`` is always given. The handler retries per event itself and returns the events
-    that still failed as ``(index, exception, attempts)`` (each goes to ``failures.gave_up``); an
-    exception escaping it is logged and the batch's offsets are stored anyway (never stall a
-    partition).
+    ``metadatas`` is always given. The handler retries per event itself (the async runner, with
+    ``failures.failed_async``) and returns the events that still failed as
+    ``(index, exception, attempts)`` (each goes to ``failures.gave_up``); an exception escaping it
+    is logged and the batch's offsets are stored anyway (never stall a partition).
 
     In both modes the offset of an event is stored only after the handler returned for it.
     A ``BaseException`` that is not an ``Exception`` (KeyboardInterrupt, SystemExit, or
@@ -202,8 +202,8 @@ class NativeConsumer(Protocol):
     """A backend's consumer: the librdkafka handle and the hot loop over it (poll, check headers,
     decode, dispatch, store offsets). Made by :meth:`Backend.new_consumer`; nothing connects
     until :meth:`open`. Its poll thread is the shared layer's: every method but
-    :meth:`positions`, :meth:`stop`, :meth:`stopping`, :meth:`handling` and :meth:`counts`
-    runs on it."""
+    :meth:`positions`, :meth:`stop`, :meth:`stopping`, :meth:`handling`,
+    :meth:`dispatching_since` and :meth:`counts` runs on it."""
 
     def open(self, dispatch: Dispatch) -> None:
         """Create the client and subscribe. Raises ConfigError for a configuration librdkafka
@@ -296,8 +296,8 @@ class NativeProducer(Protocol):
     enqueue, track this call's deliveries). Made by :meth:`Backend.new_producer`: the client
     starts at once and connects and obtains its producer id in the background.
 
-    Thread-safe. Only its owner thread frees it: :meth:`close` and :meth:`abandon` ask it to
-    stop, and a native producer that is garbage-collected does the same, never joining."""
+    Thread-safe. Only its owner thread destroys the handle: :meth:`close` and :meth:`abandon` ask
+    it to stop, and a native producer that is garbage-collected does the same, never joining."""
 
     def produce(
         self,
@@ -353,6 +353,10 @@ class NativeProducer(Protocol):
 
 
 class Backend(Protocol):
+    """What ``eventstream._core`` and ``eventstream._pure`` each export as ``BACKEND`` (and the
+    no-op topic's ``eventstream._noop.NOOP_BACKEND``): the factory of native producers and
+    consumers."""
+
     name: BackendName
     #: No clients, no threads: every operation does nothing (the no-op topic's backend).
     inert: bool

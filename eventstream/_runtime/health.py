@@ -37,11 +37,12 @@ from eventstream.errors import (
 
 __all__ = ["ClientState", "ClientStatus", "ErrorCallback", "Health", "notify"]
 
-#: ``connecting``: no broker has answered yet; ``ready``: a broker answers; ``disconnected``: no
-#: broker answered for ``TopicConfig.disconnected_after`` seconds (librdkafka keeps retrying);
-#: ``failed``: a permanent error (authentication, a fatal error) stopped the client, ``error`` says
-#: which; ``closed``: closed by the application (or unusable in a forked child).
 ClientState = Literal["connecting", "ready", "disconnected", "failed", "closed"]
+"""A client's state (:attr:`ClientStatus.state`). ``connecting``: no broker has answered yet;
+``ready``: a broker answers; ``disconnected``: no broker answered for
+``TopicConfig.disconnected_after`` seconds (librdkafka keeps retrying); ``failed``: a permanent
+error (authentication, a fatal error) stopped the client, ``error`` says which; ``closed``: closed
+by the application (or unusable in a forked child)."""
 
 
 @dataclass(frozen=True, slots=True)

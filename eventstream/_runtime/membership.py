@@ -22,8 +22,9 @@ _claimed: dict[tuple[str, str], set[int]] = {}
 
 
 class Membership:
-    """One claimed index, held until :meth:`release` (the consumer's runtime calls it once the
-    member has left its group, or was never started)."""
+    """One claimed index, held until :meth:`release`: the consumer's runtime calls it once the
+    member left its group or gave up leaving (close deadline, no broker), or when a consumer
+    closes that never started; ``Topic.new_consumer`` calls it if making the consumer failed."""
 
     def __init__(self, key: tuple[str, str], index: int, instance_id: str) -> None:
         self._key = key

@@ -145,6 +145,7 @@ class Deliveries(Sequence[Delivery]):
 
     @classmethod
     def empty(cls) -> Deliveries:
+        """The deliveries of a call that produced no events."""
         return cls(array("i"), array("q"), "", 1)
 
 

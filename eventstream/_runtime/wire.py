@@ -1,4 +1,5 @@
-"""The wire format: the only module that knows header names, the content type and event ids.
+"""The wire format: header names (eventstream's, the trace context's, the dead-letter ones), the
+content type and event ids, for both backends, the dead-letter path and telemetry to share.
 
 An event travels as one Kafka record. The value is the serialized protobuf message; the headers
 follow the CloudEvents 1.0 Kafka protocol binding in binary content mode:

@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import logging
 from types import TracebackType
-from typing import Protocol
-
-import confluent_kafka
+from typing import TYPE_CHECKING, Protocol
 
 from eventstream._runtime.admin import register_topic_creator, unregister_topic_creator
 from eventstream._runtime.backend import backend
 from eventstream._runtime.librdkafka import ClientLog
 from eventstream.errors import ClosedError, ConfigError, TopicError
+
+if TYPE_CHECKING:
+    import confluent_kafka
 
 __all__ = ["EmbeddedCluster"]
 
@@ -45,6 +46,8 @@ class _ClientHostedMock:
     hosts the cluster for as long as it lives; its metadata names the brokers' ports."""
 
     def __init__(self, brokers: int) -> None:
+        import confluent_kafka  # on first use: importing eventstream.testing loads none
+
         log = ClientLog(logging.getLogger("eventstream.embedded"))
         self._host: confluent_kafka.Producer | None = confluent_kafka.Producer(
             {"test.mock.num.brokers": brokers, "logger": log}

@@ -16,6 +16,10 @@ installed, through the ``pytest11`` entry point).
 
 Annotate fixture arguments with ``eventstream.testing.TopicFactory`` and
 ``eventstream.testing.EventRecorder[EventClass]``.
+
+pytest imports this module in every session of a project where eventstream is installed, so it
+imports nothing heavy: confluent-kafka and eventstream's backends are loaded by the fixtures,
+when a test uses one.
 """
 
 from __future__ import annotations
@@ -25,11 +29,9 @@ import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
-from typing import TypeVar, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
-import confluent_kafka
 import pytest
-from confluent_kafka.admin import AdminClient
 from google.protobuf.message import Message
 
 from eventstream.config import TopicConfig
@@ -37,6 +39,9 @@ from eventstream.testing.embedded import EmbeddedCluster
 from eventstream.testing.factory import TopicFactory
 from eventstream.testing.recorder import EventRecorder
 from eventstream.topic import Topic, new_topic
+
+if TYPE_CHECKING:
+    from confluent_kafka.admin import AdminClient
 
 __all__ = ["EventstreamCleanupWarning", "TopicFactory"]
 
@@ -120,6 +125,10 @@ def delete_topics_and_groups(
     are fine, and so are groups a static member still holds (they go once its session ends).
     Warns (:class:`EventstreamCleanupWarning`) about each one that could not be deleted, and
     returns those warnings' texts. Never raises for the cluster's answer."""
+    import confluent_kafka
+    from confluent_kafka.admin import AdminClient
+
+    _GROUP_ABSENT, _TOPIC_ABSENT = _absent_codes()
     failures: list[str] = []
     admin = AdminClient({"bootstrap.servers": brokers, "socket.timeout.ms": 10_000})
     for kind, requested, absent in (
@@ -144,13 +153,17 @@ def delete_topics_and_groups(
     return failures
 
 
-# NON_EMPTY_GROUP: a static member (eventstream's default) does not leave its group on close; the
-# broker drops it when its session times out, and then the group, whose topic (and with it the
-# committed offsets) is deleted here, disappears by itself.
-_GROUP_ABSENT = frozenset(
-    {confluent_kafka.KafkaError.GROUP_ID_NOT_FOUND, confluent_kafka.KafkaError.NON_EMPTY_GROUP}
-)
-_TOPIC_ABSENT = frozenset({confluent_kafka.KafkaError.UNKNOWN_TOPIC_OR_PART})
+def _absent_codes() -> tuple[frozenset[int], frozenset[int]]:
+    """The error codes that mean a consumer group, and a topic, need no deleting."""
+    from confluent_kafka import KafkaError
+
+    # NON_EMPTY_GROUP: a static member (eventstream's default) does not leave its group on close;
+    # the broker drops it when its session times out, and then the group, whose topic (and with
+    # it the committed offsets) is deleted here, disappears by itself.
+    return (
+        frozenset({KafkaError.GROUP_ID_NOT_FOUND, KafkaError.NON_EMPTY_GROUP}),
+        frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART}),
+    )
 
 
 def _request_groups(

@@ -11,9 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import cast
-
-import confluent_kafka
+from typing import TYPE_CHECKING, cast
 
 from eventstream._runtime import forks, wire
 from eventstream._runtime.backend import DispatchAbandoned
@@ -22,6 +20,9 @@ from eventstream._runtime.health import Health
 from eventstream._runtime.librdkafka import ClientLog
 from eventstream._runtime.records import RawRecord
 from eventstream.errors import BrokerError, is_retriable
+
+if TYPE_CHECKING:
+    import confluent_kafka
 
 __all__ = ["DeadLetters"]
 
@@ -50,6 +51,9 @@ class DeadLetters:
 
     def _producer(self) -> confluent_kafka.Producer:
         if self._client is None:
+            # Imported on first use: importing eventstream loads no confluent-kafka.
+            import confluent_kafka
+
             conf: dict[str, object] = {
                 k: v for k, v in self._properties.items() if k != "statistics.interval.ms"
             }
@@ -82,6 +86,8 @@ class DeadLetters:
             wire.timestamp(),
         )
         headers = [*record.headers, *zip(wire.DEAD_LETTER_HEADERS, values, strict=True)]
+        import confluent_kafka
+
         pause = 0.5
         warned = False
         while True:

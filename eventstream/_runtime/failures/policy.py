@@ -4,15 +4,17 @@
 retried as the :class:`~eventstream.RetryPolicy` says; what is given up on goes to the dead-letter
 topic if the consumer has one.
 
-Everything here runs on the consumer's poll thread, and only on the paths where something went
-wrong: the handled path does not touch it.
+Everything here runs on the consumer's poll thread (but :meth:`Failures.failed_async`, on the
+async handler's event loop), and only on the paths where something went wrong: the handled path
+does not touch it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from eventstream._runtime.backend import DispatchAbandoned
@@ -62,26 +64,24 @@ class Failures:
         #: Durations of the handler calls made by retries (the hot loop times the first ones).
         self.retry_time = LatencyRecorder() if timed else None
 
-    @property
-    def attempts(self) -> int:
-        return self._retry.attempts
-
-    def delay(self, attempt: int) -> float:
-        """The wait before attempt ``attempt + 1`` (``attempt`` < ``attempts``)."""
+    def _next_pause(self, attempt: int) -> float | None:
+        """The one place that decides on a retry, for the sync and the async handler alike: after
+        ``attempt`` failed calls, the pause before the next one, or ``None`` to give up (the
+        policy's attempts are used). Counts the retry. Raises :class:`DispatchAbandoned` if the
+        consumer is closing (the event is handled again by the group's next consumer)."""
+        if attempt >= self._retry.attempts:
+            return None
+        if self.stopping():
+            raise DispatchAbandoned()
+        self.counts.retried += 1
         return float(min(self._retry.backoff * (1 << (attempt - 1)), self._retry.max_backoff))
 
-    def wait(self, seconds: float) -> None:
-        """Pause before a retry; raises :class:`DispatchAbandoned` if the consumer closes
-        meanwhile (the event is handled again by the group's next consumer)."""
-        self.counts.retried += 1
-        deadline = time.monotonic() + seconds
-        while True:
-            if self.stopping():
-                raise DispatchAbandoned()
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            time.sleep(min(left, 0.05))
+    def _pause_slice(self, deadline: float) -> float:
+        """How long to wait next (at most 50 ms, so that a close() is seen) before ``deadline``;
+        0 when it passed. Raises :class:`DispatchAbandoned` if the consumer is closing."""
+        if self.stopping():
+            raise DispatchAbandoned()
+        return max(0.0, min(deadline - time.monotonic(), 0.05))
 
     def failed(
         self,
@@ -93,13 +93,16 @@ class Failures:
         record: RawRecord | None,
     ) -> bool:
         """The handler raised ``error`` for the event at ``partition``/``offset``: call it again
-        with ``args`` as the retry policy says. True if a retry returned; otherwise the event is
-        given up (:meth:`gave_up`). A ``BaseException`` that is not an ``Exception`` propagates;
-        :class:`DispatchAbandoned` if the consumer closes during a pause."""
+        with ``args`` as the retry policy says, on the calling (poll) thread. True if a retry
+        returned; otherwise the event is given up (:meth:`gave_up`). A ``BaseException`` that is
+        not an ``Exception`` propagates; :class:`DispatchAbandoned` if the consumer closes during
+        a pause."""
         timer = self.retry_time
         attempt = 1
-        while attempt < self._retry.attempts:
-            self.wait(self.delay(attempt))
+        while (pause := self._next_pause(attempt)) is not None:
+            deadline = time.monotonic() + pause
+            while (wait := self._pause_slice(deadline)) > 0:
+                time.sleep(wait)
             attempt += 1
             started = time.monotonic_ns()
             try:
@@ -112,6 +115,32 @@ class Failures:
                     timer.add(time.monotonic_ns() - started)
         self.gave_up(error, partition, offset, attempt, record)
         return False
+
+    async def failed_async(
+        self, handler: Callable[..., Awaitable[object]], args: tuple[object, ...], error: Exception
+    ) -> tuple[Exception, int] | None:
+        """:meth:`failed` for an ``async`` handler, awaited on its event loop: the same decisions
+        (:meth:`_next_pause`), only the pauses are ``asyncio.sleep``. ``None`` if a retry returned;
+        otherwise the last exception and the number of calls made, for the poll thread to give
+        the event up (:meth:`gave_up`). :class:`DispatchAbandoned` if the consumer closes during a
+        pause."""
+        timer = self.retry_time
+        attempt = 1
+        while (pause := self._next_pause(attempt)) is not None:
+            deadline = time.monotonic() + pause
+            while (wait := self._pause_slice(deadline)) > 0:
+                await asyncio.sleep(wait)
+            attempt += 1
+            started = time.monotonic_ns()
+            try:
+                await handler(*args)
+                return None
+            except Exception as exc:
+                error = exc
+            finally:
+                if timer is not None:
+                    timer.add(time.monotonic_ns() - started)
+        return error, attempt
 
     def skip(
         self,

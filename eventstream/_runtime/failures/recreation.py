@@ -17,13 +17,13 @@ import logging
 import time
 from collections.abc import Mapping
 from concurrent.futures import Future
-from typing import Literal, cast
-
-import confluent_kafka
-from confluent_kafka.admin import AdminClient
+from typing import TYPE_CHECKING, Literal, cast
 
 from eventstream._runtime import forks
 from eventstream._runtime.librdkafka import ClientLog
+
+if TYPE_CHECKING:
+    from confluent_kafka.admin import AdminClient
 
 __all__ = ["TopicWatch"]
 
@@ -89,6 +89,10 @@ class TopicWatch:
         self._asked = None
 
     def _ask(self) -> None:
+        # Imported on first use: importing eventstream loads no confluent-kafka.
+        import confluent_kafka
+        from confluent_kafka.admin import AdminClient
+
         if self._client is None:
             self._client = AdminClient(self._conf)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
             forks.keep_in_children(self)
@@ -101,6 +105,8 @@ class TopicWatch:
         self._asked = futures[self._topic]
 
     def _answer(self, asked: Future[object]) -> Change | None:
+        import confluent_kafka
+
         try:
             description = asked.result(0)
         except confluent_kafka.KafkaException as exc:

@@ -20,6 +20,11 @@ TelemetryHandler = Callable[[Any, Any], Any]
 
 
 class Telemetry(Protocol):
+    """What ``TopicConfig(telemetry=...)`` takes: a tracer for produce calls and handlers
+    (``eventstream.otel.OpenTelemetry`` is one). Its methods are called on the application's
+    threads, the wrappers :meth:`process` returns on the consumers' poll threads (or an async
+    handler's loop): an implementation must be thread-safe."""
+
     def send(self, topic: str, count: int) -> AbstractContextManager[Sequence[tuple[str, bytes]]]:
         """Entered around one ``produce()`` / ``produce_async()`` call of ``count`` events (on
         the caller's thread or task); yields the headers every event of the call carries (e.g.

@@ -37,6 +37,7 @@ class Histogram:
 
     @property
     def mean(self) -> float | None:
+        """The mean duration, seconds (exact: ``sum / count``); ``None`` without data."""
         return self.sum / self.count if self.count else None
 
     def quantile(self, q: float) -> float | None:
@@ -59,6 +60,8 @@ class Histogram:
 
     @classmethod
     def of(cls, counts: Sequence[int], sum_ns: int) -> Histogram:
+        """A histogram of ``counts`` per bucket (:data:`BUCKETS` of them) whose durations total
+        ``sum_ns`` nanoseconds: how the backends report what they recorded."""
         return cls(tuple(counts), sum(counts), sum_ns / 1e9)
 
 
