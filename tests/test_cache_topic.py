@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from cache_fakes import Background, Source
-from support import WAIT
+from support import WAIT, wait_until
 from testevents_pb2 import Invalidate
 
 import eventstream
@@ -152,3 +152,32 @@ def test_a_noop_topic_gives_a_cache_that_always_loads() -> None:
     topic.close()
     with pytest.raises(eventstream.ClosedError):
         cache.get("a")
+
+
+def test_a_consumer_that_stops_for_good_leaves_a_cache_that_only_loads(
+    make_topic: Callable[..., Topic[Any]],
+) -> None:
+    """A BaseException from ``on_event`` stops the cache's consumer (as it stops any consumer):
+    the runtime's on_failure hook tells the cache, which serves no hit from then on, says why,
+    and whose close raises what stopped it."""
+    topic = make_topic()
+    source = Source()
+
+    def on_event(event: Invalidate) -> None:
+        if event.key == "stop":
+            raise SystemExit("stopped by a handler")
+
+    cache = _cache(topic, source, on_event=on_event)
+    cache.wait_ready(timeout=WAIT)
+    assert cache.get("user:1") == 0
+    topic.new_producer(key=lambda e: e.key).produce(Invalidate(key="stop"))
+    wait_until(lambda: cache.status.error is not None, "the cache to see its consumer stop")
+    status = cache.status
+    assert status.state == "not_ready"
+    assert "stopped by a handler" in status.reason
+    with pytest.raises(eventstream.EventStreamError, match="stopped by a handler"):
+        cache.wait_ready(timeout=WAIT)
+    source.write("user:1")
+    assert cache.get("user:1") == 1  # the loader, not the entry stored before
+    with pytest.raises(SystemExit):
+        cache.close(WAIT)
