@@ -13,7 +13,8 @@ operation is recorded with its start and end on ``time.monotonic()``. The checke
 
 Variants: plain; the broker frozen (SIGSTOP) for longer than ``max_staleness`` mid-run (every
 cache must go ``degraded``, and still no read is stale); partitions added mid-run; an instance
-closed and restarted mid-run. Each runs for a few seconds; the phases are counted in writes.
+closed and restarted mid-run; the leader of a partition killed (SIGKILL) on a 3-node cluster of
+the test's own. Each runs for a few seconds; the phases are counted in writes.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from confluent_kafka.admin import AdminClient, NewPartitions
 from support import WAIT, wait_until
 from testevents_pb2 import Invalidate
 
+import eventstream
 from eventstream import Cache, ClosedError, Token, Topic
 
 S = 1.0  # max_staleness of every cache
@@ -335,3 +337,61 @@ def test_history_with_an_instance_restarted(run: Run) -> None:
     run.end()
     run.check()
     assert run.cache(INSTANCES[1]).metrics().invalidations > 0  # the new one applies events
+
+
+@pytest.fixture
+def three_nodes() -> Iterator[Any]:
+    """A 3-node harness cluster of this test's own (a killed node is noticed after 3 s)."""
+    from kafka_harness import KafkaCluster
+
+    cluster = KafkaCluster(
+        nodes=3,
+        broker_config={"broker.session.timeout.ms": "3000", "broker.heartbeat.interval.ms": "500"},
+    ).start()
+    try:
+        yield cluster
+    finally:
+        # SIGKILL rather than the graceful stop: the last nodes would wait for a lost quorum.
+        for node in cluster.running_node_ids():
+            cluster.stop_node(node, kill=True)
+        cluster.stop()
+
+
+def test_history_with_the_partition_leader_killed_on_three_nodes(three_nodes: Any) -> None:
+    bootstrap = str(three_nodes.bootstrap_servers)
+    name = f"es-cache-history-leader-{os.getpid()}-{time.monotonic_ns()}"
+    topics: list[Topic[Any]] = []
+
+    def make(*, partitions: int = 1, create: bool = True, instance_id: str) -> Topic[Any]:
+        config = eventstream.TopicConfig(brokers=bootstrap, topic=name, instance_id=instance_id)
+        topic = eventstream.new_topic(Invalidate, config)
+        topics.append(topic)
+        if create:
+            topic.ensure_exists(partitions=partitions, replication_factor=3, timeout=WAIT)
+        return topic
+
+    run = Run(make, partitions=2)
+    try:
+        run.begin()
+        run.history.wait_writes(PHASE, "before the kill")
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        leader = admin.list_topics(name, timeout=WAIT).topics[name].partitions[0].leader
+        three_nodes.stop_node(leader, kill=True)
+
+        def moved() -> bool:
+            partitions = admin.list_topics(name, timeout=WAIT).topics[name].partitions
+            return partitions[0].leader not in (leader, -1)
+
+        wait_until(moved, "a new leader of partition 0")
+        killed_at = len(run.history.writes)
+        for cache in run.live():
+            cache.wait_ready(WAIT)  # serving again on the new leaders
+        run.history.wait_writes(killed_at + PHASE, "after the kill")
+        run.end()
+        run.check()
+    finally:
+        run.stop.set()
+        for cache in run.live():
+            cache.close(WAIT)
+        for topic in topics:
+            topic.close(WAIT)
