@@ -234,7 +234,11 @@ class Topic(Closeable, Generic[E]):
             if membership is not None:
                 membership.release()
             raise
-        self._adopt(consumer)
+        try:
+            self._adopt(consumer)
+        except BaseException:
+            consumer.close(0)  # never started: releases its membership
+            raise
         return consumer
 
     @overload
