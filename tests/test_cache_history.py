@@ -357,6 +357,7 @@ def three_nodes() -> Iterator[Any]:
         cluster.stop()
 
 
+@pytest.mark.kafka  # a cluster of its own, not the session's broker: marked by hand
 def test_history_with_the_partition_leader_killed_on_three_nodes(three_nodes: Any) -> None:
     bootstrap = str(three_nodes.bootstrap_servers)
     name = f"es-cache-history-leader-{os.getpid()}-{time.monotonic_ns()}"
