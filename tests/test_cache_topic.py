@@ -4,6 +4,7 @@ writes, the barrier across instances, one member per topic and instance, and the
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -181,3 +182,30 @@ def test_a_consumer_that_stops_for_good_leaves_a_cache_that_only_loads(
     assert cache.get("user:1") == 1  # the loader, not the entry stored before
     with pytest.raises(SystemExit):
         cache.close(WAIT)
+
+
+def test_an_async_loader_serves_aget_with_read_your_writes(
+    make_topic: Callable[..., Topic[Any]],
+) -> None:
+    topic = make_topic(partitions=2)
+    source = Source()
+
+    async def load(key: str) -> int:
+        await asyncio.sleep(0)
+        return source.load(key)
+
+    cache: eventstream.Cache[str, int] = topic.new_cache(
+        load, keys=lambda event: event.key, max_staleness=2.0
+    )
+    cache.wait_ready(timeout=WAIT)
+    producer = topic.new_producer(key=lambda event: event.key)
+
+    async def scenario() -> None:
+        assert await cache.aget("user:1") == 0
+        assert await cache.aget("user:1") == 0  # a hit
+        source.write("user:1")
+        deliveries = await producer.produce_async(Invalidate(key="user:1", seq=1))
+        assert await cache.aget("user:1", after=deliveries.token, timeout=WAIT) == 1
+
+    asyncio.run(scenario())
+    assert source.loads == ["user:1", "user:1"]
