@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from cache_fakes import Background, Source
+from confluent_kafka.admin import AdminClient, NewTopic
 from support import WAIT, wait_until
 from testevents_pb2 import Invalidate
 
@@ -209,3 +211,37 @@ def test_an_async_loader_serves_aget_with_read_your_writes(
 
     asyncio.run(scenario())
     assert source.loads == ["user:1", "user:1"]
+
+
+def test_a_topic_recreated_under_the_cache_is_a_gap_that_flushes_it(
+    make_topic: Callable[..., Topic[Any]], kafka_bootstrap: str
+) -> None:
+    """The consumer runtime's report of a recreated topic (a GapError per partition, then the
+    old partitions lost and the new ones assigned) reaches the cache through the feed: it
+    flushes, reads the new topic from its end, and serves again with the new topic's
+    invalidations applied."""
+    topic = make_topic(partitions=2)
+    source = Source()
+    cache = _cache(topic, source)
+    cache.wait_ready(timeout=WAIT)
+    producer = topic.new_producer(key=lambda event: event.key)
+    producer.produce(*(Invalidate(key=f"other:{n}") for n in range(20)))
+    assert cache.get("user:1") == 0
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    admin.delete_topics([topic.name])[topic.name].result(WAIT)  # pyright: ignore[reportUnknownMemberType]
+    deadline = time.monotonic() + WAIT
+    while True:  # the broker may take a moment to finish the delete
+        try:
+            admin.create_topics([NewTopic(topic.name, 2, 1)])[topic.name].result(WAIT)  # pyright: ignore[reportUnknownMemberType]
+            break
+        except Exception as exc:
+            if "already exists" not in str(exc).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    wait_until(lambda: cache.metrics().flushes.get("gap", 0) > 0, "the recreated topic's gap")
+    assert cache.metrics().flushes.get("lost", 0) > 0
+    cache.wait_ready(timeout=WAIT)
+    source.write("user:1")
+    deliveries = producer.produce(Invalidate(key="user:1"), timeout=WAIT)
+    assert cache.get("user:1", after=deliveries.token, timeout=WAIT) == 1
+    assert cache.get("user:1") == 1
