@@ -383,7 +383,8 @@ def test_history_with_the_partition_leader_killed_on_three_nodes(three_nodes: An
             partitions = admin.list_topics(name, timeout=WAIT).topics[name].partitions
             return partitions[0].leader not in (leader, -1)
 
-        wait_until(moved, "a new leader of partition 0")
+        # Noticed after 3 s on an idle machine; on 2 shared cores the election can take longer.
+        wait_until(moved, "a new leader of partition 0", 90)
         killed_at = len(run.history.writes)
         for cache in run.live():
             cache.wait_ready(WAIT)  # serving again on the new leaders
