@@ -26,6 +26,7 @@ __all__ = [
     "EventStreamError",
     "EventTypeError",
     "GapError",
+    "GroupConflictError",
     "ProduceAuthenticationError",
     "ProduceAuthorizationError",
     "ProduceError",
@@ -70,6 +71,13 @@ class ClosedError(EventStreamError, RuntimeError):
 
 class ConsumerAlreadyStartedError(EventStreamError, RuntimeError):
     """``consume()`` was called a second time on the same consumer."""
+
+
+class GroupConflictError(EventStreamError, ValueError):
+    """A second member was asked for an instance's consumer group of a topic that a cache owns:
+    ``Topic.new_cache`` where a consumer of that topic and instance is open, or
+    ``Topic.new_consumer`` (or a second ``new_cache``) where a cache is. A cache owns its group;
+    give a handler to it as ``on_event=`` instead of a consumer of its own."""
 
 
 class WaitTimeoutError(EventStreamError, TimeoutError):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from functools import partial
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar, overload
 
 from google.protobuf.message import Message
 
@@ -20,6 +21,10 @@ from eventstream._runtime.health import Health
 from eventstream._runtime.membership import Membership, claim
 from eventstream._runtime.records import EventMetadata
 from eventstream._runtime.telemetry.reporting import reporter, statistics_tick
+from eventstream.cache import consumer_feed
+from eventstream.cache.barrier import AppliedBarrier
+from eventstream.cache.cache import Cache
+from eventstream.cache.probe import AdminProbe
 from eventstream.config import TopicConfig
 from eventstream.consumer import Consumer
 from eventstream.errors import (
@@ -28,12 +33,15 @@ from eventstream.errors import (
     CloseError,
     ConfigError,
     EventTypeError,
+    GroupConflictError,
 )
 from eventstream.producer import Producer
 
 __all__ = ["Topic", "new_noop_topic", "new_topic"]
 
 E = TypeVar("E", bound=Message)
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
 KeyFunction = Callable[[E], "str | bytes | None"]
 
@@ -68,8 +76,9 @@ class Topic(Closeable, Generic[E]):
         self._backend = _backend if _backend is not None else load_backend()
         self._admin = _admin
         self._lock = threading.Lock()
-        self._children: list[Producer[E] | Consumer[E]] = []
+        self._children: list[Producer[E] | Consumer[E] | Cache[Any, Any]] = []
         self._closed = False
+        self._barrier: AppliedBarrier | None = None
 
     @property
     def name(self) -> str:
@@ -82,12 +91,39 @@ class Topic(Closeable, Generic[E]):
         closing). Thread-safe; no network call."""
         return self._closed
 
-    def _adopt(self, child: Producer[E] | Consumer[E]) -> None:
+    def _adopt(self, child: Producer[E] | Consumer[E] | Cache[Any, Any]) -> None:
         with self._lock:
             if self._closed:
                 raise ClosedError(f"topic {self.name!r} is closed")
             self._children = [c for c in self._children if not c.closed]
+            if not isinstance(child, Producer):
+                self._check_member("cache" if isinstance(child, Cache) else "consumer")
             self._children.append(child)
+
+    def _check_member(self, new: Literal["cache", "consumer"]) -> None:
+        """Refuse a cache next to a consumer of this topic, or a consumer (or a second cache)
+        next to a cache: a cache owns the instance's group. Called with the lock held."""
+        for child in self._children:
+            if child.closed:
+                continue
+            if isinstance(child, Cache) or (new == "cache" and isinstance(child, Consumer)):
+                raise self._conflict(new)
+
+    def _conflict(self, new: Literal["cache", "consumer"]) -> GroupConflictError:
+        group = self.config.group_id
+        if new == "cache":
+            return GroupConflictError(
+                f"topic {self.name!r}: a cache owns its instance's consumer group {group!r}, but "
+                "a consumer of that group is open in this process (made by this or another "
+                "Topic with the same instance id): close it and pass its handler to new_cache() "
+                "as on_event= (it runs after each event's invalidation), or use another "
+                "instance id"
+            )
+        return GroupConflictError(
+            f"topic {self.name!r}: a cache of this topic owns the consumer group {group!r} in "
+            "this process, so no other member may join it: pass the handler to new_cache() as "
+            "on_event= instead of consuming the topic a second time, or use another instance id"
+        )
 
     def _check_open(self) -> None:
         if self._closed:
@@ -162,11 +198,15 @@ class Topic(Closeable, Generic[E]):
         so a restart waits for ``group.consumer.session.timeout.ms`` (45 s by default) either way.
         """
         self._check_open()
+        with self._lock:
+            self._check_member("consumer")
         membership: Membership | None = None
         if not shared and not self.config.uses_consumer_protocol:
             membership = claim(
                 str(self.config.brokers), self.config.group_id, self.config.instance_id
             )
+            if membership is None:
+                raise self._conflict("consumer")
         try:
             health = self._health(
                 f"consumer of topic {self.name!r} (group {self.config.group_id!r})",
@@ -197,8 +237,185 @@ class Topic(Closeable, Generic[E]):
             if membership is not None:
                 membership.release()
             raise
-        self._adopt(consumer)
+        try:
+            self._adopt(consumer)
+        except BaseException:
+            consumer.close(0)  # never started: releases its membership
+            raise
         return consumer
+
+    @overload
+    def new_cache(
+        self,
+        loader: Callable[[K], Awaitable[V]],
+        *,
+        keys: Callable[[E], K | Iterable[K] | None],
+        max_staleness: float = 1.0,
+        ttl: float = 300.0,
+        max_entries: int = 100_000,
+        on_event: Callable[[E], object] | None = None,
+        verify_fraction: float = 0.0,
+        probe_interval: float = 0.25,
+        name: str | None = None,
+        logger: logging.Logger | None = None,
+    ) -> Cache[K, V]: ...
+
+    @overload
+    def new_cache(
+        self,
+        loader: Callable[[K], V],
+        *,
+        keys: Callable[[E], K | Iterable[K] | None],
+        max_staleness: float = 1.0,
+        ttl: float = 300.0,
+        max_entries: int = 100_000,
+        on_event: Callable[[E], object] | None = None,
+        verify_fraction: float = 0.0,
+        probe_interval: float = 0.25,
+        name: str | None = None,
+        logger: logging.Logger | None = None,
+    ) -> Cache[K, V]: ...
+
+    def new_cache(
+        self,
+        loader: Callable[[K], Any],
+        *,
+        keys: Callable[[E], K | Iterable[K] | None],
+        max_staleness: float = 1.0,
+        ttl: float = 300.0,
+        max_entries: int = 100_000,
+        on_event: Callable[[E], object] | None = None,
+        verify_fraction: float = 0.0,
+        probe_interval: float = 0.25,
+        name: str | None = None,
+        logger: logging.Logger | None = None,
+    ) -> Cache[Any, Any]:
+        """A read-through cache of ``loader`` that this topic's events keep coherent (see
+        :class:`~eventstream.Cache` for what it promises and what each argument means).
+
+        The cache reads the topic in this instance's group ``"{topic}::{instance_id}"``, from
+        the end of the topic (events before it cannot matter to an empty cache), and owns that
+        group in this process: a topic with an open consumer refuses it, and a topic with a
+        cache refuses :meth:`new_consumer`, both with :class:`GroupConflictError`; a handler
+        of the topic's events goes to the cache as ``on_event`` (it runs on the consumer's poll
+        thread after each event's invalidation). What it applied is committed every 200 ms,
+        which :meth:`wait_applied` reads. It probes the topic's end offsets with an admin
+        client of its own every ``probe_interval``. ``name`` (default: the topic's name) is
+        used in logs and errors; ``logger`` defaults to the config's.
+
+        Starts consuming at once; :meth:`Cache.wait_ready` waits until it serves hits (about a
+        second). The topic closes it on :meth:`close`. On a no-op topic
+        (:func:`new_noop_topic`) the cache never serves a hit: every get calls the loader,
+        nothing is stored, and ``wait_ready`` returns at once."""
+        self._check_open()
+        cache_name = self.name if name is None else name
+        cache_logger = self.config.logger if logger is None else logger
+        if self._backend.inert:
+            noop: Cache[Any, Any] = _NoopCache(
+                _NoopFeed(),
+                _NoopProbe(),
+                loader,
+                keys=keys,
+                max_staleness=max_staleness,
+                ttl=ttl,
+                max_entries=max_entries,
+                on_event=on_event,
+                verify_fraction=verify_fraction,
+                probe_interval=probe_interval,
+                name=cache_name,
+                logger=cache_logger,
+            )
+            self._adopt(noop)
+            return noop
+        with self._lock:
+            self._check_member("cache")
+        membership: Membership | None = None
+        if not self.config.uses_consumer_protocol:
+            membership = claim(
+                str(self.config.brokers), self.config.group_id, self.config.instance_id, sole=True
+            )
+            if membership is None:
+                raise self._conflict("cache")
+        runtime: ConsumerRuntime | None = None
+        try:
+            health = self._health(
+                f"consumer of cache {cache_name!r} of topic {self.name!r} "
+                f"(group {self.config.group_id!r})",
+                "consumer",
+                fail_on_authorization=True,
+            )
+            properties = self.config.consumer_settings(
+                group_instance_id=None if membership is None else membership.group_instance_id,
+            )
+            if "auto.commit.interval.ms" not in self.config.consumer_properties:
+                properties["auto.commit.interval.ms"] = str(consumer_feed.COMMIT_INTERVAL_MS)
+            spec = ConsumerSpec(
+                properties=properties,
+                topic=self.name,
+                event_type=self.event_type,
+                type_name=self.type_name,
+                logger=cache_logger,
+                metadata_factory=consumer_feed.where,
+                health=health,
+                from_end=True,
+            )
+            runtime = ConsumerRuntime(spec, self._backend, membership)
+            feed = consumer_feed.ConsumerFeed(runtime, self.name, self.type_name, cache_logger)
+            cache: Cache[Any, Any] = Cache(
+                feed,
+                AdminProbe(self.config),
+                loader,
+                keys=keys,
+                max_staleness=max_staleness,
+                ttl=ttl,
+                max_entries=max_entries,
+                on_event=on_event,
+                verify_fraction=verify_fraction,
+                probe_interval=probe_interval,
+                name=cache_name,
+                logger=cache_logger,
+            )
+        except ConfigError as exc:
+            self._unclaim(runtime, membership)
+            if exc.field != "properties":
+                raise
+            raise self.config.client_refused("consumer", exc.reason) from None
+        except BaseException:
+            self._unclaim(runtime, membership)
+            raise
+        try:
+            self._adopt(cache)
+        except BaseException:
+            cache.close(0)
+            raise
+        return cache
+
+    @staticmethod
+    def _unclaim(runtime: ConsumerRuntime | None, membership: Membership | None) -> None:
+        if runtime is not None:
+            runtime.close(0)  # never started (or failed to): releases the membership
+        elif membership is not None:
+            membership.release()
+
+    def wait_applied(self, token: Mapping[int, int], timeout: float = 30.0) -> None:
+        """Block until every live instance of this topic has applied the events of ``token``
+        (e.g. ``producer.produce(...).token``): every consumer group ``"{topic}::*"`` with live
+        members (each instance's cache) has committed offsets at or past it. A cache commits
+        what it applied every 200 ms.
+
+        Raises :class:`WaitTimeoutError` (also a ``TimeoutError``) when ``timeout`` passes
+        first, naming the instance ids that had not applied it; a :class:`BrokerError` that
+        asking again cannot cure (an :class:`AuthorizationError` without DESCRIBE on the
+        groups). Returns at once on a no-op topic. Needs ListConsumerGroups,
+        DescribeConsumerGroups and OffsetFetch, which librdkafka's mock cluster lacks."""
+        self._check_open()
+        if self._backend.inert:
+            return
+        with self._lock:
+            if self._barrier is None:
+                self._barrier = AppliedBarrier(self.config)
+            barrier = self._barrier
+        barrier.wait(token, timeout)
 
     def _health(
         self, what: str, kind: Literal["producer", "consumer"], *, fail_on_authorization: bool
@@ -298,6 +515,37 @@ def new_noop_topic(event_type: type[E]) -> Topic[E]:
     type-checked), for running with streaming disabled."""
     config = TopicConfig(brokers="disabled:9", topic="noop", instance_id="noop")
     return Topic(event_type, config, _backend=NOOP_BACKEND, _admin=_NoopAdmin())
+
+
+class _NoopFeed:
+    """A no-op topic's cache feed: no events, and never at the end of the topic, so the cache
+    never serves a hit (a no-op producer publishes nothing either)."""
+
+    def start(self, sink: object) -> None:
+        pass
+
+    def positions(self) -> Mapping[int, int]:
+        return {}
+
+    def skip_to_end(self, done: Callable[[], None]) -> None:
+        pass
+
+    def close(self, timeout: float | None) -> None:
+        pass
+
+
+class _NoopProbe:
+    def end_offsets(self) -> Mapping[int, int]:
+        return {}
+
+
+class _NoopCache(Cache[K, V]):
+    """A no-op topic's cache: every get calls the loader (see :meth:`Topic.new_cache`)."""
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Returns at once: there is nothing to wait for (the cache never serves a hit)."""
+        if self.closed:
+            raise ClosedError(f"cache of {self!r} is closed")
 
 
 class _NoopAdmin(TopicAdmin):

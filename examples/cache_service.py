@@ -1,8 +1,10 @@
 """Cache invalidation across the instances of a service, with eventstream.
 
-Two instances (``node-a``, ``node-b``) each keep a local read-through cache of a shared source of
-truth. A writer updates the source and publishes ``UserChanged``; every instance consumes in its own
-group, so every instance drops the stale entry. At the end each cache is checked against the source.
+Two instances (``node-a``, ``node-b``) each keep the library's coherent read-through cache of a
+shared source of truth (``topic.new_cache``). A writer updates the source, then publishes
+``UserChanged``; every instance's cache consumes in its own group, so every instance drops the
+stale entry. The writer reads its own write back through a cache (``get(after=token)``), and at
+the end each cache is checked against the source.
 
     python examples/cache_service.py                    # on an embedded cluster
     python examples/cache_service.py --brokers HOST:PORT
@@ -17,7 +19,7 @@ import uuid
 
 from events_pb2 import UserChanged
 
-from eventstream import EventMetadata, Topic, TopicConfig, new_topic
+from eventstream import Cache, Topic, TopicConfig, new_topic
 from eventstream.testing import EmbeddedCluster
 
 
@@ -43,33 +45,27 @@ class SourceOfTruth:
 
 
 class ServiceInstance:
-    """One node of the service: a local cache kept fresh by invalidation events."""
+    """One node of the service: a cache of the source that the topic's events keep coherent."""
 
     def __init__(self, topic: Topic[UserChanged], source: SourceOfTruth) -> None:
         self.name = topic.config.instance_id
-        self._source = source
-        self._cache: dict[str, int] = {}
         self._lock = threading.Lock()
-        self.invalidations = 0
         self._highest: dict[str, int] = {}
         self._caught_up = threading.Condition(self._lock)
-        self._consumer = topic.new_consumer(start_from_beginning=True)
+        self.cache: Cache[str, int] = topic.new_cache(
+            source.read,  # the loader: key -> value from the source of truth
+            keys=lambda event: event.user_id,  # what an event invalidates
+            on_event=self._on_change,  # runs after each event's invalidation
+            max_staleness=1.0,
+        )
 
-    def start(self) -> None:
-        self._consumer.consume(self._on_change, with_metadata=True)
-
-    def _on_change(self, event: UserChanged, meta: EventMetadata) -> None:
+    def _on_change(self, event: UserChanged) -> None:
         with self._lock:
-            self._cache.pop(event.user_id, None)
-            self.invalidations += 1
             self._highest[event.user_id] = max(self._highest.get(event.user_id, 0), event.version)
             self._caught_up.notify_all()
 
     def get(self, user_id: str) -> int:
-        with self._lock:
-            if user_id not in self._cache:
-                self._cache[user_id] = self._source.read(user_id)
-            return self._cache[user_id]
+        return self.cache.get(user_id)
 
     def wait_for(self, versions: dict[str, int], timeout: float) -> bool:
         """Wait until this instance has seen the invalidation of every given version."""
@@ -93,22 +89,27 @@ def run(brokers: str, *, writes: int = 300) -> int:
         topics[2].ensure_exists(partitions=3)  # eventstream never creates topics implicitly
         nodes = [ServiceInstance(t, source) for t in topics[:2]]
         for node in nodes:
-            node.start()
+            node.cache.wait_ready(timeout=60)  # serving hits: about a second after it starts
         producer = topics[2].new_producer(key=lambda event: event.user_id)
         users = [f"user-{i}" for i in range(20)]
         for node in nodes:  # warm the caches with version 0 of every user
             for user in users:
                 node.get(user)
         written: dict[str, int] = {}
+        token = None
         for i in range(writes):
             user = users[i % len(users)]
-            written[user] = source.write(user)
-            producer.produce(UserChanged(user_id=user, version=written[user]))
+            written[user] = source.write(user)  # commit to the source first, then publish
+            token = producer.produce(UserChanged(user_id=user, version=written[user])).token
         converged = True
+        if token is not None:  # read-your-writes: this instance has applied the last write
+            last = users[(writes - 1) % len(users)]
+            converged &= nodes[0].cache.get(last, after=token, timeout=60) == written[last]
         for node in nodes:
             caught_up = node.wait_for(written, timeout=60)
             stale = [u for u in users if node.get(u) != source.read(u)]
-            print(f"{node.name}: {node.invalidations} invalidations, {len(stale)} stale entries")
+            invalidations = node.cache.metrics().invalidations
+            print(f"{node.name}: {invalidations} invalidations, {len(stale)} stale entries")
             converged &= caught_up and not stale
         print("converged" if converged else "NOT converged")
         return 0 if converged else 1

@@ -220,7 +220,10 @@ class PureConsumer:
         client = self._client
         assert client is not None
         for partition, offset in offsets.items():
-            client.seek(confluent_kafka.TopicPartition(self._topic, partition, offset))
+            try:
+                client.seek(confluent_kafka.TopicPartition(self._topic, partition, offset))
+            except confluent_kafka.KafkaException as exc:  # as the compiled backend raises it
+                raise _broker_error("seek", exc.args[0]) from None
         with self._lock:
             for partition, offset in offsets.items():
                 if partition in self._positions:

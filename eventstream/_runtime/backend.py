@@ -151,6 +151,10 @@ class Dispatch:
     #: Called on the poll thread with every GapError the consumer reports (events it will never
     #: handle: deleted by retention, or lost with a recreated topic).
     on_gap: Callable[[GapError], object] | None = None
+    #: Called on the poll thread, once, when consumption stopped for good other than by
+    #: ``close()`` (a fatal or authentication error, a handler's BaseException, ``fail()``),
+    #: with what close() will raise, before the consumer leaves its group.
+    on_failure: Callable[[BaseException], object] | None = None
 
 
 class DispatchAbandoned(BaseException):

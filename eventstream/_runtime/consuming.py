@@ -246,9 +246,23 @@ class ConsumerRuntime:
                 self._health.stopped(exc)
             self._stopped_by(exc)
         finally:
+            self._report_failure()
             if self._watch is not None:
                 self._watch.close()
             self._leave()
+
+    def _report_failure(self) -> None:
+        """Tell the dispatch's ``on_failure`` hook what stopped consumption, if anything did."""
+        failure, dispatch = self._failure, self._dispatch
+        hook = None if dispatch is None else dispatch.on_failure
+        if failure is None or hook is None or isinstance(failure, DispatchAbandoned):
+            return
+        try:
+            hook(failure)
+        except Exception as exc:
+            self._logger.error(
+                "consumer of %r: the on_failure hook raised", self._topic, exc_info=exc
+            )
 
     def _topic_changed(self, change: Change) -> None:
         """The topic was deleted, or deleted and recreated (a new id), under the consumer."""
@@ -385,7 +399,10 @@ class ConsumerRuntime:
             try:
                 lows, highs = native.watermarks(partitions, left_ms)
                 if self._spec.from_end:
-                    return dict(zip(partitions, highs, strict=True))
+                    # Stored (committed with the next auto-commit) like any pinned start: the
+                    # group's committed offsets then say where this member reads.
+                    self._pinned = dict(zip(partitions, highs, strict=True))
+                    return dict(self._pinned)
                 # Partitions are numbered densely: asking for every one up to the highest
                 # assigned tells a group that never committed (its first start) from a
                 # partition new to the group, whichever members hold the others.

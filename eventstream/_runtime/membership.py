@@ -19,6 +19,7 @@ __all__ = ["Membership", "claim"]
 
 _lock = threading.Lock()
 _claimed: dict[tuple[str, str], set[int]] = {}
+_sole: set[tuple[str, str]] = set()  # groups whose one member allows no other (a cache's)
 
 
 class Membership:
@@ -47,21 +48,33 @@ class Membership:
                 held.discard(self.index)
                 if not held:
                     del _claimed[self._key]
+                    _sole.discard(self._key)
 
 
-def claim(brokers: str, group_id: str, instance_id: str) -> Membership:
-    """Claim the lowest free index of ``group_id`` on ``brokers``."""
+def claim(
+    brokers: str, group_id: str, instance_id: str, *, sole: bool = False
+) -> Membership | None:
+    """Claim the lowest free index of ``group_id`` on ``brokers``. ``sole``: only if no other
+    member of the group is open in this process, and none may join until it is released (a
+    cache owns its group); ``None`` when that cannot be had."""
     key = (brokers, group_id)
     with _lock:
         held = _claimed.setdefault(key, set())
+        if (sole and held) or key in _sole:
+            if not held:
+                del _claimed[key]
+            return None
         index = next(i for i in range(len(held) + 1) if i not in held)
         held.add(index)
+        if sole:
+            _sole.add(key)
     return Membership(key, index, instance_id)
 
 
 def _reset_after_fork() -> None:
-    global _claimed
+    global _claimed, _sole
     _claimed = {}
+    _sole = set()
 
 
 forks.on_fork_in_child(_reset_after_fork)

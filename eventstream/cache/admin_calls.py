@@ -50,6 +50,8 @@ class AdminCalls:
         settings: dict[str, object] = {
             k: v for k, v in config.producer_settings().items() if k not in _NOT_FOR_ADMIN
         }
+        # The probe's Metadata requests name the topic: they must never create it.
+        settings["allow.auto.create.topics"] = "false"
         settings["logger"] = ClientLog(config.logger)
         settings["error_cb"] = self._on_client_error
         self._what = what
@@ -122,6 +124,37 @@ class AdminCalls:
             TopicCollection([topic]), request_timeout=_timeout(deadline)
         )
         return futures[topic]
+
+    def partitions(self, topic: str, deadline: float) -> list[int]:
+        """The partitions of ``topic``, from a Metadata request (answered by any broker, also
+        by librdkafka's mock cluster, which cannot answer DescribeTopics; it never creates the
+        topic). Blocks until ``deadline``. Raises :class:`WaitTimeoutError`, the client's
+        failure, or the topic's error as a :class:`BrokerError`
+        (``UNKNOWN_TOPIC_OR_PART``: it does not exist)."""
+        what = f"partitions of topic {topic!r}"
+        if self._failure is not None:
+            raise fresh(self._failure)
+        try:
+            metadata = self.client.list_topics(topic, timeout=_timeout(deadline))
+        except confluent_kafka.KafkaException as exc:
+            err: confluent_kafka.KafkaError = exc.args[0]
+            if err.code() == confluent_kafka.KafkaError._TIMED_OUT:
+                cause = f"; last client error: {self.last_error}" if self.last_error else ""
+                raise WaitTimeoutError(
+                    f"{what}: no answer from the brokers in time{cause}"
+                ) from None
+            raise self.error(what, err) from None
+        found = metadata.topics.get(topic)
+        if found is None:
+            raise BrokerError(
+                f"{what}: not in the brokers' answer",
+                code=3,
+                name="UNKNOWN_TOPIC_OR_PART",
+                retriable=True,
+            )
+        if found.error is not None:
+            raise self.error(what, found.error)
+        return sorted(found.partitions)
 
     def list_offsets(
         self, partitions: list[TopicPartition], spec: OffsetSpec, deadline: float

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from concurrent.futures import Future
 from typing import Any
 
+import confluent_kafka
 from confluent_kafka import ConsumerGroupState, ConsumerGroupTopicPartitions, TopicPartition
 
 from eventstream.cache.admin_calls import AdminCalls
@@ -83,9 +84,10 @@ class AppliedBarrier:
             f"listing the consumer groups of topic {self._topic!r}",
         )
         if listed.errors:  # some broker did not answer: a live group may be missing
-            raise calls.error(
-                f"listing the consumer groups of topic {self._topic!r}", listed.errors[0].args[0]
-            )
+            first = listed.errors[0]  # a KafkaError (a KafkaException in some versions)
+            if isinstance(first, confluent_kafka.KafkaException):
+                first = first.args[0]
+            raise calls.error(f"listing the consumer groups of topic {self._topic!r}", first)
         groups = sorted(
             g.group_id
             for g in listed.valid

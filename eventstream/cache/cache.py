@@ -388,6 +388,11 @@ class Cache(Closeable, Generic[K, V]):
                     self._waiting -= 1
 
     @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called. Thread-safe."""
+        return self._core.closed
+
+    @property
     def status(self) -> CacheStatus:
         """The cache's state, why, and its staleness bound. Thread-safe; no network call."""
         with self._lock:

@@ -1,5 +1,5 @@
 """Asking the broker where the topic ends: :class:`Probe`, and :class:`AdminProbe` over
-confluent-kafka's ``AdminClient.list_offsets``.
+confluent-kafka's ``AdminClient``: a Metadata request (the partitions) and ``list_offsets``.
 
 A consumer's own idea of the end (librdkafka's cached high watermark) comes from its last fetch
 response: during an outage or with a frozen broker it stays where it was, and the consumer
@@ -17,7 +17,7 @@ from confluent_kafka.admin._listoffsets import OffsetSpec
 
 from eventstream.cache.admin_calls import AdminCalls
 from eventstream.config import TopicConfig
-from eventstream.errors import TopicError
+from eventstream.errors import BrokerError, TopicError
 
 __all__ = ["AdminProbe", "Probe"]
 
@@ -37,7 +37,8 @@ class Probe(Protocol):
 
 class AdminProbe:
     """A :class:`Probe` over an ``AdminClient`` of its own, built from ``config``: one
-    DescribeTopics request (the partitions; it never creates the topic) and one ListOffsets
+    Metadata request (the partitions; it never creates the topic; librdkafka's mock cluster
+    answers it, where it cannot answer DescribeTopics) and one ListOffsets
     request (``latest``, read-committed, as the cache's consumer reads) per call. Thread-safe;
     makes no network call until asked."""
 
@@ -64,10 +65,15 @@ class AdminProbe:
 
     def _ask(self, deadline: float) -> dict[int, int]:
         calls, what = self._calls, f"end offsets of topic {self._topic!r}"
-        topic = calls.result(
-            calls.describe_topic(self._topic, deadline), deadline, what, TopicError
-        )
-        partitions = [TopicPartition(self._topic, p.id) for p in topic.partitions]
+        try:
+            ids = calls.partitions(self._topic, deadline)
+        except BrokerError as exc:
+            if type(exc) is not BrokerError:  # authentication, authorization, a timeout
+                raise
+            raise TopicError(
+                str(exc), code=exc.code, name=exc.name, retriable=exc.retriable
+            ) from None
+        partitions = [TopicPartition(self._topic, p) for p in ids]
         latest = cast(OffsetSpec, OffsetSpec.latest())  # type: ignore[no-untyped-call]
         answers = calls.list_offsets(partitions, latest, deadline)
         return {

@@ -1,11 +1,12 @@
 """``eventstream demo``: cache invalidation across the instances of a service.
 
 A writer updates a source of truth and publishes a ``CacheInvalidated`` event per change, at a
-chosen rate. Several service instances each keep a local read-through cache and consume in their
-own group (``"{topic}::{instance_id}"``), so each of them drops every stale entry. Live progress
+chosen rate. Several service instances each keep the library's coherent read-through cache
+(``Topic.new_cache``), which consumes in the instance's own group (``"{topic}::{instance_id}"``),
+so each of them drops every stale entry. Live progress
 shows the event rate, end-to-end latency (from ``produce`` in the writer to the handler in an
 instance) and invalidations per instance; the summary checks that every instance's cache agrees
-with the source of truth.
+with the source of truth, and that a read after the last write's token returns that write.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from eventstream._runtime.records import EventMetadata
+from eventstream.cache import Cache
 from eventstream.config import TopicConfig
 from eventstream.demo.events import CacheInvalidated
 from eventstream.topic import Topic, new_topic
@@ -93,38 +94,38 @@ def percentile(values: list[int], q: float) -> float:
 
 
 class ServiceInstance:
-    """A node of the service: a read-through cache that invalidation events keep fresh."""
+    """A node of the service: the library's coherent cache of the source of truth
+    (:meth:`Topic.new_cache`), which the topic's invalidations keep fresh. Its ``on_event``
+    handler, run after each event's invalidation, measures latency and tracks progress."""
 
     def __init__(self, topic: Topic[Any], source: SourceOfTruth, latencies: Latencies) -> None:
         self.name = topic.config.instance_id
-        self._source = source
         self._latencies = latencies
         self._lock = threading.Lock()
-        self._cache: dict[str, int] = {}
         self._seen: dict[str, int] = {}  # highest version invalidated, per key
         self._caught_up = threading.Condition(self._lock)
-        self.invalidations = 0
-        # A new instance on a new topic: start from the beginning, so no invalidation published
-        # while it joins the group can slip past it.
-        self.consumer = topic.new_consumer(start_from_beginning=True)
+        # The cache owns the instance's consumer group; it reads from the end of the topic
+        # (an empty cache needs nothing older) and serves hits once it has caught up.
+        self.cache: Cache[str, int] = topic.new_cache(
+            source.read, keys=_key, on_event=self._on_event, max_staleness=1.0, name=self.name
+        )
 
-    def on_invalidate(self, event: Any, meta: EventMetadata) -> None:
+    def _on_event(self, event: Any) -> None:
         now_us = time.time_ns() // 1000
         with self._lock:
-            self._cache.pop(event.key, None)
-            self.invalidations += 1
             if event.version > self._seen.get(event.key, 0):
                 self._seen[event.key] = event.version
             self._caught_up.notify_all()
         self._latencies.add(now_us - event.written_at_us)
 
+    @property
+    def invalidations(self) -> int:
+        return self.cache.metrics().invalidations
+
     def get(self, key: str) -> int:
-        # Filling under the lock the handler takes makes "read the source, then cache it" atomic
-        # with respect to invalidations, so a fill can never store a value already invalidated.
-        with self._lock:
-            if key not in self._cache:
-                self._cache[key] = self._source.read(key)
-            return self._cache[key]
+        # A hit, or one load shared by concurrent misses; a load that an invalidation of its
+        # key overtook is returned to its caller but never stored (the fill race).
+        return self.cache.get(key)
 
     def wait_caught_up(self, written: dict[str, int], timeout: float) -> bool:
         with self._lock:
@@ -133,8 +134,9 @@ class ServiceInstance:
             )
 
     def stale_entries(self, truth: dict[str, int]) -> list[str]:
-        with self._lock:
-            return [k for k, v in self._cache.items() if truth.get(k, 0) != v]
+        """The keys whose value read through the cache differs from the source of truth (once
+        caught up, a hit must be the newest version)."""
+        return [k for k, v in truth.items() if self.cache.get(k) != v]
 
 
 def run(settings: DemoSettings, *, out: TextIO = sys.stdout) -> int:
@@ -170,9 +172,7 @@ def run(settings: DemoSettings, *, out: TextIO = sys.stdout) -> int:
             for i in range(settings.instances)
         ]
         for node in nodes:
-            node.consumer.consume(node.on_invalidate, with_metadata=True)
-        for node in nodes:
-            node.consumer.wait_until_assigned(timeout=60)
+            node.cache.wait_ready(timeout=60)
             for key in keys:  # warm every cache
                 node.get(key)
 
@@ -192,17 +192,28 @@ def run(settings: DemoSettings, *, out: TextIO = sys.stdout) -> int:
             reader.join()
 
         caught_up = {node.name: node.wait_caught_up(written, timeout=60) for node in nodes}
+        # Read-your-writes: one more write, read back through every cache after its token.
+        last = keys[0]
+        written[last] = source.write(last)
+        token = producer.produce(
+            CacheInvalidated(key=last, version=written[last], written_at_us=time.time_ns() // 1000)
+        ).token
+        sent += 1
+        read_back = {node.name: node.cache.get(last, after=token, timeout=60) for node in nodes}
         truth = source.snapshot()
         print("", file=out)
         print(f"summary: {sent} events published and acknowledged", file=out)
         all_ok = True
         for node in nodes:
             stale = node.stale_entries(truth)
-            ok = caught_up[node.name] and not stale
+            ok = caught_up[node.name] and not stale and read_back[node.name] == written[last]
             all_ok &= ok
+            metrics = node.cache.metrics()
             print(
-                f"  {node.name:8} {node.invalidations:7d} invalidations, {len(stale)} stale "
-                f"entries: {'converged' if ok else 'NOT CONVERGED'}",
+                f"  {node.name:8} {metrics.invalidations:7d} invalidations, {metrics.hits} hits, "
+                f"{metrics.misses} misses, {metrics.fills_voided} fills voided, {len(stale)} "
+                f"stale entries, {node.cache.status.state}: "
+                f"{'converged' if ok else 'NOT CONVERGED'}",
                 file=out,
             )
         everything = latencies.everything()
