@@ -40,7 +40,7 @@ from testevents_pb2 import Invalidate
 
 import eventstream
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.kafka]  # clusters of its own: marked by hand
 
 CRASH_CONSUMER = Path(__file__).resolve().parent / "crash_consumer.py"
 
