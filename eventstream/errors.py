@@ -540,10 +540,11 @@ def instance_id_conflict(code: int, props: Mapping[str, str]) -> str:
     else:
         happened = f"static member {member!r} of group {group!r} is still held by another consumer"
     return (
-        f"{happened}: instance_id {instance!r} is used by two live processes. Give every process "
-        "that holds a cache its own instance_id (a host name shared by several worker processes "
-        "is not unique), or use new_consumer(shared=True) where processes share the partitions "
-        "on purpose"
+        f"{happened}: most likely instance_id {instance!r} is used by two live processes. Give "
+        "every process that holds a cache its own instance_id (a host name shared by several "
+        "worker processes is not unique), or use new_consumer(shared=True) where processes share "
+        "the partitions on purpose. If no other process has this id, the group's coordinator "
+        "moved while this member rejoined (a broker failed): make a new consumer"
     )
 
 
