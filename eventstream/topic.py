@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from functools import partial
-from typing import Any, Generic, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from google.protobuf.message import Message
 
@@ -21,10 +21,6 @@ from eventstream._runtime.health import Health
 from eventstream._runtime.membership import Membership, claim
 from eventstream._runtime.records import EventMetadata
 from eventstream._runtime.telemetry.reporting import reporter, statistics_tick
-from eventstream.cache import consumer_feed
-from eventstream.cache.barrier import AppliedBarrier
-from eventstream.cache.cache import Cache
-from eventstream.cache.probe import AdminProbe
 from eventstream.config import TopicConfig
 from eventstream.consumer import Consumer
 from eventstream.errors import (
@@ -36,6 +32,10 @@ from eventstream.errors import (
     GroupConflictError,
 )
 from eventstream.producer import Producer
+
+if TYPE_CHECKING:  # eventstream.cache (and the admin client it uses) load on the first new_cache()
+    from eventstream.cache.barrier import AppliedBarrier
+    from eventstream.cache.cache import Cache
 
 __all__ = ["Topic", "new_noop_topic", "new_topic"]
 
@@ -97,7 +97,7 @@ class Topic(Closeable, Generic[E]):
                 raise ClosedError(f"topic {self.name!r} is closed")
             self._children = [c for c in self._children if not c.closed]
             if not isinstance(child, Producer):
-                self._check_member("cache" if isinstance(child, Cache) else "consumer")
+                self._check_member("consumer" if isinstance(child, Consumer) else "cache")
             self._children.append(child)
 
     def _check_member(self, new: Literal["cache", "consumer"]) -> None:
@@ -106,7 +106,8 @@ class Topic(Closeable, Generic[E]):
         for child in self._children:
             if child.closed:
                 continue
-            if isinstance(child, Cache) or (new == "cache" and isinstance(child, Consumer)):
+            is_cache = not isinstance(child, Producer | Consumer)
+            if is_cache or (new == "cache" and isinstance(child, Consumer)):
                 raise self._conflict(new)
 
     def _conflict(self, new: Literal["cache", "consumer"]) -> GroupConflictError:
@@ -307,13 +308,19 @@ class Topic(Closeable, Generic[E]):
         second). The topic closes it on :meth:`close`. On a no-op topic
         (:func:`new_noop_topic`) the cache never serves a hit: every get calls the loader,
         nothing is stored, and ``wait_ready`` returns at once."""
+        from eventstream.cache import consumer_feed
+        from eventstream.cache.cache import Cache
+        from eventstream.cache.probe import AdminProbe
+
         self._check_open()
         cache_name = self.name if name is None else name
         cache_logger = self.config.logger if logger is None else logger
         if self._backend.inert:
-            noop: Cache[Any, Any] = _NoopCache(
-                _NoopFeed(),
-                _NoopProbe(),
+            from eventstream.cache.noop import NoopCache, NoopFeed, NoopProbe
+
+            noop: Cache[Any, Any] = NoopCache(
+                NoopFeed(),
+                NoopProbe(),
                 loader,
                 keys=keys,
                 max_staleness=max_staleness,
@@ -413,6 +420,8 @@ class Topic(Closeable, Generic[E]):
             return
         with self._lock:
             if self._barrier is None:
+                from eventstream.cache.barrier import AppliedBarrier
+
                 self._barrier = AppliedBarrier(self.config)
             barrier = self._barrier
         barrier.wait(token, timeout)
@@ -515,37 +524,6 @@ def new_noop_topic(event_type: type[E]) -> Topic[E]:
     type-checked), for running with streaming disabled."""
     config = TopicConfig(brokers="disabled:9", topic="noop", instance_id="noop")
     return Topic(event_type, config, _backend=NOOP_BACKEND, _admin=_NoopAdmin())
-
-
-class _NoopFeed:
-    """A no-op topic's cache feed: no events, and never at the end of the topic, so the cache
-    never serves a hit (a no-op producer publishes nothing either)."""
-
-    def start(self, sink: object) -> None:
-        pass
-
-    def positions(self) -> Mapping[int, int]:
-        return {}
-
-    def skip_to_end(self, done: Callable[[], None]) -> None:
-        pass
-
-    def close(self, timeout: float | None) -> None:
-        pass
-
-
-class _NoopProbe:
-    def end_offsets(self) -> Mapping[int, int]:
-        return {}
-
-
-class _NoopCache(Cache[K, V]):
-    """A no-op topic's cache: every get calls the loader (see :meth:`Topic.new_cache`)."""
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        """Returns at once: there is nothing to wait for (the cache never serves a hit)."""
-        if self.closed:
-            raise ClosedError(f"cache of {self!r} is closed")
 
 
 class _NoopAdmin(TopicAdmin):
