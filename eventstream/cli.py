@@ -427,6 +427,25 @@ def _bench(args: argparse.Namespace) -> int:
     return status
 
 
+def _positive(kind: Callable[[str], float]) -> Callable[[str], Any]:
+    """An argparse ``type``: a number of ``kind`` above 0, else argparse's usage error (exit 2)
+    naming the flag. A demo of no instances, no events or no time would "converge" vacuously."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be a {'whole ' if kind is int else ''}number above 0, got {text!r}"
+            ) from None
+        if not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in some messages
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eventstream",
@@ -465,11 +484,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--brokers", help="bootstrap servers of a real cluster (host:port,...)")
     demo.add_argument("--topic", help="topic name (default: a new random one)")
-    demo.add_argument("--instances", type=int, default=3, help="service instances (default 3)")
-    demo.add_argument("--rate", type=int, default=2000, help="events per second (default 2000)")
-    demo.add_argument("--duration", type=float, default=10.0, help="seconds (default 10)")
-    demo.add_argument("--keys", type=int, default=500, help="distinct cache keys (default 500)")
-    demo.add_argument("--partitions", type=int, default=4, help="partitions (default 4)")
+    demo.add_argument(
+        "--instances", type=_positive(int), default=3, help="service instances (default 3)"
+    )
+    demo.add_argument(
+        "--rate", type=_positive(int), default=2000, help="events per second (default 2000)"
+    )
+    demo.add_argument(
+        "--duration", type=_positive(float), default=10.0, help="seconds (default 10)"
+    )
+    demo.add_argument(
+        "--keys", type=_positive(int), default=500, help="distinct cache keys (default 500)"
+    )
+    demo.add_argument("--partitions", type=_positive(int), default=4, help="partitions (default 4)")
     demo.set_defaults(run=_demo)
 
     tail = commands.add_parser(

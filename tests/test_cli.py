@@ -647,6 +647,26 @@ def test_demo_on_the_embedded_cluster() -> None:
     assert "every instance converged" in result.stdout
 
 
+def test_demo_arguments_that_make_no_demo_are_usage_errors() -> None:
+    """They used to run and report that every one of no instances converged (exit 0)."""
+    for flag, value in [
+        ("--instances", "0"),
+        ("--instances", "-1"),
+        ("--rate", "-5"),
+        ("--rate", "0"),
+        ("--duration", "0"),
+        ("--duration", "nan"),
+        ("--duration", "inf"),
+        ("--keys", "0"),
+        ("--partitions", "0"),
+        ("--partitions", "1.5"),
+    ]:
+        # No broker is contacted: an address where nothing could listen shows it.
+        result = eventstream_command("demo", "--brokers", "127.0.0.1:1", flag, value, timeout=60)
+        _usage_error(result, f"argument {flag}: must be", repr(value))
+        assert "converged" not in result.stdout
+
+
 def test_bench_help_is_reachable_from_a_checkout() -> None:
     result = eventstream_command("bench", "--help")
     assert result.returncode == 0, result.stderr
