@@ -647,6 +647,18 @@ def test_demo_on_the_embedded_cluster() -> None:
     assert "every instance converged" in result.stdout
 
 
+def test_demo_reports_an_unreachable_broker(unreachable_broker: str) -> None:
+    """Within disconnected_after (the demo's default, 5 s), not a 30 s wait that printed nothing;
+    the test's own timeout is the only time limit here."""
+    result = eventstream_command("demo", "--brokers", unreachable_broker, timeout=120)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert f"eventstream demo: no broker at {unreachable_broker} answered within 5 s" in (
+        result.stderr
+    )
+    assert "Connection refused" in result.stderr and "Check " in result.stderr
+    assert "Traceback" not in result.stderr and "converged" not in result.stdout
+
+
 def test_demo_arguments_that_make_no_demo_are_usage_errors() -> None:
     """They used to run and report that every one of no instances converged (exit 0)."""
     for flag, value in [
