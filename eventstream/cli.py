@@ -8,15 +8,17 @@ be reached or refused a request; 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import logging
 import platform
+import signal
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -137,36 +139,43 @@ def _tail(args: argparse.Namespace) -> int:
     type_name = event_type.DESCRIPTOR.full_name
     # No consumer group: tail assigns every partition itself and commits nothing, so looking at a
     # topic leaves no group behind and moves no service's offsets.
-    consumer = confluent_kafka.Consumer(
-        {
-            "bootstrap.servers": args.brokers,
-            "group.id": "eventstream-tail-unused",
-            "enable.auto.commit": False,
-            "logger": ClientLog(logging.getLogger("eventstream")),
-        }
-    )
-    try:
-        log.debug(
-            "tail: waiting for the metadata of %s (up to %g s)", args.brokers, METADATA_TIMEOUT
+    with _interrupt_between_calls() as check_interrupt:
+        consumer = confluent_kafka.Consumer(
+            {
+                "bootstrap.servers": args.brokers,
+                "group.id": "eventstream-tail-unused",
+                "enable.auto.commit": False,
+                "logger": ClientLog(logging.getLogger("eventstream")),
+            }
         )
-        topics = _metadata(consumer, args.brokers, args.topic)
-        partitions = topics[args.topic].partitions
-        start = (
-            confluent_kafka.OFFSET_BEGINNING if args.from_beginning else confluent_kafka.OFFSET_END
-        )
-        consumer.assign([confluent_kafka.TopicPartition(args.topic, p, start) for p in partitions])
-        printed = 0
-        while args.count is None or printed < args.count:
-            msg = consumer.poll(_WAIT_SLICE)
-            if msg is None:
-                continue
-            if msg.error() is not None:
-                print(f"eventstream tail: {msg.error()}", file=sys.stderr)
-                continue
-            print(json.dumps(_record(msg, event_type, type_name)), flush=True)
-            printed += 1
-    finally:
-        consumer.close()
+        try:
+            log.debug(
+                "tail: waiting for the metadata of %s (up to %g s)", args.brokers, METADATA_TIMEOUT
+            )
+            topics = _metadata(consumer, args.brokers, args.topic, check=check_interrupt)
+            partitions = topics[args.topic].partitions
+            start = (
+                confluent_kafka.OFFSET_BEGINNING
+                if args.from_beginning
+                else confluent_kafka.OFFSET_END
+            )
+            consumer.assign(
+                [confluent_kafka.TopicPartition(args.topic, p, start) for p in partitions]
+            )
+            log.debug("tail: reading %d partitions of %s", len(partitions), args.topic)
+            printed = 0
+            while args.count is None or printed < args.count:
+                check_interrupt()
+                msg = consumer.poll(_WAIT_SLICE)
+                if msg is None:
+                    continue
+                if msg.error() is not None:
+                    print(f"eventstream tail: {msg.error()}", file=sys.stderr)
+                    continue
+                print(json.dumps(_record(msg, event_type, type_name)), flush=True)
+                printed += 1
+        finally:
+            consumer.close()
     return EXIT_OK
 
 
@@ -202,12 +211,20 @@ def _record(
     return record
 
 
-def _metadata(client: Any, brokers: str, topic: str, timeout: float = METADATA_TIMEOUT) -> Any:
-    """All topics' metadata, asked for in short slices so that Ctrl+C interrupts the wait.
-    Gives up after ``timeout``, or after :data:`REFUSED_TIMEOUT` if every connection fails."""
+def _metadata(
+    client: Any,
+    brokers: str,
+    topic: str,
+    timeout: float = METADATA_TIMEOUT,
+    check: Callable[[], None] = lambda: None,
+) -> Any:
+    """All topics' metadata, asked for in short slices so that Ctrl+C interrupts the wait
+    (``check`` raises KeyboardInterrupt between slices). Gives up after ``timeout``, or after
+    :data:`REFUSED_TIMEOUT` if every connection fails."""
     started = time.monotonic()
     deadline = started + timeout
     while True:
+        check()
         remaining = deadline - time.monotonic()
         try:
             topics = client.list_topics(timeout=max(0.01, min(_WAIT_SLICE, remaining))).topics
@@ -238,6 +255,38 @@ _STILL_CONNECTING = frozenset(
 )
 
 
+@contextlib.contextmanager
+def _interrupt_between_calls() -> Generator[Callable[[], None]]:
+    """Inside the block SIGINT only sets a flag; the check it gives raises KeyboardInterrupt
+    between calls into confluent-kafka (each of which waits at most :data:`_WAIT_SLICE`).
+
+    confluent-kafka's consumer runs its ``logger`` inside ``poll()`` and ``list_topics()``: a
+    KeyboardInterrupt raised there (Python's default SIGINT handler fires in whatever Python code
+    runs next) is lost, and the call then fails with ``SystemError: ... returned NULL without
+    setting an exception``, which is what tail printed when Ctrl+C came while librdkafka logged
+    its reconnects to brokers that had gone away. An interrupt that came in the block is raised
+    when it ends. Off the main thread (``main()`` called by a test's thread) signals cannot be
+    handled there, so the block changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+    interrupted = threading.Event()
+
+    def on_sigint(signum: int, frame: object) -> None:
+        interrupted.set()
+
+    def check() -> None:
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield check
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    check()
+
+
 def _produce(args: argparse.Namespace) -> int:
     from eventstream.config import TopicConfig
     from eventstream.topic import new_topic
@@ -255,6 +304,7 @@ def _produce(args: argparse.Namespace) -> int:
                 "(end with Ctrl+D)",
                 file=sys.stderr,
             )
+        log.debug("produce: reading events from stdin, one JSON object a line")
         lines = [line for line in sys.stdin.read().splitlines() if line.strip()]
         if not lines:
             raise UsageError(
@@ -278,6 +328,17 @@ def _produce(args: argparse.Namespace) -> int:
         producer = topic.new_producer(key=_field_key(key_field) if key_field else None)
         try:
             _produce_watched(producer, events, args.timeout, args.brokers)
+        except KeyboardInterrupt:
+            # main() says in one line that the command was interrupted and what that means for
+            # the events; close()'s warnings about the call it cuts short would only repeat it.
+            quiet = config.logger
+            level = quiet.level
+            quiet.setLevel(logging.ERROR)
+            try:
+                producer.close(timeout=0)
+            finally:
+                quiet.setLevel(level)
+            raise
         except BaseException:
             producer.close(timeout=0)  # the failure is reported; don't wait for events in doubt
             raise
@@ -366,6 +427,25 @@ def _bench(args: argparse.Namespace) -> int:
     return status
 
 
+def _positive(kind: Callable[[str], float]) -> Callable[[str], Any]:
+    """An argparse ``type``: a number of ``kind`` above 0, else argparse's usage error (exit 2)
+    naming the flag. A demo of no instances, no events or no time would "converge" vacuously."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be a {'whole ' if kind is int else ''}number above 0, got {text!r}"
+            ) from None
+        if not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in some messages
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eventstream",
@@ -404,11 +484,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--brokers", help="bootstrap servers of a real cluster (host:port,...)")
     demo.add_argument("--topic", help="topic name (default: a new random one)")
-    demo.add_argument("--instances", type=int, default=3, help="service instances (default 3)")
-    demo.add_argument("--rate", type=int, default=2000, help="events per second (default 2000)")
-    demo.add_argument("--duration", type=float, default=10.0, help="seconds (default 10)")
-    demo.add_argument("--keys", type=int, default=500, help="distinct cache keys (default 500)")
-    demo.add_argument("--partitions", type=int, default=4, help="partitions (default 4)")
+    demo.add_argument(
+        "--instances", type=_positive(int), default=3, help="service instances (default 3)"
+    )
+    demo.add_argument(
+        "--rate", type=_positive(int), default=2000, help="events per second (default 2000)"
+    )
+    demo.add_argument(
+        "--duration", type=_positive(float), default=10.0, help="seconds (default 10)"
+    )
+    demo.add_argument(
+        "--keys", type=_positive(int), default=500, help="distinct cache keys (default 500)"
+    )
+    demo.add_argument("--partitions", type=_positive(int), default=4, help="partitions (default 4)")
     demo.set_defaults(run=_demo)
 
     tail = commands.add_parser(
@@ -466,6 +554,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: What main() prints (after "eventstream COMMAND: ") when Ctrl+C ends a command.
+_INTERRUPTED = {
+    "produce": "interrupted; events not acknowledged by then may or may not have been written "
+    "(tail the topic to see which were)",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     # `bench` hands everything after it to the suite's own parser (including --help).
@@ -487,6 +582,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"eventstream {args.command}: {exc}", file=sys.stderr)
         return EXIT_BROKER
     except KeyboardInterrupt:
+        print(
+            f"eventstream {args.command}: {_INTERRUPTED.get(args.command, 'interrupted')}",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     return status
 

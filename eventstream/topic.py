@@ -446,6 +446,7 @@ class Topic(Closeable, Generic[E]):
                 {k: v for k, v in settings.items() if k not in _PRODUCER_ONLY},
                 self.name,
                 self.config.logger,
+                self.config.disconnected_after,
             )
         return self._admin
 

@@ -16,7 +16,7 @@ from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy, memcmp, memset, strlen, strcmp
 from libc.stdio cimport snprintf
 from posix.dlfcn cimport dlopen, dlerror, RTLD_NOW, RTLD_LOCAL
-from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF
+from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF, Py_XDECREF
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from cpython cimport array
@@ -200,6 +200,54 @@ cdef rd_kafka_conf_t *_make_conf(object properties, str what) except NULL:
     return conf
 
 
+# ---- BaseExceptions raised inside librdkafka's callbacks ----------------------------------------
+# A callback (error, statistics, log, rebalance, the settling of produce_async futures) runs
+# inside whichever rd_kafka_poll()/flush()/consume_batch_queue() served it: the owner or poll
+# thread, or a caller's thread (a serving produce(), flush()). It must not let an exception into
+# C, so it catches everything; ordinary exceptions are dealt with there (logged, reported). A
+# KeyboardInterrupt (Ctrl+C on the main thread lands in whatever Python code runs next: often
+# such a callback), a SystemExit or another BaseException that is not an Exception must not
+# vanish: _hold() keeps it (the first one, per thread) and the code that called librdkafka on that
+# thread raises it with _raise_held() once the call returned, as the pure backend's
+# confluent-kafka does. Threads with nobody to raise it to (the producer's owner) _drop_held().
+
+cdef extern from *:
+    """
+    static __thread PyObject *esk_held_ = NULL;  /* owned; touched with the GIL held only */
+    static inline PyObject *esk_held(void) { return esk_held_; }
+    static inline void esk_set_held(PyObject *exc) { esk_held_ = exc; }
+    """
+    PyObject *esk_held() noexcept nogil
+    void esk_set_held(PyObject *exc) noexcept nogil
+
+
+cdef inline void _hold(BaseException exc) noexcept:
+    """Called (GIL held) from a callback's `except BaseException`: keep what must not vanish."""
+    if esk_held() == NULL and not isinstance(exc, Exception):
+        Py_INCREF(exc)
+        esk_set_held(<PyObject *>exc)
+
+
+cdef int _raise_held() except -1:
+    """Raise what a callback served by this thread's last librdkafka call kept, if anything."""
+    cdef PyObject *held = esk_held()
+    if held == NULL:
+        return 0
+    esk_set_held(NULL)
+    exc = <object>held
+    Py_DECREF(exc)              # the reference esk_held owned; `exc` holds its own
+    raise exc
+
+
+cdef void _drop_held() noexcept nogil:
+    """For a thread that has nobody to raise to (the producer's owner): forget it."""
+    cdef PyObject *held = esk_held()
+    if held != NULL:
+        esk_set_held(NULL)
+        with gil:
+            Py_XDECREF(held)
+
+
 # Where librdkafka's own log lines go: "<logger>.librdkafka" at DEBUG (like the pure backend).
 # Broker outages would otherwise print a line per reconnect; the errors that matter reach the
 # application through the client's Health (state, one log line, on_error) or as exceptions.
@@ -221,8 +269,8 @@ cdef void _on_log(const rd_kafka_t *rk, int level, const char *fac, const char *
         (<object>sink.logger).debug("%s: %s", facility, text)
         if level <= 4 and sink.on_warning != NULL:     # syslog LOG_WARNING and worse
             (<object>sink.on_warning)(facility, text)
-    except BaseException:
-        pass                    # logging must never break the client
+    except BaseException as exc:
+        _hold(exc)              # logging must never break the client; Ctrl+C must not vanish
 
 
 cdef int _route_logs(rd_kafka_conf_t *conf) except -1:

@@ -134,8 +134,8 @@ cdef void _on_consumer_error(rd_kafka_t *rk, int err, const char *reason,
         (<Consumer>st.owner)._listener.client_error(
             code, _err_name(code), reason.decode("utf-8", "replace"), fatal
         )
-    except BaseException:
-        pass                    # never let an exception vanish into C
+    except BaseException as exc:
+        _hold(exc)              # never let an exception into C; poll() raises a SystemExit & co.
 
 
 cdef int _on_consumer_stats(rd_kafka_t *rk, char *json, size_t json_len,
@@ -144,8 +144,8 @@ cdef int _on_consumer_stats(rd_kafka_t *rk, char *json, size_t json_len,
     if st.owner != NULL:
         try:
             (<Consumer>st.owner)._listener.statistics(json[:json_len].decode("utf-8", "replace"))
-        except BaseException:
-            pass
+        except BaseException as exc:
+            _hold(exc)
     return 0
 
 
@@ -158,8 +158,8 @@ cdef void _on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         return
     try:
         (<Consumer>st.owner)._rebalance(rk, err, partitions)
-    except BaseException:
-        pass                    # _rebalance reports its own troubles
+    except BaseException as exc:
+        _hold(exc)              # _rebalance reports its own troubles; a hook's SystemExit & co.
 
 
 # ---- the position table (see ConsumerState) -----------------------------------------------
@@ -455,6 +455,8 @@ cdef class Consumer:
                 for i in range(max(n, 0)):
                     rd_kafka_message_destroy(self._msgs[i])
                 closed = rd_kafka_consumer_closed(self._rk)
+        # Leaving goes on whatever a callback raised (the loop that could stop has stopped).
+        _drop_held()
         return closed
 
     def destroy(self, bint left):
@@ -708,6 +710,7 @@ cdef class Consumer:
                     n += more
         esk_store_i64(&self._st.dispatch_since_ns, esk_now_ns())
         if n <= 0:
+            _raise_held()       # what a callback served above kept (a hook's SystemExit, ...)
             return
         try:
             if self._watch_resumes:
@@ -720,6 +723,7 @@ cdef class Consumer:
             with nogil:
                 for i in range(n):
                     rd_kafka_message_destroy(msgs[i])
+        _raise_held()           # once the batch was handled: its offsets are stored
 
     cdef int _report_resumes(self, rd_kafka_message_t **msgs, ssize_t n) except -1:
         cdef ssize_t i

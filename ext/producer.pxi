@@ -684,8 +684,8 @@ cdef void _on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) n
         )
         if failure is not None:
             _refuse(st, rk, code)
-    except BaseException:
-        pass                    # never let an exception vanish into C
+    except BaseException as exc:
+        _hold(exc)              # never let an exception into C; Ctrl+C must not vanish
 
 
 cdef int _on_stats(rd_kafka_t *rk, char *json, size_t json_len, void *opaque) noexcept with gil:
@@ -697,8 +697,8 @@ cdef int _on_stats(rd_kafka_t *rk, char *json, size_t json_len, void *opaque) no
     tick = <object>st.statistics    # our own reference (see "Ownership")
     try:
         tick(json[:json_len].decode("utf-8", "replace"))
-    except BaseException:
-        pass
+    except BaseException as exc:
+        _hold(exc)
     return 0
 
 
@@ -850,12 +850,13 @@ cdef void _resolve_completed(ProducerState *st) noexcept with gil:
             except RuntimeError:
                 pass            # the loop is closed: nobody can await the future any more
         except BaseException as e:
-            if not st.detached:
+            _hold(e)            # a KeyboardInterrupt & co.: raised by the caller, not logged
+            if not st.detached and isinstance(e, Exception):
                 try:
                     (<object>st.logger).error("could not resolve a produce_async future",
                                               exc_info=e)
-                except BaseException:
-                    pass
+                except BaseException as e2:
+                    _hold(e2)
         finally:
             exc = None
             Py_XDECREF(t.future)
@@ -868,8 +869,8 @@ cdef void _resolve_completed(ProducerState *st) noexcept with gil:
         health = <object>st.health
         try:
             health.up()
-        except BaseException:
-            pass
+        except BaseException as exc:
+            _hold(exc)
 
 
 # ---- the owner thread -------------------------------------------------------------------------
@@ -894,6 +895,7 @@ cdef void *_owner_main(void *arg) noexcept nogil:
             pthread_mutex_unlock(&st.lock)
             if esk_load_int(&st.has_completed):
                 _resolve_completed(st)
+            _drop_held()                    # nobody to raise it to on this thread
             continue
         if esk_load_int(&st.flushing) > 0 and rd_kafka_outq_len(rk) > 0:
             # Calls are waiting: send what lingers now. Returns when every message of the
@@ -905,6 +907,7 @@ cdef void *_owner_main(void *arg) noexcept nogil:
             rd_kafka_poll(rk, POLL_SLICE_MS)
         if esk_load_int(&st.has_completed):
             _resolve_completed(st)
+        _drop_held()
     # Stopping. New calls are refused from here on, and calls entering after the fence see it.
     esk_store_int(&st.refuse, RD_KAFKA_RESP_ERR__DESTROY)
     esk_fence()
@@ -929,6 +932,7 @@ cdef void *_owner_main(void *arg) noexcept nogil:
             break
     if esk_load_int(&st.has_completed):
         _resolve_completed(st)
+    _drop_held()
     pthread_mutex_lock(&st.lock)
     rd_kafka_queue_destroy(st.mainq)
     st.mainq = NULL
@@ -1499,6 +1503,7 @@ cdef class Producer:
             slice_end = min(esk_now_ns() + WAIT_SLICE_NS, deadline)
             with nogil:
                 self._enqueue(&batch.call, t, t.id_base, slice_end, serving, &err)
+            _raise_held()           # from a callback served while the queue was full
             if err == 0:
                 return 0
             if err == RD_KAFKA_RESP_ERR__QUEUE_FULL:
@@ -1559,6 +1564,7 @@ cdef class Producer:
                             done = _tracker_wait(t, min(now + WAIT_SLICE_NS, deadline))
                     if esk_load_int(&self._st.has_completed):
                         _resolve_completed(self._st)
+                    _raise_held()   # from a callback this thread served
                     if done or esk_now_ns() >= deadline:
                         break
                     PyErr_CheckSignals()
@@ -1641,6 +1647,7 @@ cdef class Producer:
                 fut.add_done_callback(expiry._on_done)
             if esk_load_int(&self._st.has_completed):
                 _resolve_completed(self._st)    # completed here (e.g. enqueue failed)
+                _raise_held()
             return fut, pending
         finally:
             if pending is None:
@@ -1670,6 +1677,7 @@ cdef class Producer:
                     left = rd_kafka_outq_len(rk)
                 if esk_load_int(&self._st.has_completed):
                     _resolve_completed(self._st)
+                _raise_held()               # from a callback this thread served
                 if left == 0 or esk_now_ns() >= deadline:
                     return left
                 PyErr_CheckSignals()

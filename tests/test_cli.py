@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -256,13 +256,133 @@ def test_unreachable_broker_is_reported(unreachable_broker: str) -> None:
     assert "Traceback" not in produced.stderr
 
 
+class _Running:
+    """``python -m eventstream ARGS`` started as a user would, its stderr merged into its stdout,
+    read all along by a thread (so that the pipe never fills while the test does something else)
+    for the test to await a line."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "eventstream", *args],
+            cwd=EXAMPLES,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONPATH": EVENTSTREAM_PATH},
+        )
+        self.lines: list[str] = []
+        self._ended = False
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._ended = True
+            self._changed.notify_all()
+
+    def wait_for(self, text: str) -> int:
+        """Wait until a line contains ``text``; the number of lines read by then."""
+        with self._changed:
+            found = self._changed.wait_for(
+                lambda: self._ended or any(text in line for line in self.lines), timeout=120
+            )
+            if not found or not any(text in line for line in self.lines):
+                pytest.fail(f"never printed {text!r}:\n" + "".join(self.lines))
+            return len(self.lines)
+
+    def interrupt(self) -> tuple[int, str]:
+        """Ctrl+C; its exit status and what it printed from then on."""
+        with self._changed:
+            before = len(self.lines)
+        self.process.send_signal(signal.SIGINT)
+        code = self.process.wait(timeout=60)
+        self._reader.join(timeout=60)
+        return code, "".join(self.lines[before:])
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._reader.join(timeout=60)
+
+
+def _assert_interrupted(command: str, code: int, rest: str) -> None:
+    assert code == 130, (code, rest)
+    assert "Traceback" not in rest, rest
+    assert rest.splitlines()[-1].startswith(f"eventstream {command}: interrupted"), rest
+
+
 def test_ctrl_c_while_tail_waits_for_the_brokers(unreachable_broker: str) -> None:
     """Also: -v works after the subcommand (the line awaited here is logged at DEBUG)."""
-    args = ["tail", "--brokers", unreachable_broker, "--topic", "t", "--type", TYPE, "-v"]
+    running = _Running(
+        "tail", "--brokers", unreachable_broker, "--topic", "t", "--type", TYPE, "-v"
+    )
+    try:
+        running.wait_for("tail: waiting for the metadata")
+        _assert_interrupted("tail", *running.interrupt())
+    finally:
+        running.close()
+
+
+def test_ctrl_c_after_the_brokers_went_away_from_tail() -> None:
+    """librdkafka then logs every reconnect (with -v, through a Python callback inside poll());
+    a Ctrl+C landing in that callback made poll() fail with a SystemError traceback, exit 1."""
+    cluster = EmbeddedCluster().start()
+    running: _Running | None = None
+    try:
+        topic = f"cli-gone-{uuid.uuid4().hex[:8]}"
+        cluster.create_topic(topic, partitions=1)
+        producer = confluent_kafka.Producer({"bootstrap.servers": cluster.bootstrap_servers})
+        producer.produce(topic, value=b"", headers=[("ce_type", b"examples.UserChanged")])
+        assert producer.flush(10) == 0
+        del producer
+        brokers = cluster.bootstrap_servers
+        running = _Running(
+            "tail", "--brokers", brokers, "--topic", topic, "--type", TYPE, "--from-beginning", "-v"
+        )
+        running.wait_for('"offset": 0')  # it reads the topic
+        cluster.close()
+        running.wait_for("Connection refused")  # and retries the brokers that went away
+        _assert_interrupted("tail", *running.interrupt())
+    finally:
+        cluster.close()
+        if running is not None:
+            running.close()
+
+
+def test_ctrl_c_while_produce_waits_for_a_broker_that_does_not_answer() -> None:
+    """A port that accepts connections and never answers: produce is waiting for its acks."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        broker = f"127.0.0.1:{listener.getsockname()[1]}"
+        running = _Running(
+            "produce", "--brokers", broker, "--topic", "t", "--type", TYPE, '{"user_id": "u1"}'
+        )
+        try:
+            connection, _ = listener.accept()  # it runs and has reached the "broker"
+            with connection:
+                code, rest = running.interrupt()
+            _assert_interrupted("produce", code, rest)
+            assert "may or may not have been written" in rest, rest
+            assert len(rest.splitlines()) == 1, rest  # close()'s warnings do not repeat it
+        finally:
+            running.close()
+
+
+def test_ctrl_c_while_produce_reads_stdin(unreachable_broker: str) -> None:
+    args = ["produce", "-v", "--brokers", unreachable_broker, "--topic", "t", "--type", TYPE]
     process = subprocess.Popen(
         [sys.executable, "-m", "eventstream", *args],
         cwd=EXAMPLES,
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -273,21 +393,17 @@ def test_ctrl_c_while_tail_waits_for_the_brokers(unreachable_broker: str) -> Non
         seen: list[str] = []
         for line in process.stderr:
             seen.append(line)
-            if "tail: waiting for the metadata" in line:
+            if "produce: reading events from stdin" in line:
                 break
         else:
-            pytest.fail("tail never said it waits for the brokers:\n" + "".join(seen))
-        interrupted = time.monotonic()
+            pytest.fail("produce never said it reads stdin:\n" + "".join(seen))
         process.send_signal(signal.SIGINT)
-        code = process.wait(timeout=5)
-        assert time.monotonic() - interrupted < 2.0
-        assert code == 130
-        rest = process.stderr.read()
-        assert "Traceback" not in rest, rest
+        _, err = process.communicate(timeout=60)
+        _assert_interrupted("produce", process.returncode, err)
     finally:
         if process.poll() is None:
             process.kill()
-            process.wait()
+            process.communicate()
 
 
 def test_tail_of_a_missing_topic_is_a_usage_error(embedded: EmbeddedCluster) -> None:
@@ -529,6 +645,38 @@ def test_demo_on_the_embedded_cluster() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "embedded cluster" in result.stdout
     assert "every instance converged" in result.stdout
+
+
+def test_demo_reports_an_unreachable_broker(unreachable_broker: str) -> None:
+    """Within disconnected_after (the demo's default, 5 s), not a 30 s wait that printed nothing;
+    the test's own timeout is the only time limit here."""
+    result = eventstream_command("demo", "--brokers", unreachable_broker, timeout=120)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert f"eventstream demo: no broker at {unreachable_broker} answered within 5 s" in (
+        result.stderr
+    )
+    assert "Connection refused" in result.stderr and "Check " in result.stderr
+    assert "Traceback" not in result.stderr and "converged" not in result.stdout
+
+
+def test_demo_arguments_that_make_no_demo_are_usage_errors() -> None:
+    """They used to run and report that every one of no instances converged (exit 0)."""
+    for flag, value in [
+        ("--instances", "0"),
+        ("--instances", "-1"),
+        ("--rate", "-5"),
+        ("--rate", "0"),
+        ("--duration", "0"),
+        ("--duration", "nan"),
+        ("--duration", "inf"),
+        ("--keys", "0"),
+        ("--partitions", "0"),
+        ("--partitions", "1.5"),
+    ]:
+        # No broker is contacted: an address where nothing could listen shows it.
+        result = eventstream_command("demo", "--brokers", "127.0.0.1:1", flag, value, timeout=60)
+        _usage_error(result, f"argument {flag}: must be", repr(value))
+        assert "converged" not in result.stdout
 
 
 def test_bench_help_is_reachable_from_a_checkout() -> None:

@@ -27,8 +27,9 @@ pytestmark = pytest.mark.timeout(300)
 CHILD = Path(__file__).resolve().parent / "sigint_child.py"
 
 
-def interrupted_run(brokers: str, topic: str, mode: str, delay: float) -> list[str]:
-    """Start the child, send SIGINT ``delay`` seconds after it says ready; returns its lines."""
+def interrupted_run(brokers: str, topic: str, mode: str, delay: float | None) -> list[str]:
+    """Start the child, send SIGINT ``delay`` seconds after it says ready (``None``: the child
+    signals itself); returns its lines."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(Path(eventstream.__file__).resolve().parent.parent)
     with subprocess.Popen(
@@ -42,8 +43,9 @@ def interrupted_run(brokers: str, topic: str, mode: str, delay: float) -> list[s
         try:
             first = child.stdout.readline()
             assert first.strip() == "ready", first + (child.stderr.read() if child.stderr else "")
-            time.sleep(delay)  # the random moment is the point: nothing to await
-            child.send_signal(signal.SIGINT)
+            if delay is not None:
+                time.sleep(delay)  # the random moment is the point: nothing to await
+                child.send_signal(signal.SIGINT)
             stdout, stderr = child.communicate(timeout=120)
         finally:
             child.kill()
@@ -77,3 +79,17 @@ def test_a_real_sigint_at_a_random_moment_ends_the_call_cleanly(
     for first, count in acked:
         for seq in range(first, first + count):
             assert seqs[seq] >= 1, f"acknowledged event {seq} is not in the topic"
+
+
+def test_a_sigint_that_lands_in_a_callback_ends_the_call(make_topic, kafka_bootstrap: str) -> None:
+    """A blocking produce() on the compiled backend serves librdkafka's callbacks (here a log
+    line about the refused connection) on its own thread, inside rd_kafka_flush(): the SIGINT
+    handler then raises KeyboardInterrupt in the callback, which used to catch and drop it, so
+    the call waited out its timeout (60 s) and raised ProduceTimeoutError instead. Now it is kept
+    and raised once librdkafka returns; the pure backend (whose owner thread serves the
+    callbacks) ends the call the same way."""
+    topic = make_topic(partitions=1)
+    lines = interrupted_run(kafka_bootstrap, topic.name, "callback", None)
+    assert "raised KeyboardInterrupt in callback" in lines, lines  # (the mode's produce call)
+    expected = "from another thread" if eventstream.backend() == "pure" else "from the main thread"
+    assert f"signalled {expected}" in lines, lines

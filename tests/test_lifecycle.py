@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 
 import pytest
@@ -14,6 +15,7 @@ from eventstream import (
     ClosedError,
     ConsumerAlreadyStartedError,
     EventStreamError,
+    TopicConfig,
     TopicError,
 )
 
@@ -189,6 +191,33 @@ def test_ensure_exists(make_config) -> None:
             topic.ensure_exists(partitions=0)
     finally:
         topic.close()
+
+
+@pytest.mark.parametrize("broker", ["refused", "silent"])
+def test_ensure_exists_reports_unreachable_brokers_within_disconnected_after(broker: str) -> None:
+    """A port where nothing listens, or one that accepts connections and never answers: the
+    call's own timeout is an hour, and the error names disconnected_after, its cause and what to
+    check (it used to wait out the whole timeout, saying only that nothing answered)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        if broker == "silent":
+            listener.listen(8)
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        if broker == "refused":
+            listener.close()
+        config = TopicConfig(
+            brokers=address, topic="unreachable", instance_id="svc", disconnected_after=0.5
+        )
+        with eventstream.new_topic(Invalidate, config) as topic, pytest.raises(TopicError) as info:
+            topic.ensure_exists(timeout=3600)
+    text = str(info.value)
+    assert f"no broker at {address} answered within 0.5 s" in text, text
+    assert "TopicConfig.disconnected_after" in text and "Check TopicConfig.brokers" in text
+    assert "'unreachable'" in text
+    if broker == "refused":
+        assert "Connection refused" in text, text
+    assert info.value.retriable is True
+    assert info.value.name == "_ALL_BROKERS_DOWN"
 
 
 def test_wait_until_ready(make_config, topic_name: str) -> None:

@@ -46,12 +46,24 @@ def unregister_topic_creator(bootstrap_servers: str) -> None:
     _creators.pop(bootstrap_servers, None)
 
 
+#: librdkafka's codes for "no broker answered": refused or failed connections, no answer in time.
+_NO_ANSWER = frozenset(
+    {-195, -193, -187, -185}
+)  # _TRANSPORT, _RESOLVE, _ALL_BROKERS_DOWN, _TIMED_OUT
+
+
 class TopicAdmin:
     """Admin operations on one topic. Blocking; thread-safe (one AdminClient, created lazily)."""
 
     def __init__(
-        self, properties: Mapping[str, str], topic: str, logger: logging.Logger | None = None
+        self,
+        properties: Mapping[str, str],
+        topic: str,
+        logger: logging.Logger | None = None,
+        disconnected_after: float = 5.0,
     ) -> None:
+        #: No broker answering for this long is reported as that (``TopicConfig`` of the topic).
+        self._disconnected_after = max(_POLL_INTERVAL, disconnected_after)
         self._properties: dict[str, object] = dict(properties)
         self._properties["logger"] = ClientLog(logger or logging.getLogger("eventstream"))
         self._properties["error_cb"] = self._on_client_error
@@ -153,6 +165,27 @@ class TopicAdmin:
                 )
             time.sleep(_POLL_INTERVAL)
 
+    def _reachable(self, timeout: float) -> dict[int, int] | None:
+        """:meth:`partitions`, asked within ``disconnected_after``: no broker answering by then
+        is a :class:`TopicError` that says so, instead of a wait of the caller's whole timeout
+        (CreateTopics to brokers that refuse connections waits out its operation timeout)."""
+        wait = min(timeout, self._disconnected_after)
+        try:
+            return self.partitions(wait)
+        except TopicError as exc:
+            if exc.code not in _NO_ANSWER:
+                raise
+            reason = self._last_error or f"{exc.name}: {exc}"
+            raise TopicError(
+                f"no broker at {self._bootstrap} answered within {wait:g} s "
+                f"(TopicConfig.disconnected_after), so topic {self._topic!r} could not be "
+                f"checked or created (last client error: {reason}). Check TopicConfig.brokers, "
+                "and that the cluster runs and is reachable from here.",
+                code=-187,
+                name="_ALL_BROKERS_DOWN",
+                retriable=True,
+            ) from None
+
     def ensure_exists(self, partitions: int, replication_factor: int, timeout: float) -> bool:
         """Create the topic unless it exists; ``True`` if this call created it."""
         creator = _creators.get(self._bootstrap)
@@ -161,6 +194,7 @@ class TopicAdmin:
         import confluent_kafka
         from confluent_kafka.cimpl import NewTopic
 
+        self._reachable(timeout)
         new = [NewTopic(self._topic, partitions, replication_factor)]
         # confluent-kafka's stubs leave the futures' result type unknown.
         futures = cast(
@@ -203,7 +237,7 @@ class TopicAdmin:
     def _ensure_with(
         self, creator: TopicCreator, partitions: int, replication_factor: int, timeout: float
     ) -> bool:
-        created = self.partitions(timeout) is None
+        created = self._reachable(timeout) is None
         if created:
             creator(self._topic, partitions, replication_factor)
         self.wait_until_ready(timeout)
