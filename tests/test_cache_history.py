@@ -341,12 +341,19 @@ def test_history_with_an_instance_restarted(run: Run) -> None:
 
 @pytest.fixture
 def three_nodes() -> Iterator[Any]:
-    """A 3-node harness cluster of this test's own (a killed node is noticed after 3 s)."""
+    """A 3-node harness cluster of this test's own (a killed node is noticed after 3 s), with
+    min.insync.replicas=2 as a production cluster of three has: with 1, a group coordinator's
+    last membership write may exist on the killed node only, and its successor then fences the
+    member (FENCED_INSTANCE_ID, fatal in librdkafka)."""
     from kafka_harness import KafkaCluster
 
     cluster = KafkaCluster(
         nodes=3,
-        broker_config={"broker.session.timeout.ms": "3000", "broker.heartbeat.interval.ms": "500"},
+        broker_config={
+            "broker.session.timeout.ms": "3000",
+            "broker.heartbeat.interval.ms": "500",
+            "min.insync.replicas": "2",
+        },
     ).start()
     try:
         yield cluster
