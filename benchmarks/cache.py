@@ -36,6 +36,7 @@ import gc
 import json
 import logging
 import mmap
+import os
 import queue
 import random
 import resource
@@ -167,6 +168,7 @@ def work_instance(spec: dict[str, Any]) -> None:
     )
     if sys.stdin.readline().strip() != "go":
         raise SystemExit("cache worker: expected go")
+    cpu_at_go = _cpu_seconds()
     reads = array.array("q")
     stop = threading.Event()
     errors: list[str] = []
@@ -200,6 +202,7 @@ def work_instance(spec: dict[str, Any]) -> None:
         thread.start()
     if sys.stdin.readline().strip() != "stop":
         raise SystemExit("cache worker: expected stop")
+    cpu_reading = _cpu_seconds() - cpu_at_go
     stop.set()
     for thread in threads:
         thread.join(10)
@@ -213,6 +216,7 @@ def work_instance(spec: dict[str, Any]) -> None:
         {
             "backend": backend,
             "cpu_s": _cpu_seconds(),
+            "cpu_s_go_to_stop": round(cpu_reading, 2),
             "reads": len(reads) // READ_FIELDS,
             "applied": len(applied) // APPLY_FIELDS,
             "errors": errors,
@@ -310,7 +314,7 @@ def work_writer(spec: dict[str, Any]) -> None:
 
     sampler = threading.Thread(target=sample_wait_applied, name="wait-applied", daemon=True)
     sampler.start()
-    total = int(spec["rate"] * spec["seconds"])
+    total = int(spec["rate"] * (spec["warmup_s"] + spec["seconds"]))
     started = time.monotonic()
     calls = common.pace(spec["rate"], total, send, common.Progress(total))
     seconds = time.monotonic() - started
@@ -596,6 +600,19 @@ def analyse(
             last = max(stamps)
             from_start.append(last - start)
             from_return.append(last - end)
+    seconds: dict[int, list[int]] = {}
+    for (_seq, _key, start, _end), latency in zip(
+        [w for w in measured if all(w[0] in seen for seen in at.values())], from_start, strict=True
+    ):
+        seconds.setdefault((start - warm_until) // 1_000_000_000, []).append(latency)
+    per_second = [
+        {
+            "second": second,
+            "p50_ms": round(statistics.median(values) / 1e6, 2),
+            "max_ms": round(max(values) / 1e6, 2),
+        }
+        for second, values in sorted(seconds.items())
+    ]
     all_reads = [r for rows in reads.values() for r in rows]
     stale = stale_reads(
         [(w[0], w[1], w[2], w[3]) for w in writes],
@@ -617,6 +634,7 @@ def analyse(
                 i: _ms(v) for i, v in sorted(per_instance.items())
             },
             "not_applied": missing,
+            "to_every_instance_per_second_of_the_measured_run": per_second,
         },
         "produce_calls": {
             "calls": len(calls),
@@ -705,6 +723,36 @@ def hit_summary(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+class _Busy:
+    """How busy the machine's CPUs were over a phase, and the broker's share (when ours)."""
+
+    def __init__(self, broker_pids: Sequence[int]) -> None:
+        self.pids = list(broker_pids)
+        self.t0 = time.monotonic()
+        self.busy0 = environment.system_busy_seconds()
+        self.broker0 = self._broker()
+        self.runner0 = _cpu_seconds()
+
+    def _broker(self) -> float | None:
+        values = [environment.process_cpu_seconds(pid) for pid in self.pids]
+        return sum(v for v in values if v) if self.pids and None not in values else None
+
+    def result(self) -> dict[str, Any]:
+        wall = time.monotonic() - self.t0
+        busy = environment.system_busy_seconds() - self.busy0
+        broker = self._broker()
+        return {
+            "wall_s": round(wall, 2),
+            "machine_busy_pct": round(100 * busy / (wall * (os.cpu_count() or 1)), 1),
+            "broker_cpu_s": None
+            if broker is None or self.broker0 is None
+            else round(broker - self.broker0, 2),
+            "runner_cpu_s": round(_cpu_seconds() - self.runner0, 2),
+            "busy_cpu_s": round(busy, 2),
+            "loadavg_after": environment.loadavg(),
+        }
+
+
 def _f(value: Any, digits: int = 2) -> str:
     return "—" if value is None else f"{value:,.{digits}f}"
 
@@ -716,6 +764,15 @@ def markdown(results: dict[str, Any]) -> str:
     wa = fan["wait_applied"]
     st = results["startup"]
     machine = results["machine"]
+    lw = results["load_while_writing"]
+    inst_cpu = sum(r["cpu_s_go_to_stop"] for r in results["instances"].values())
+    others = (
+        lw["busy_cpu_s"]
+        - (lw["broker_cpu_s"] or 0)
+        - inst_cpu
+        - fan["writer"]["cpu_s"]
+        - lw["runner_cpu_s"]
+    )
     out = [
         "# eventstream coherent cache: fan-out and hit cost",
         "",
@@ -727,7 +784,8 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "| setting | value |",
         "|---|---|",
-        f"| writer | 1 process, {s['rate']:,.0f} writes/s for {s['seconds']:g} s "
+        f"| writer | 1 process, {s['rate']:,.0f} writes/s for {s['warmup_s']:g} s of warm-up "
+        f"and {s['seconds']:g} s measured "
         f"({fan['writes']:,} writes, {fan['writes_per_s']:,} /s achieved); each write commits "
         "to the store, then `producer.produce(event)` (calls paced, each waited for: acks=all) |",
         f"| instances | {s['instances']} processes, one instance id and one "
@@ -742,12 +800,19 @@ def markdown(results: dict[str, Any]) -> str:
         f"| wait_applied | a writer thread calls `topic.wait_applied(token, timeout="
         f"{s['wait_applied_timeout']:g})` with the token of the newest write, then waits "
         f"{s['wait_applied_every']:g} s, and again |",
-        f"| warm-up | the writes of the first {s['warmup_s']:g} s are left out of the "
-        "latencies (not of the stale-read check) |",
+        f"| warm-up | the writes of the first {s['warmup_s']:g} s (the same load: the broker's "
+        "JIT compiles its hot paths) are left out of the latencies, not of the stale-read "
+        "check |",
         f"| clock | {s['clock']} |",
         f"| machine | {machine['cpu_model']}, {machine['cores']} cores (shared), "
         f"{machine['memory_gib']} GiB; {machine['python']}; load average before: "
         f"{results['loadavg_before']} |",
+        f"| load while reading and writing | {lw['wall_s']} s: the machine's CPUs "
+        f"{lw['machine_busy_pct']}% busy ({lw['busy_cpu_s']} CPU s); of it the broker "
+        f"{lw['broker_cpu_s']} s, the {s['instances']} instances {inst_cpu:.2f} s "
+        f"({', '.join(str(r['cpu_s_go_to_stop']) for r in results['instances'].values())}), "
+        f"the writer {fan['writer']['cpu_s']} s (its life), the runner {lw['runner_cpu_s']} s, "
+        f"other processes ~{others:.2f} s; load average after {lw['loadavg_after']} |",
         "",
         f"## Fan-out: one writer, {s['instances']} instances",
         "",
@@ -780,6 +845,7 @@ def markdown(results: dict[str, Any]) -> str:
     for instance, r in inv["per_instance_from_produce_call_start"].items():
         out.append(row(f"{instance} alone, from call start", r))
     out.append(row("**`topic.wait_applied(token)`**: the call", wa["call_ms"]))
+    series = inv["to_every_instance_per_second_of_the_measured_run"]
     out.append(row("`wait_applied`: produce return to its return", wa["from_produce_return_ms"]))
     not_applied = sum(inv["not_applied"].values())
     pc, wr = fan["produce_calls"], fan["writer"]
@@ -794,6 +860,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"its first produce call {wr['first_produce_ms']:.0f} ms and first `wait_applied` "
         f"{wr['first_wait_applied_ms']:.0f} ms (warm-up, not measured); writer CPU "
         f"{wr['cpu_s']} s.",
+        "",
+        "Applied in every instance, from produce call start, per second of the measured run "
+        "(p50 / max ms): " + ", ".join(f"{r['p50_ms']:g}/{r['max_ms']:g}" for r in series) + ".",
         "",
         f"**Stale reads: {fan['stale_reads']}** (of which hits: {fan['stale_hits']}) in "
         f"{reads['total']:,} reads ({reads['hits']:,} hits, {reads['loader']:,} from the "
@@ -855,7 +924,8 @@ def markdown(results: dict[str, Any]) -> str:
         "repeats; GC off while timing). The cache is serving on the real broker (ttl "
         f"{s['hit_ttl']:g} s); its hit counter rose by {hit['raw']['cache_hits_counted']:,} "
         f"for {hit['raw']['cache_gets_timed']:,} timed gets. *Net* subtracts the loop alone. "
-        f"Load average before: {hit['loadavg_before']}.",
+        f"Load average before: {hit['loadavg_before']}; the machine's CPUs "
+        f"{hit['load']['machine_busy_pct']}% busy while it ran.",
         "",
         "| lookup | ns median | ns best | ns net of the loop |",
         "|---|---:|---:|---:|",
@@ -895,7 +965,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--max-entries", type=int, default=100_000)
     parser.add_argument("--read-burst", type=int, default=1, help="gets between two sleeps")
     parser.add_argument("--read-pause", type=float, default=0.001, help="seconds")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds left out of latencies")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=10.0,
+        help="seconds of writing before --seconds, left out of the latencies (the broker's JIT)",
+    )
     parser.add_argument("--wait-applied-every", type=float, default=0.1, help="seconds")
     parser.add_argument("--hit-keys", type=int, default=1000)
     parser.add_argument("--hit-passes", type=int, default=200)
@@ -970,6 +1045,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"  {name} serving {(ready[name]['ready_ns'] - ready[name]['spawn_ns']) / 1e9:.2f}"
                 " s after its start\n"
             )
+        window = _Busy(broker.pids())
         for child in children:
             child.send("go")
         time.sleep(1.0)  # readers running, every cache filling
@@ -977,21 +1053,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"cache: the writer publishes {args.rate:g} invalidations/s for {args.seconds:g} s\n"
         )
         writer = Child("writer", spec | {"role": "writer"}, env, work)
-        wrote = writer.expect(args.seconds + 120)
+        wrote = writer.expect(args.seconds + args.warmup + 120)
         writer.finish(30)
         time.sleep(max(1.0, 2 * args.max_staleness))  # the last invalidations reach everyone
         instances: dict[str, dict[str, Any]] = {}
         for child in children:
             child.send("stop")
+        load_writing = window.result()
         for name, child in zip(names, children, strict=True):
             instances[name] = child.expect(60)
             child.finish(30)
         sys.stderr.write("cache: timing hits\n")
         loadavg_hits = environment.loadavg()
+        phase = _Busy(broker.pids())
         hitter = Child("hitcost", spec | {"role": "hitcost"}, env, work)
         children.append(hitter)
         hits = hitter.expect(300)
         hitter.finish(30)
+        load_hits = phase.result()
         for child in [*children, writer]:
             for line in child.log_path.read_text().splitlines():
                 if " WARNING " in line or " ERROR " in line or "degraded" in line:
@@ -1012,7 +1091,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             child.kill()
         broker.stop()
     results: dict[str, Any] = {
-        "command": "python -m benchmarks.cache " + shlex.join(argv),
+        "command": " ".join(filter(None, ["python -m benchmarks --cache", shlex.join(argv)])),
         "started_utc": started_at.isoformat(timespec="seconds"),
         "duration_s": round(time.monotonic() - started, 1),
         "loadavg_before": loadavg_before,
@@ -1042,7 +1121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "summary": hit_summary(hits),
             "raw": hits,
             "loadavg_before": loadavg_hits,
+            "load": load_hits,
         },
+        "load_while_writing": load_writing,
         "notes": notes,
     }
     shutil.rmtree(work, ignore_errors=True)
