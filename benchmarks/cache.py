@@ -469,12 +469,12 @@ def stale_reads(
     found = []
     for read in reads:
         key, version, start = read[0], read[1], read[2]
-        key_ends = ends.get(key)
-        if not key_ends:
+        returned = ends.get(key)
+        if not returned:
             continue
-        settled = bisect.bisect_left(key_ends, start - max_staleness_ns)
+        settled = bisect.bisect_left(returned, start - max_staleness_ns)
         if settled and version < newest[key][settled - 1]:
-            found.append((read, newest[key][settled - 1], start - key_ends[settled - 1]))
+            found.append((read, newest[key][settled - 1], start - returned[settled - 1]))
     return found
 
 
