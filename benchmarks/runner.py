@@ -941,6 +941,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--soak", action="store_true",
         help="run the soak test instead (benchmarks/soak.py; see python -m benchmarks.soak -h)",
     )  # fmt: skip
+    parser.add_argument(
+        "--cache", action="store_true",
+        help="run the coherent cache's fan-out and hit cost instead (benchmarks/cache.py; see "
+        "python -m benchmarks.cache -h)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.repeat is None:
         args.repeat = 1 if args.quick else 3
@@ -967,6 +972,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from benchmarks import soak
 
         return soak.main([a for a in argv if a != "--soak"])
+    if "--cache" in argv:
+        from benchmarks import cache
+
+        return cache.main([a for a in argv if a != "--cache"])
     args = parse_args(argv)
     started = time.monotonic()
     started_at = dt.datetime.now(dt.UTC)
