@@ -523,7 +523,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     produce.add_argument("--brokers", required=True, help="bootstrap servers (host:port,...)")
     produce.add_argument(
-        "--topic", required=True, help="the topic to publish to (auto-created if the broker does)"
+        "--topic",
+        required=True,
+        help="the topic to publish to (it must exist: see Topic.ensure_exists)",
     )
     produce.add_argument("--type", required=True, help="event class as package.module:Class")
     produce.add_argument(
