@@ -261,3 +261,17 @@ def test_close_that_times_out_names_the_event_whose_handler_still_runs(
     assert f"for the event at {topic.name}[0]@1." in still_running[0].message
     wait_until(lambda: handled == [1, 2], "the handler to finish after close() gave up")
     topic.close()
+
+
+def test_close_none_waits_as_long_as_it_takes(make_topic, collector: Collector) -> None:
+    topic = make_topic()
+    producer = topic.new_producer()
+    consumer = topic.new_consumer(start_from_beginning=True)
+    consumer.consume(collector)
+    producer.produce(Invalidate(key="k", seq=1))
+    collector.wait_for_seq(1)
+    consumer.close(None)
+    producer.close(None)
+    assert consumer.closed and producer.closed
+    topic.close(None)
+    assert topic.closed

@@ -142,3 +142,24 @@ def test_events_without_headers_are_accepted(
     ]
     first = received[0].metadata
     assert (first.key, first.source, first.event_id, first.offset) == (b"kb", None, None, 0)
+
+
+def test_a_tombstone_is_skipped_never_handed_over_as_an_empty_event(
+    make_topic, kafka_bootstrap: str, collector: Collector, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="eventstream")
+    topic = make_topic()
+    raw_produce(
+        kafka_bootstrap,
+        topic.name,
+        [(None, b"gone", [("ce_type", topic.type_name.encode())])],  # offset 0: no value
+    )
+    with topic.new_producer() as producer:
+        producer.produce(Invalidate(key="good", seq=1))  # offset 1
+    consumer = topic.new_consumer(start_from_beginning=True)
+    consumer.consume(collector, with_metadata=True)
+    collector.wait_for_seq(1)
+    assert collector.seqs == [1]
+    assert collector.received[0].metadata.offset == 1
+    about = records_about(caplog, topic.name, 0, 0)
+    assert about and any("without a value" in r.getMessage() for r in about), about

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from typing import Any
 
 import pytest
-from support import Collector, closed_port
+from support import Collector, closed_port, raw_consume_all, wait_until
 from testevents_pb2 import Invalidate, Unrelated
 
 import eventstream
@@ -223,3 +224,56 @@ def _java_partition(key: bytes, partitions: int) -> int:
     h = (h * m) & 0xFFFFFFFF
     h ^= h >> 15
     return (h & 0x7FFFFFFF) % partitions
+
+
+@pytest.mark.parametrize("call", ["produce", "produce_async"])
+def test_an_event_over_the_size_limit_fails_its_call_at_once_and_sends_nothing(
+    make_topic, kafka_bootstrap: str, call: str
+) -> None:
+    topic = make_topic()
+    small = Invalidate(key="small", seq=1)
+    big = Invalidate(key="big", seq=2, padding=b"x" * 1_000_001)  # over message.max.bytes
+    with topic.new_producer() as producer:
+        with pytest.raises(ProduceError) as info:
+            if call == "produce":
+                producer.produce(small, big, small, timeout=60)
+            else:
+                asyncio.run(producer.produce_async(small, big, small, timeout=60))
+        error = info.value
+        assert (error.name, error.failed, error.in_doubt, error.total) == (
+            "MSG_SIZE_TOO_LARGE",
+            3,
+            0,
+            3,
+        )
+        assert "event 1 of the call" in str(error) and "message.max.bytes" in str(error)
+        producer.produce(Invalidate(key="after", seq=3))  # the producer goes on
+    records = raw_consume_all(kafka_bootstrap, topic.name)
+    assert [Invalidate.FromString(r.value()).seq for r in records] == [3]
+
+
+@pytest.mark.timeout(60)
+def test_close_counts_exactly_the_events_of_the_calls_it_failed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="eventstream")
+    with unreachable_topic() as topic:
+        producer = topic.new_producer()
+        errors: list[BaseException] = []
+
+        def waiting_call() -> None:
+            try:
+                producer.produce(*(Invalidate(seq=i) for i in range(5)))
+            except BaseException as exc:
+                errors.append(exc)
+
+        caller = threading.Thread(target=waiting_call)
+        caller.start()
+        # The call has handed its events over once the queue holds them.
+        wait_until(lambda: producer.flush(0) == 5, "5 events queued")
+        producer.close(timeout=0.5)
+        caller.join(30)
+    assert len(errors) == 1 and isinstance(errors[0], ProduceError), errors
+    assert (errors[0].failed, errors[0].in_doubt) == (5, 0)  # never reached a broker
+    lines = [r.getMessage() for r in caplog.records if "close() waited" in r.getMessage()]
+    assert len(lines) == 1 and "5 events" in lines[0] and "5 failed" in lines[0], lines
