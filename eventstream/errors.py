@@ -398,6 +398,16 @@ def client_error(
     return cls(message, code=code, name=name, retriable=retriable, fatal=fatal)
 
 
+def request_error(
+    what: str, code: int, name: str, reason: str, cls: type[BrokerError] = BrokerError
+) -> BrokerError:
+    """The error for an admin request about ``what`` that failed: :class:`AuthenticationError`
+    or :class:`AuthorizationError` as :func:`client_error` makes them, else ``cls``."""
+    if is_authentication(code, reason) or is_authorization(code):
+        return client_error(code, name, reason, what=what)
+    return cls(f"{what}: {name}: {reason}", code=code, name=name, retriable=is_retriable(code))
+
+
 def produce_error(
     code: int,
     name: str,

@@ -18,6 +18,7 @@ from eventstream.errors import (
     is_authentication,
     is_authorization,
     is_retriable,
+    request_error,
 )
 
 if TYPE_CHECKING:
@@ -93,14 +94,7 @@ class TopicAdmin:
             raise fresh(self._failure)
 
     def _error(self, what: str, err: confluent_kafka.KafkaError) -> BrokerError:
-        if is_authentication(err.code(), err.str()) or is_authorization(err.code()):
-            return client_error(err.code(), err.name(), err.str(), what=what)
-        return TopicError(
-            f"{what}: {err.str()}",
-            code=err.code(),
-            name=err.name(),
-            retriable=is_retriable(err.code()),
-        )
+        return request_error(what, err.code(), err.name(), err.str(), TopicError)
 
     def _admin(self) -> AdminClient:
         if self._client is None or self._generation != forks.generation():

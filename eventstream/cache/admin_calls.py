@@ -26,8 +26,7 @@ from eventstream.errors import (
     client_error,
     fresh,
     is_authentication,
-    is_authorization,
-    is_retriable,
+    request_error,
 )
 
 __all__ = ["AdminCalls"]
@@ -172,14 +171,7 @@ class AdminCalls:
         self, what: str, err: confluent_kafka.KafkaError, cls: type[BrokerError] = BrokerError
     ) -> BrokerError:
         """The error for a request about ``what`` that failed with ``err``."""
-        if is_authentication(err.code(), err.str()) or is_authorization(err.code()):
-            return client_error(err.code(), err.name(), err.str(), what=what)
-        return cls(
-            f"{what}: {err.name()}: {err.str()}",
-            code=err.code(),
-            name=err.name(),
-            retriable=is_retriable(err.code()),
-        )
+        return request_error(what, err.code(), err.name(), err.str(), cls)
 
 
 def _timeout(deadline: float) -> float:
