@@ -239,7 +239,10 @@ def test_a_topic_recreated_under_the_cache_is_a_gap_that_flushes_it(
                 raise
             time.sleep(0.2)
     wait_until(lambda: cache.metrics().flushes.get("gap", 0) > 0, "the recreated topic's gap")
-    assert cache.metrics().flushes.get("lost", 0) > 0
+    # The lost partitions flush it too, unless its probe saw the ends go back first
+    # ("topic_changed"): which comes first depends on timing.
+    flushes = cache.metrics().flushes
+    assert flushes.get("lost", 0) + flushes.get("topic_changed", 0) > 0, flushes
     cache.wait_ready(timeout=WAIT)
     source.write("user:1")
     deliveries = producer.produce(Invalidate(key="user:1"), timeout=WAIT)
