@@ -22,7 +22,10 @@ from eventstream.errors import BrokerError, TopicError
 __all__ = ["AdminProbe", "Probe"]
 
 _BACKOFF = 0.05  # seconds between asks after a partition had no leader
-_BETWEEN_LEADERS = frozenset({5, 6})  # LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER
+# LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER, FENCED_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH: the
+# partition's leadership is moving (a new topic, a broker restarting) and the answer is a metadata
+# refresh away.
+_BETWEEN_LEADERS = frozenset({5, 6, 74, 75})
 
 
 class Probe(Protocol):
@@ -56,9 +59,8 @@ class AdminProbe:
             try:
                 return self._ask(deadline)
             except TopicError as exc:
-                # A partition between leaders (just created, a broker restarting) answers
-                # NOT_LEADER or LEADER_NOT_AVAILABLE: the next request, after a metadata
-                # refresh, finds the new leader.
+                # A partition between leaders answers one of _BETWEEN_LEADERS: the next
+                # request, after a metadata refresh, finds the new leader.
                 if exc.code not in _BETWEEN_LEADERS or time.monotonic() + _BACKOFF >= deadline:
                     raise
             time.sleep(_BACKOFF)
