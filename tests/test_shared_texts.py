@@ -33,7 +33,7 @@ def _long_literals(path: Path) -> dict[str, int]:
     """``{text: line}`` of the long literals and literal runs of ``path`` but docstrings (a
     statement that is nothing but a string)."""
     source = path.read_text(encoding="utf-8")
-    tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    tokens = _whole_fstrings(source, list(tokenize.generate_tokens(io.StringIO(source).readline)))
     between = {tokenize.NL, tokenize.COMMENT}
     statement_edges = {tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER}
     found: dict[str, int] = {}
@@ -58,6 +58,42 @@ def _long_literals(path: Path) -> dict[str, int]:
                     found.setdefault(text, tokens[i].start[0])
         i = j
     return found
+
+
+def _whole_fstrings(source: str, tokens: list[tokenize.TokenInfo]) -> list[tokenize.TokenInfo]:
+    """Python 3.12+ tokenizes an f-string into FSTRING_START, its parts and FSTRING_END (PEP
+    701); earlier versions give one STRING. Make each f-string one STRING token again, so the
+    reader sees the same on every version."""
+    start_type = getattr(tokenize, "FSTRING_START", None)
+    if start_type is None:
+        return tokens
+    end_type = tokenize.FSTRING_END
+    lines = source.splitlines(keepends=True)
+    offsets = [0]
+    for line in lines:
+        offsets.append(offsets[-1] + len(line))
+    out: list[tokenize.TokenInfo] = []
+    i = 0
+    while i < len(tokens):
+        first = tokens[i]
+        if first.type != start_type:
+            out.append(first)
+            i += 1
+            continue
+        depth, j = 0, i
+        while True:
+            depth += tokens[j].type == start_type
+            depth -= tokens[j].type == end_type
+            if depth == 0:
+                break
+            j += 1
+        last = tokens[j]
+        text = source[
+            offsets[first.start[0] - 1] + first.start[1] : offsets[last.end[0] - 1] + last.end[1]
+        ]
+        out.append(tokenize.TokenInfo(tokenize.STRING, text, first.start, last.end, first.line))
+        i = j + 1
+    return out
 
 
 def _texts(paths: list[Path]) -> dict[str, str]:
