@@ -129,7 +129,9 @@ def test_a_cluster_that_vanishes_under_a_consumer(records: pytest.LogCaptureFixt
             topic="vanishing",
             instance_id="svc-v",
             on_error=errors,
-            disconnected_after=1.0,
+            # Above the ~3 s the embedded cluster holds a new group's first join: an outage is
+            # what this test is about, not the join (seen once with 1.0, pure backend, 3.12).
+            disconnected_after=4.0,
             consumer_properties={"fetch.wait.max.ms": 5},
         )
         topic = eventstream.new_topic(Invalidate, config)
