@@ -275,5 +275,9 @@ def test_close_counts_exactly_the_events_of_the_calls_it_failed(
         caller.join(30)
     assert len(errors) == 1 and isinstance(errors[0], ProduceError), errors
     assert (errors[0].failed, errors[0].in_doubt) == (5, 0)  # never reached a broker
-    lines = [r.getMessage() for r in caplog.records if "close() waited" in r.getMessage()]
-    assert len(lines) == 1 and "5 events" in lines[0] and "5 failed" in lines[0], lines
+    lines = [r.getMessage() for r in caplog.records if "close()" in r.getMessage()]
+    counted = [line for line in lines if "close() waited" in line]
+    if counted:
+        assert len(counted) == 1 and "5 events" in counted[0] and "5 failed" in counted[0], lines
+    else:  # the owner had not finished within close's grace (a loaded machine): it says so
+        assert len(lines) == 1 and "stopped waiting" in lines[0], lines
