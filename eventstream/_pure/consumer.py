@@ -62,6 +62,8 @@ class PureConsumer:
 
     def __init__(self, spec: ConsumerSpec, listener: ConsumerListener) -> None:
         self._spec = spec
+        self._type_bytes = spec.type_name.encode()  # compared with ce_type once per record
+        self._parse = spec.event_type.FromString
         self._topic = spec.topic
         self._listener = listener
         self._client: confluent_kafka.Consumer | None = None
@@ -341,11 +343,11 @@ class PureConsumer:
                 self._listener.resumed(partition, offset)  # type: ignore[arg-type]
 
     def _decode(
-        self, msg: confluent_kafka.Message, failures: Failures
+        self, msg: confluent_kafka.Message, failures: Failures, extras_wanted: bool = True
     ) -> tuple[Message | None, Any]:
-        """The event and its metadata extras (key, timestamp, source, id[, trace context]), or
-        ``(None, None)`` if the record is skipped (reported to Failures). A repeated header
-        counts by its last occurrence (wire.py)."""
+        """The event and its metadata extras (key, timestamp, source, id[, trace context]; ``()``
+        unless ``extras_wanted``), or ``(None, None)`` if the record is skipped (reported to
+        Failures). A repeated header counts by its last occurrence (wire.py)."""
         ce_type = content_type = source = event_id = legacy_source = None
         traceparent = tracestate = None
         headers = cast("Headers | None", msg.headers())
@@ -375,7 +377,7 @@ class PureConsumer:
             and (content_type is None or not wire.is_protobuf(content_type))
         ):
             reason, found = "content-type", content_type
-        elif has_type and ce_type != self._spec.type_name.encode():
+        elif has_type and ce_type != self._type_bytes:
             reason, found = "type", ce_type
         else:
             value = msg.value()
@@ -383,7 +385,7 @@ class PureConsumer:
                 reason = "tombstone"
             else:
                 try:
-                    event = self._spec.event_type.FromString(value)
+                    event = self._parse(value)
                 except Exception as exc:  # any kind: a bad record never stalls a partition
                     reason, found = "decode", exc
         if reason is not None:
@@ -395,6 +397,8 @@ class PureConsumer:
                 _raw(msg) if failures.wants_raw else None,
             )
             return None, None
+        if not extras_wanted:
+            return event, ()
         if source is None:
             source = legacy_source
         extras: tuple[Any, ...] = (
@@ -430,7 +434,7 @@ class PureConsumer:
                 if err is not None:
                     self._record_error(client, err)
                     continue
-                event, extras = self._decode(msg, failures)
+                event, extras = self._decode(msg, failures, with_metadata)
                 if event is not None:
                     partition, offset = msg.partition() or 0, msg.offset() or 0
                     self._handling = (partition, offset)
