@@ -106,6 +106,18 @@ cdef void _parse_headers(const rd_kafka_message_t *m, ParsedHeaders *h,
     h.has_id = rd_kafka_header_get_last(hdrs, n.id, &h.event_id, &h.event_id_len) == 0
 
 
+cdef inline void _drop_headers(rd_kafka_message_t *m) noexcept nogil:
+    """Free a handled record's parsed headers now (call only once _parse_headers parsed them).
+    Freed on this thread right after use, the seven or so small blocks of one record's headers
+    are the ones the next record's parse allocates again (glibc's per-thread cache); left to
+    rd_kafka_message_destroy() at the end of the batch, a batch's headers (hundreds of blocks)
+    overflow that cache and every allocation of the next batch takes glibc's slow path. Should a
+    failure path ask for the headers later, librdkafka parses them again."""
+    cdef rd_kafka_headers_t *hdrs = NULL
+    if rd_kafka_message_detach_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR and hdrs != NULL:
+        rd_kafka_headers_destroy(hdrs)
+
+
 cdef inline object _header_text(bint present, const void *p, size_t n):
     if not present or p == NULL:
         return None
@@ -891,6 +903,7 @@ cdef class Consumer:
                             self._handled += 1
                     finally:
                         esk_store_int(&self._st.in_handler, 0)
+                _drop_headers(m)
                 i += 1
         finally:
             # Only the records whose handler returned (or that were skipped) are finished,
@@ -918,6 +931,7 @@ cdef class Consumer:
                 events.append(event)
                 metadatas.append(self._metadata(m, &h))
                 where.append(i)
+            _drop_headers(m)
         if events:
             self._handling(msgs[<ssize_t>where[0]])
             try:

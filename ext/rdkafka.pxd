@@ -221,6 +221,10 @@ cdef extern from "rdkafka_abi.h" nogil:
         size_t *sizep)
     rd_kafka_resp_err_t rd_kafka_message_headers "ESK_RDK(rd_kafka_message_headers)" (
         const rd_kafka_message_t *rkmessage, rd_kafka_headers_t **hdrsp)
+    # The message's headers (parsed now if they were not yet) become the caller's, who destroys
+    # them; asked again, the message parses its headers anew.
+    rd_kafka_resp_err_t rd_kafka_message_detach_headers "ESK_RDK(rd_kafka_message_detach_headers)" (
+        rd_kafka_message_t *rkmessage, rd_kafka_headers_t **hdrsp)
     int64_t rd_kafka_message_timestamp "ESK_RDK(rd_kafka_message_timestamp)" (
         const rd_kafka_message_t *rkmessage, rd_kafka_timestamp_type_t *tstype)
     const char *rd_kafka_message_errstr "ESK_RDK(rd_kafka_message_errstr)" (

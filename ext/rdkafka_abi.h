@@ -229,6 +229,8 @@ typedef int (*esk_stats_cb_t)(rd_kafka_t *rk, char *json, size_t json_len, void 
       (const rd_kafka_headers_t *hdrs, const char *name, const void **valuep, size_t *sizep))      \
     X(rd_kafka_resp_err_t, rd_kafka_message_headers,                                               \
       (const rd_kafka_message_t *rkmessage, rd_kafka_headers_t **hdrsp))                           \
+    X(rd_kafka_resp_err_t, rd_kafka_message_detach_headers,                                        \
+      (rd_kafka_message_t * rkmessage, rd_kafka_headers_t **hdrsp))                                \
     X(int64_t, rd_kafka_message_timestamp,                                                         \
       (const rd_kafka_message_t *rkmessage, rd_kafka_timestamp_type_t *tstype))                    \
     X(const char *, rd_kafka_message_errstr, (const rd_kafka_message_t *rkmessage))                \
