@@ -260,6 +260,15 @@ def test_async_handlers_are_retried_and_dead_lettered_too(
     assert attempts == {0: 1, 1: 3, 2: 2, 3: 1}
     [record] = dead_letters(kafka_bootstrap, dlq, 1)
     assert dict(record.headers() or [])["eventstream-dlq-attempts"] == b"3"
+    # The original's headers come first, as they were: the compiled consumer has freed a batch
+    # handler's parsed headers by the time it gives up, and must read them again.
+    [original] = [
+        r
+        for r in raw_consume(kafka_bootstrap, topic.name, 4)
+        if r.value() == Invalidate(seq=1).SerializeToString()
+    ]
+    assert original.headers()
+    assert (record.headers() or [])[: len(original.headers() or [])] == original.headers()
 
 
 @pytest.mark.parametrize(
