@@ -597,3 +597,97 @@ def test_settings_are_checked() -> None:
     with pytest.raises(ArgumentTypeError, match="loader must be a function"):
         Cache(feed, probe, "not a loader", keys=str)  # type: ignore[call-overload]
     assert feed.sink is None  # nothing was started
+
+
+# -- the end-offsets probe ------------------------------------------------------------------
+
+
+class _Answer:
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+
+class _ListOffsetsCalls:
+    """AdminCalls as the probe uses them, answering each ListOffsets from ``answers`` in turn
+    (one {partition: offset} per request), as librdkafka did while a leader was killed: no
+    error, and no offset (-1001) for the partition between leaders."""
+
+    def __init__(self, answers: list[dict[int, int]]) -> None:
+        self.answers = answers
+        self.asked = 0
+
+    def partitions(self, topic: str, deadline: float) -> list[int]:
+        return sorted(self.answers[0])
+
+    def list_offsets(self, partitions: Any, spec: Any, deadline: float) -> dict[Any, int]:
+        answer = self.answers[min(self.asked, len(self.answers) - 1)]
+        self.asked += 1
+        return {tp: answer[tp.partition] for tp in partitions}
+
+    def result(self, future: int, deadline: float, what: str, error: type) -> _Answer:
+        return _Answer(future)
+
+
+def _probe(answers: list[dict[int, int]], timeout: float) -> tuple[Any, _ListOffsetsCalls]:
+    from eventstream import TopicConfig
+    from eventstream.cache import AdminProbe
+
+    probe = AdminProbe(
+        TopicConfig(brokers="127.0.0.1:9", topic="t", instance_id="p"), timeout=timeout
+    )
+    calls = _ListOffsetsCalls(answers)
+    probe._calls = calls  # type: ignore[assignment]
+    return probe, calls
+
+
+def test_the_probe_never_takes_a_partition_without_an_offset_for_an_end() -> None:
+    # Taken as an end, -1001 read as a truncated topic: every cache flushed itself and a
+    # read-your-writes get answered from before the write (seen with a killed leader).
+    probe, calls = _probe([{0: -1001, 1: 7}, {0: -1001, 1: 7}, {0: 41, 1: 7}], WAIT)
+    assert probe.end_offsets() == {0: 41, 1: 7}
+    assert calls.asked == 3
+    probe, _ = _probe([{0: -1001, 1: 7}], 0.2)
+    with pytest.raises(BrokerError, match="partition 0 has no end offset") as info:
+        probe.end_offsets()
+    assert info.value.retriable
+
+
+class _Native:
+    def __init__(self, highs: list[int]) -> None:
+        self.highs = highs
+        self.seeks: list[dict[int, int]] = []
+        self.commits: list[dict[int, int]] = []
+
+    def positions(self) -> dict[int, int]:
+        return {0: 5}
+
+    def watermarks(self, partitions: list[int], timeout_ms: int) -> tuple[list[int], list[int]]:
+        return [0], [self.highs.pop(0) if len(self.highs) > 1 else self.highs[0]]
+
+    def seek(self, offsets: dict[int, int]) -> None:
+        self.seeks.append(dict(offsets))
+
+    def store(self, offsets: dict[int, int]) -> None:
+        pass
+
+    def commit(self, offsets: dict[int, int]) -> None:
+        self.commits.append(dict(offsets))
+
+
+class _Runtime:
+    def __init__(self, native: _Native) -> None:
+        self.native = native
+
+    def call_soon(self, fn: Any) -> None:
+        fn()
+
+
+def test_moving_to_the_end_waits_for_partitions_that_have_an_end() -> None:
+    from eventstream.cache.consumer_feed import ConsumerFeed
+
+    native = _Native([-1001, -1001, 50])
+    feed = ConsumerFeed(_Runtime(native), "t", "T", logging.getLogger("test"))  # type: ignore[arg-type]
+    done = threading.Event()
+    feed._skip(done.set)
+    assert done.wait(WAIT)
+    assert native.seeks == native.commits == [{0: 50}]

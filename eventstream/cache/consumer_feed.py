@@ -87,6 +87,16 @@ class ConsumerFeed:
             try:
                 _lows, highs = native.watermarks(partitions, _ENDS_TIMEOUT_MS)
                 ends = dict(zip(partitions, highs, strict=True))
+                unknown = sorted(p for p, end in ends.items() if end < 0)
+                if unknown:
+                    # No offset and no error: the partition's leader is moving. Seeking there
+                    # would start wherever librdkafka resets to.
+                    raise BrokerError(
+                        f"partition {unknown[0]} has no end offset now (its leader is moving)",
+                        code=5,
+                        name="LEADER_NOT_AVAILABLE",
+                        retriable=True,
+                    )
                 native.seek(ends)
             except BrokerError as exc:
                 if not self._ends_failing:

@@ -26,6 +26,7 @@ _BACKOFF = 0.05  # seconds between asks after a partition had no leader
 # partition's leadership is moving (a new topic, a broker restarting) and the answer is a metadata
 # refresh away.
 _BETWEEN_LEADERS = frozenset({5, 6, 74, 75})
+_LEADER_NOT_AVAILABLE = 5
 
 
 class Probe(Protocol):
@@ -78,7 +79,18 @@ class AdminProbe:
         partitions = [TopicPartition(self._topic, p) for p in ids]
         latest = cast(OffsetSpec, OffsetSpec.latest())  # type: ignore[no-untyped-call]
         answers = calls.list_offsets(partitions, latest, deadline)
-        return {
+        ends = {
             tp.partition: int(calls.result(future, deadline, what, TopicError).offset)
             for tp, future in answers.items()
         }
+        unknown = sorted(p for p, end in ends.items() if end < 0)
+        if unknown:
+            # A partition whose leader just went away can be answered with no offset (-1001)
+            # and no error: not an end at all (taken as one, it read as a truncated topic).
+            raise TopicError(
+                f"{what}: partition {unknown[0]} has no end offset now (its leader is moving)",
+                code=_LEADER_NOT_AVAILABLE,
+                name="LEADER_NOT_AVAILABLE",
+                retriable=True,
+            )
+        return ends
