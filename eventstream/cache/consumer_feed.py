@@ -18,6 +18,7 @@ from eventstream._runtime.backend import Dispatch
 from eventstream._runtime.consuming import ConsumerRuntime
 from eventstream._runtime.failures.policy import Failures
 from eventstream.cache.feed import FeedSink
+from eventstream.cache.probe import check_ends
 from eventstream.errors import BrokerError, EventStreamError
 
 __all__ = ["COMMIT_INTERVAL_MS", "ConsumerFeed", "where"]
@@ -87,16 +88,7 @@ class ConsumerFeed:
             try:
                 _lows, highs = native.watermarks(partitions, _ENDS_TIMEOUT_MS)
                 ends = dict(zip(partitions, highs, strict=True))
-                unknown = sorted(p for p, end in ends.items() if end < 0)
-                if unknown:
-                    # No offset and no error: the partition's leader is moving. Seeking there
-                    # would start wherever librdkafka resets to.
-                    raise BrokerError(
-                        f"partition {unknown[0]} has no end offset now (its leader is moving)",
-                        code=5,
-                        name="LEADER_NOT_AVAILABLE",
-                        retriable=True,
-                    )
+                check_ends(ends, "high watermarks", BrokerError)
                 native.seek(ends)
             except BrokerError as exc:
                 if not self._ends_failing:

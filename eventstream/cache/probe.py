@@ -19,7 +19,7 @@ from eventstream.cache.admin_calls import AdminCalls
 from eventstream.config import TopicConfig
 from eventstream.errors import BrokerError, TopicError
 
-__all__ = ["AdminProbe", "Probe"]
+__all__ = ["AdminProbe", "Probe", "check_ends"]
 
 _BACKOFF = 0.05  # seconds between asks after a partition had no leader
 # LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER, FENCED_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH: the
@@ -83,14 +83,20 @@ class AdminProbe:
             tp.partition: int(calls.result(future, deadline, what, TopicError).offset)
             for tp, future in answers.items()
         }
-        unknown = sorted(p for p, end in ends.items() if end < 0)
-        if unknown:
-            # A partition whose leader just went away can be answered with no offset (-1001)
-            # and no error: not an end at all (taken as one, it read as a truncated topic).
-            raise TopicError(
-                f"{what}: partition {unknown[0]} has no end offset now (its leader is moving)",
-                code=_LEADER_NOT_AVAILABLE,
-                name="LEADER_NOT_AVAILABLE",
-                retriable=True,
-            )
+        check_ends(ends, what, TopicError)
         return ends
+
+
+def check_ends(ends: Mapping[int, int], what: str, error: type[BrokerError]) -> None:
+    """Raise ``error`` (retriable, LEADER_NOT_AVAILABLE) if a partition in ``ends`` has no
+    offset: librdkafka answers -1001, and no error, for a partition whose leader just went away.
+    That is no end at all: taken as one it reads as a truncated topic, and seeking there starts
+    wherever the consumer resets to."""
+    unknown = sorted(p for p, end in ends.items() if end < 0)
+    if unknown:
+        raise error(
+            f"{what}: partition {unknown[0]} has no end offset now (its leader is moving)",
+            code=_LEADER_NOT_AVAILABLE,
+            name="LEADER_NOT_AVAILABLE",
+            retriable=True,
+        )
