@@ -346,11 +346,11 @@ cdef inline size_t _tracker_size(int64_t cap) noexcept nogil:
     return sizeof(Tracker) + <size_t>cap * (sizeof(Slot) + sizeof(OutMsg))
 
 
-cdef void _tracker_free_spent(Tracker *t, int64_t cap) noexcept nogil:
+cdef void _tracker_free_spent(Tracker *t) noexcept nogil:
     """Free the spent headers in t's slots (see "Spent headers"); only while no message of a
-    call points at t."""
+    call points at t (and t is not poisoned)."""
     cdef int64_t i
-    for i in range(cap):
+    for i in range(t.cap):
         if t.slots[i].spent != NULL:
             rd_kafka_headers_destroy(t.slots[i].spent)
             t.slots[i].spent = NULL
@@ -360,7 +360,7 @@ cdef void _tracker_free(Tracker *t, int64_t cap, size_t data_cap, bint spare) no
     """Free a tracker nobody references (a spare's sizes come from its Spare entry)."""
     if spare:
         esk_unpoison(t, _tracker_size(cap))
-    _tracker_free_spent(t, cap)
+    _tracker_free_spent(t)
     if t.data != NULL:
         if spare:
             esk_unpoison(t.data, data_cap)
@@ -461,7 +461,7 @@ cdef Tracker *_tracker_acquire(ProducerState *st, int64_t n) except NULL:
 cdef void _tracker_arm(Tracker *t, bint is_async) noexcept nogil:
     """The call's events are prepared: from here on its messages may point at the tracker. Frees
     the previous call's spent headers first (see "Spent headers")."""
-    _tracker_free_spent(t, t.cap)
+    _tracker_free_spent(t)
     t.started_ns = esk_now_ns()
     t.remaining = t.total + 1   # + the enqueuing caller's guard
     t.refs = 2                  # the caller's + the completion's
