@@ -41,15 +41,17 @@
 #
 # Spent headers: each message's header list (seven or so small blocks, allocated by the thread
 # that enqueues it) is taken from the message in its delivery report (detached, so librdkafka does
-# not free it) and kept in the message's slot; the tracker's next call frees them once its
-# events are prepared, right before it enqueues and allocates as many again (_tracker_arm), or
-# _tracker_free does. Freed by librdkafka, a call's thousands of blocks sit in glibc's fastbins
-# until the caller's next large allocation (the next call's own argument tuple, a 1 KiB value)
-# consolidates them all, and every header of the next call then takes malloc's slow path (about
-# a tenth of a call's instructions at 100 B); freed right before the next enqueue on the
-# enqueuing thread, they are handed straight back (and the owner, serving produce_async's
-# reports, no longer frees what the event loop's thread allocated). A spare thus holds its last
-# call's headers until it is used again or freed: no more than that call had in flight.
+# not free it) and kept in the message's slot. The tracker's next call frees each slot's list
+# right before it allocates that slot's new one (_enqueue), so glibc's per-thread cache hands the
+# same blocks straight back; the slots a call does not use are freed by _tracker_arm, and
+# _tracker_free frees what is left. Freed by librdkafka, a call's thousands of blocks sit in
+# glibc's fastbins until the caller's next large allocation (the next call's own argument tuple, a
+# 1 KiB value) consolidates them all, and every header of the next call then takes malloc's slow
+# path (about a tenth of a call's instructions at 100 B); freed all at once before the next
+# enqueue, they overflow the per-thread cache (seven blocks a size) and most still take the slow
+# path both ways. The owner, serving produce_async's reports, never frees what the event loop's
+# thread allocated. A spare thus holds its last call's headers until it is used again or freed:
+# no more than that call had in flight.
 #
 # Sending: linger.ms (5 ms) lets librdkafka gather a call's events into few requests while the
 # caller enqueues them; once a call has enqueued everything, nothing is gained by lingering. So
@@ -346,11 +348,11 @@ cdef inline size_t _tracker_size(int64_t cap) noexcept nogil:
     return sizeof(Tracker) + <size_t>cap * (sizeof(Slot) + sizeof(OutMsg))
 
 
-cdef void _tracker_free_spent(Tracker *t) noexcept nogil:
-    """Free the spent headers in t's slots (see "Spent headers"); only while no message of a
-    call points at t (and t is not poisoned)."""
+cdef void _tracker_free_spent(Tracker *t, int64_t start) noexcept nogil:
+    """Free the spent headers in t's slots from `start` on (see "Spent headers"); only while no
+    message of a call points at those slots (and t is not poisoned)."""
     cdef int64_t i
-    for i in range(t.cap):
+    for i in range(start, t.cap):
         if t.slots[i].spent != NULL:
             rd_kafka_headers_destroy(t.slots[i].spent)
             t.slots[i].spent = NULL
@@ -360,7 +362,7 @@ cdef void _tracker_free(Tracker *t, int64_t cap, size_t data_cap, bint spare) no
     """Free a tracker nobody references (a spare's sizes come from its Spare entry)."""
     if spare:
         esk_unpoison(t, _tracker_size(cap))
-    _tracker_free_spent(t)
+    _tracker_free_spent(t, 0)
     if t.data != NULL:
         if spare:
             esk_unpoison(t.data, data_cap)
@@ -460,8 +462,8 @@ cdef Tracker *_tracker_acquire(ProducerState *st, int64_t n) except NULL:
 
 cdef void _tracker_arm(Tracker *t, bint is_async) noexcept nogil:
     """The call's events are prepared: from here on its messages may point at the tracker. Frees
-    the previous call's spent headers first (see "Spent headers")."""
-    _tracker_free_spent(t)
+    the spent headers of the slots this call does not use (see "Spent headers")."""
+    _tracker_free_spent(t, t.total)
     t.started_ns = esk_now_ns()
     t.remaining = t.total + 1   # + the enqueuing caller's guard
     t.refs = 2                  # the caller's + the completion's
@@ -1473,6 +1475,11 @@ cdef class Producer:
             if code != 0:
                 err_out[0] = code
                 return i
+            if t.slots[i].spent != NULL:
+                # The slot's last message's headers: freed right before this message's are
+                # allocated, so that malloc hands the same blocks back (see "Spent headers").
+                rd_kafka_headers_destroy(t.slots[i].spent)
+                t.slots[i].spent = NULL
             hdrs = rd_kafka_headers_new(N_HEADERS + call.n_extra)
             rd_kafka_header_add(hdrs, hs.n_ct, hs.nlen_ct, hs.v_ct, hs.vlen_ct)
             rd_kafka_header_add(hdrs, hs.n_spec, hs.nlen_spec, hs.v_spec, hs.vlen_spec)
