@@ -167,6 +167,30 @@ def table(results: dict[str, Any], scenario: str, name: str) -> dict[tuple[str, 
     return {k: statistics.median(v) for k, v in groups.items()}
 
 
+def rounds(results: dict[str, Any], scenario: str, name: str) -> dict[tuple[str, str], list[float]]:
+    """``{(case_key, contender): metric per round}``, in the order the rounds ran (the runner
+    interleaves the contenders round by round, so the i-th values of two contenders ran side by
+    side)."""
+    groups: dict[tuple[str, str], list[float]] = {}
+    for m in _ok(results["measurements"]):
+        if m["scenario"] != scenario:
+            continue
+        value = metric(m, name)
+        if value is not None:
+            groups.setdefault((_key(m), m["contender"]), []).append(value)
+    return groups
+
+
+def paired_ratio(mine: list[float], theirs: list[float]) -> float | None:
+    """The median of the rounds' own ratios (round i of ``mine`` over round i of ``theirs``), or
+    None unless both ran the same two or more rounds. Each round's pair ran back to back, so a
+    change of the machine's speed between rounds (see benchmarks/README.md) moves both sides of a
+    pair, where it would move one median and not the other."""
+    if len(mine) < 2 or len(mine) != len(theirs) or not all(theirs):
+        return None
+    return statistics.median(a / b for a, b in zip(mine, theirs, strict=True))
+
+
 def cases(results: dict[str, Any], scenario: str) -> list[Case]:
     seen: list[Case] = []
     for m in results["measurements"]:
@@ -203,6 +227,7 @@ def _compare_target(
     """compiled's ``name`` over ``other``'s, per case: at least ``need`` (``at_most``: at
     most), which may depend on the event size (sizes it does not name are not judged)."""
     values = table(results, scenario, name)
+    per_round = rounds(results, scenario, name)
     needs = need if isinstance(need, dict) else None
     rows = []
     for size, parts, batch in cases(results, scenario):
@@ -211,13 +236,22 @@ def _compare_target(
         mine, theirs = values.get((key, "compiled")), values.get((key, other))
         if want is None or mine is None or not theirs:
             continue
-        ratio = mine / theirs
+        of_medians = mine / theirs
+        paired = paired_ratio(per_round.get((key, "compiled"), []), per_round.get((key, other), []))
+        ratio = of_medians if paired is None else paired
+        display = f"{ratio:.2f}x ({unit(mine)} vs {unit(theirs)})"
+        if paired is not None:
+            display = (
+                f"{paired:.2f}x (median of {len(per_round[(key, other)])} rounds' ratios; "
+                f"medians {unit(mine)} vs {unit(theirs)}: {of_medians:.2f}x)"
+            )
         rows.append(
             {
                 "case": case_label(size, parts, batch),
                 "value": round(ratio, 3),
+                "ratio_of_medians": round(of_medians, 3),
                 "need": want,
-                "display": f"{ratio:.2f}x ({unit(mine)} vs {unit(theirs)})",
+                "display": display,
                 "pass": ratio <= want if at_most else ratio >= want,
             }
         )
@@ -742,7 +776,11 @@ def markdown(results: dict[str, Any]) -> str:
         "own counters are read last before and first after the section.",
         "- Consumer restart: eventstream only (the peers leave group membership to their "
         "users); see its section for the method.",
-        "- Ratios in the targets are medians from this run only; never compare across runs.",
+        "- Ratios in the targets are from this run only; never compare across runs. Where both "
+        "contenders ran several rounds, a target's ratio is the median of the rounds' own ratios "
+        "(each round's pair ran back to back), and the ratio of the medians is shown beside it: "
+        "this machine's speed changes between rounds, for every client alike (see "
+        "benchmarks/README.md).",
         "",
     ]
     return "\n".join(out)
