@@ -1030,6 +1030,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 notes.append(f"{CONTENDERS[contender]} unavailable: {exc}")
                 sys.stderr.write(f"benchmarks: {notes[-1]}\n")
                 contenders.remove(contender)
+        # Read before measuring: the commit (and whether eventstream/ or ext/ differ from it) of
+        # the code the contenders run, not of whatever the tree holds when the run ends.
+        software = environment.software() | {"gcc": _gcc(native_bin)}
         runner = Runner(args, sizes, contenders, bootstrap, broker, procs)
         plan = build_plan(sizes, args.scenarios, args.quick)
         if any(case.scenario != "restart" for case in plan):  # a restart needs no JIT-hot broker
@@ -1090,7 +1093,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "keys": "none (every client's default partitioner for unkeyed records)",
             },
             "machine": environment.machine(),
-            "software": environment.software() | {"gcc": _gcc(native_bin)},
+            "software": software,
             "broker": broker.info,
             "contenders": {c: {"name": CONTENDERS[c], **described[c]} for c in contenders},
             "measurements": [asdict(m) for m in runner.measurements],
