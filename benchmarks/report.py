@@ -156,15 +156,7 @@ def metric(m: dict[str, Any], name: str) -> float | None:
 
 def table(results: dict[str, Any], scenario: str, name: str) -> dict[tuple[str, str], float]:
     """``{(case_key, contender): median of metric over repeats}``."""
-    groups: dict[tuple[str, str], list[float]] = {}
-    for m in _ok(results["measurements"]):
-        if m["scenario"] != scenario:
-            continue
-        value = metric(m, name)
-        if value is not None:
-            key = (_key(m), m["contender"])
-            groups.setdefault(key, []).append(value)
-    return {k: statistics.median(v) for k, v in groups.items()}
+    return {k: statistics.median(v) for k, v in rounds(results, scenario, name).items()}
 
 
 def rounds(results: dict[str, Any], scenario: str, name: str) -> dict[tuple[str, str], list[float]]:
