@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -39,6 +40,19 @@ def _prepare_imports() -> None:
 
 
 _prepare_imports()
+
+
+def _restore_sigint() -> None:
+    """Started in the background by a non-interactive shell (``cmd &``, as some CI scripts do),
+    the test run inherits SIGINT ignored, and so would every process it starts: Python then
+    installs no KeyboardInterrupt handler, and the tests that send Ctrl+C to a child fail for
+    that reason alone. Ctrl+C is part of what these tests check, so restore it: a handler set
+    here goes back to the default in children at exec, where Python installs its own."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+_restore_sigint()
 
 from support import Collector  # noqa: E402
 from testevents_pb2 import Invalidate  # noqa: E402
