@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -156,31 +157,39 @@ def metric(m: dict[str, Any], name: str) -> float | None:
 
 def table(results: dict[str, Any], scenario: str, name: str) -> dict[tuple[str, str], float]:
     """``{(case_key, contender): median of metric over repeats}``."""
-    return {k: statistics.median(v) for k, v in rounds(results, scenario, name).items()}
+    return {k: statistics.median(v.values()) for k, v in rounds(results, scenario, name).items()}
 
 
-def rounds(results: dict[str, Any], scenario: str, name: str) -> dict[tuple[str, str], list[float]]:
-    """``{(case_key, contender): metric per round}``, in the order the rounds ran (the runner
-    interleaves the contenders round by round, so the i-th values of two contenders ran side by
-    side)."""
-    groups: dict[tuple[str, str], list[float]] = {}
+def _round_of(m: dict[str, Any]) -> int:
+    """The round a measurement ran in: its topic ends in ``-r<round>`` when the run had several."""
+    found = re.search(r"-r(\d+)$", m.get("topic") or "")
+    return int(found.group(1)) if found else 0
+
+
+def rounds(
+    results: dict[str, Any], scenario: str, name: str
+) -> dict[tuple[str, str], dict[int, float]]:
+    """``{(case_key, contender): {round: metric}}`` (the runner interleaves the contenders round
+    by round, so two contenders' values of one round ran back to back)."""
+    groups: dict[tuple[str, str], dict[int, float]] = {}
     for m in _ok(results["measurements"]):
         if m["scenario"] != scenario:
             continue
         value = metric(m, name)
         if value is not None:
-            groups.setdefault((_key(m), m["contender"]), []).append(value)
+            groups.setdefault((_key(m), m["contender"]), {})[_round_of(m)] = value
     return groups
 
 
-def paired_ratio(mine: list[float], theirs: list[float]) -> float | None:
-    """The median of the rounds' own ratios (round i of ``mine`` over round i of ``theirs``), or
-    None unless both ran the same two or more rounds. Each round's pair ran back to back, so a
-    change of the machine's speed between rounds (see benchmarks/README.md) moves both sides of a
-    pair, where it would move one median and not the other."""
-    if len(mine) < 2 or len(mine) != len(theirs) or not all(theirs):
+def paired_ratio(mine: dict[int, float], theirs: dict[int, float]) -> tuple[float, int] | None:
+    """The median of the rounds' own ratios (``mine`` over ``theirs`` in each round both have)
+    and how many rounds that is, or None for fewer than two. Each round's pair ran back to back,
+    so a change of the machine's speed between rounds (see benchmarks/README.md) moves both sides
+    of a pair, where it would move one median and not the other."""
+    both = [r for r in mine if theirs.get(r)]
+    if len(both) < 2:
         return None
-    return statistics.median(a / b for a, b in zip(mine, theirs, strict=True))
+    return statistics.median(mine[r] / theirs[r] for r in both), len(both)
 
 
 def cases(results: dict[str, Any], scenario: str) -> list[Case]:
@@ -229,12 +238,12 @@ def _compare_target(
         if want is None or mine is None or not theirs:
             continue
         of_medians = mine / theirs
-        paired = paired_ratio(per_round.get((key, "compiled"), []), per_round.get((key, other), []))
-        ratio = of_medians if paired is None else paired
+        paired = paired_ratio(per_round.get((key, "compiled"), {}), per_round.get((key, other), {}))
+        ratio = of_medians if paired is None else paired[0]
         display = f"{ratio:.2f}x ({unit(mine)} vs {unit(theirs)})"
         if paired is not None:
             display = (
-                f"{paired:.2f}x (median of {len(per_round[(key, other)])} rounds' ratios; "
+                f"{ratio:.2f}x (median of {paired[1]} rounds' ratios; "
                 f"medians {unit(mine)} vs {unit(theirs)}: {of_medians:.2f}x)"
             )
         rows.append(
