@@ -88,3 +88,32 @@ def test_compiled_backend_is_never_silently_replaced() -> None:
         assert outcome == "compiled" or (
             outcome.startswith("ImportError:") and "EVENTSTREAM_NO_EXTENSIONS=1" in outcome
         ), outcome
+
+
+def test_the_pure_client_never_hands_confluent_kafka_a_negative_timeout() -> None:
+    """A close deadline can pass between its check and the flush that follows: confluent-kafka
+    reads a negative timeout as "wait forever", and the owner then sat in flush() until the
+    messages timed out instead of purging them at the deadline (a call then raised
+    ProduceTimeoutError after ~message.timeout.ms instead of ProduceError at close)."""
+    from eventstream._pure.producer import _Client
+
+    asked: list[tuple[str, float]] = []
+
+    class Recorder:
+        def flush(self, timeout: float) -> int:
+            asked.append(("flush", timeout))
+            return 0
+
+        def poll(self, timeout: float) -> int:
+            asked.append(("poll", timeout))
+            return 0
+
+        def __len__(self) -> int:
+            return 0
+
+    core = _Client.__new__(_Client)  # only serve() is under test: no client, no owner
+    core.client = Recorder()  # type: ignore[assignment]
+    core.serve(-0.004)
+    core.serve(-0.004, flush=False)
+    core.serve(0.05)
+    assert asked == [("flush", 0.0), ("poll", 0.0), ("flush", 0.05)]

@@ -311,7 +311,9 @@ class _Client:
     def serve(self, timeout: float, *, flush: bool = True) -> int:
         """client.flush(timeout) (or poll): serve delivery reports and callbacks. confluent-kafka
         raises the client's fatal error from there; it goes to the Health like error_cb's.
-        Returns how many messages are still in flight."""
+        Returns how many messages are still in flight. A timeout that is already over serves
+        without blocking (confluent-kafka reads a negative one as "forever")."""
+        timeout = max(0.0, timeout)
         try:
             if flush:
                 return int(self.client.flush(timeout))
