@@ -227,8 +227,8 @@ def _compare_target(
 ) -> dict[str, Any]:
     """compiled's ``name`` over ``other``'s, per case: at least ``need`` (``at_most``: at
     most), which may depend on the event size (sizes it does not name are not judged)."""
-    values = table(results, scenario, name)
     per_round = rounds(results, scenario, name)
+    values = {k: statistics.median(v.values()) for k, v in per_round.items()}
     needs = need if isinstance(need, dict) else None
     rows = []
     for size, parts, batch in cases(results, scenario):
@@ -239,9 +239,11 @@ def _compare_target(
             continue
         of_medians = mine / theirs
         paired = paired_ratio(per_round.get((key, "compiled"), {}), per_round.get((key, other), {}))
-        ratio = of_medians if paired is None else paired[0]
-        display = f"{ratio:.2f}x ({unit(mine)} vs {unit(theirs)})"
-        if paired is not None:
+        if paired is None:
+            ratio = of_medians
+            display = f"{ratio:.2f}x ({unit(mine)} vs {unit(theirs)})"
+        else:
+            ratio = paired[0]
             display = (
                 f"{ratio:.2f}x (median of {paired[1]} rounds' ratios; "
                 f"medians {unit(mine)} vs {unit(theirs)}: {of_medians:.2f}x)"
