@@ -181,3 +181,43 @@ def test_loading_the_plugin_imports_nothing_heavy() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert loaded == "[]", f"importing the plugin loaded {loaded}"
+
+
+FAILING_TEST = """
+from testevents_pb2 import Invalidate
+
+
+def test_fails_with_clients_open(eventstream_topic, eventstream_recorder):
+    topic = eventstream_topic(Invalidate, partitions=2, instance_id="svc")
+    consumer = topic.new_consumer()
+    consumer.consume(eventstream_recorder)
+    consumer.wait_until_assigned()
+    topic.new_producer().produce(Invalidate(key="k", seq=1))
+    eventstream_recorder.wait_for(1)
+    assert False, "failing on purpose"
+
+
+def test_fails_without_topics():
+    assert False, "failing on purpose"
+"""
+
+
+def test_a_failed_test_reports_its_clients_states(tmp_path: Path) -> None:
+    """The report of a failed test that made topics says what their clients were doing."""
+    (tmp_path / "test_failing.py").write_text(FAILING_TEST)
+    installed = str(Path(eventstream.testing.__file__).resolve().parent.parent.parent)
+    path = [str(ROOT / "tests" / "protos"), installed]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    env.pop("EVENTSTREAM_BROKERS", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=240, env=env,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "2 failed" in result.stdout, result.stdout
+    sections = result.stdout.split("eventstream clients")
+    assert len(sections) == 2, result.stdout  # the test without topics has no such section
+    lines = sections[1].splitlines()[1:3]
+    assert "consumer: ready for " in lines[0], result.stdout
+    assert "partitions {0: 0, 1: " in lines[0] or "partitions {0: 1, 1: " in lines[0], lines
+    assert "producer: ready for " in lines[1], result.stdout

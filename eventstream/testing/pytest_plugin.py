@@ -14,6 +14,11 @@ installed, through the ``pytest11`` entry point).
 - ``eventstream_recorder``: a new :class:`~eventstream.testing.EventRecorder`, a handler a test
   can wait on.
 
+When a test that made topics with ``eventstream_topic`` fails, its report gets a section,
+"eventstream clients", with the state of every producer, consumer and cache those topics made, as
+it was when the test failed (a consumer's assigned partitions and positions included): a wait that
+timed out then says whether the consumer ever got its partitions.
+
 Annotate fixture arguments with ``eventstream.testing.TopicFactory`` and
 ``eventstream.testing.EventRecorder[EventClass]``.
 
@@ -25,9 +30,10 @@ when a test uses one.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, TypeVar, cast
 
@@ -42,6 +48,7 @@ from eventstream.topic import Topic, new_topic
 
 if TYPE_CHECKING:
     from confluent_kafka.admin import AdminClient
+    from pluggy import Result
 
 __all__ = ["EventstreamCleanupWarning", "TopicFactory"]
 
@@ -52,6 +59,9 @@ CLEANUP_TIMEOUT = 15.0
 
 #: Bootstrap strings of the embedded clusters this plugin started (nothing to delete there).
 _embedded: set[str] = set()
+
+#: The topics ``eventstream_topic`` made for a test, kept on its item for the failure report.
+_MADE = pytest.StashKey[list["Topic[Message]"]]()
 
 
 class EventstreamCleanupWarning(UserWarning):
@@ -81,8 +91,11 @@ def eventstream_brokers(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 @pytest.fixture
-def eventstream_topic(eventstream_brokers: str) -> Iterator[TopicFactory]:
+def eventstream_topic(
+    eventstream_brokers: str, request: pytest.FixtureRequest
+) -> Iterator[TopicFactory]:
     made: list[Topic[Message]] = []
+    request.node.stash[_MADE] = made
 
     def make(event_type: type[E], *, partitions: int = 1, instance_id: str = "test") -> Topic[E]:
         config = TopicConfig(
@@ -113,6 +126,45 @@ def eventstream_topic(eventstream_brokers: str) -> Iterator[TopicFactory]:
 @pytest.fixture
 def eventstream_recorder() -> EventRecorder[Message]:
     return EventRecorder()
+
+
+@pytest.hookimpl(hookwrapper=True)  # (the old style: users' pytest may predate wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Result[pytest.TestReport], None]:
+    outcome = yield
+    made = item.stash.get(_MADE, None)
+    if made and call.when == "call":
+        report = outcome.get_result()
+        if report.failed:
+            report.sections.append(("eventstream clients", describe_clients(made)))
+
+
+def describe_clients(topics: Sequence[Topic[Message]]) -> str:
+    """One line per producer, consumer and cache of ``topics``: its state, since when, its
+    latest error and (a consumer) its partitions with their positions. No network call."""
+    now = time.monotonic()
+    lines: list[str] = []
+    for topic in topics:
+        children = topic._children  # pyright: ignore[reportPrivateUsage]
+        if not children:
+            lines.append(f"{topic!r}: no producer, consumer or cache")
+        for child in children:
+            status = child.status
+            line = f"{topic!r}: {type(child).__name__.lower()}: {status.state}"
+            since: float | None = getattr(status, "since", None)
+            if since is not None:
+                line += f" for {now - since:.1f} s"
+            reason: str | None = getattr(status, "reason", None)
+            if reason:
+                line += f" ({reason})"
+            assignment = getattr(child, "assignment", None)
+            if callable(assignment):
+                line += f", partitions {assignment() or 'none assigned'}"
+            if status.error is not None:
+                line += f", latest error: {type(status.error).__name__}: {status.error}"
+            lines.append(line)
+    return "\n".join(lines)
 
 
 def delete_topics_and_groups(
