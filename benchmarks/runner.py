@@ -755,6 +755,7 @@ class Runner:
                 fill = {**spec, "warmup": 0}
                 self.procs.start(filler, "produce", fill, None).finish(timeout)
             quiet = self.wait_for_quiet()
+            speed_before = environment.machine_speed()
             load = Load(self.broker.pids())
             if case.scenario == "restart":
                 m.result = self.restart(case, contender, spec, bar)
@@ -782,6 +783,8 @@ class Runner:
                     result = _strip_samples(result)
                 m.result = result
             m.load = load.result() | quiet
+            m.load["speed_before"] = speed_before
+            m.load["speed_after"] = environment.machine_speed()
             bar.finish(report.summary_of(m.scenario, m.result, case.size))
         except Exception as exc:
             m.error = f"{type(exc).__name__}: {exc}"
