@@ -620,10 +620,15 @@ cdef class Consumer:
         try:
             with nogil:
                 error = rd_kafka_seek_partitions(self._rk, parts, 10_000)
+            code = RD_KAFKA_RESP_ERR_NO_ERROR
             if error != NULL:
                 code = rd_kafka_error_code(error)
                 rd_kafka_error_destroy(error)
-                raise _list_error(parts, code, "seek")
+            # A partition that could not be moved (not assigned, say) has its own error: raised,
+            # and the positions table is left as it was (as on the pure backend).
+            failure = _list_error(parts, code, "seek")
+            if failure is not None:
+                raise failure
             _positions_set(&self._st, parts, False, True)
         finally:
             rd_kafka_topic_partition_list_destroy(parts)

@@ -3,9 +3,13 @@ offsets."""
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+
 import pytest
 from support import Collector
 from testevents_pb2 import Invalidate
+
+from eventstream import BrokerError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -61,3 +65,27 @@ def test_committed_offsets_win(
     )
     assert [r.event.seq for r in collector.received if r.tag == "first"] == list(range(10))
     assert [r.event.seq for r in collector.received if r.tag == "second"] == list(range(10, 15))
+
+
+def test_seeking_a_partition_the_consumer_does_not_own_raises(make_topic, collector) -> None:
+    """Both backends report a partition that could not be moved (the compiled one used to ignore
+    librdkafka's per-partition errors and record the new position anyway)."""
+    topic = make_topic()
+    consumer = topic.new_consumer()
+    consumer.consume(collector)
+    assert set(consumer.wait_until_assigned()) == {0}
+    outcome: Future[BaseException | None] = Future()
+
+    def seek() -> None:  # on the poll thread, where the runtime calls it
+        try:
+            consumer._runtime.native.seek({7: 0})
+        except BaseException as exc:
+            outcome.set_result(exc)
+        else:
+            outcome.set_result(None)
+
+    consumer._runtime.call_soon(seek)
+    error = outcome.result(30)
+    assert isinstance(error, BrokerError), error
+    assert "seek" in str(error)
+    assert set(consumer.assignment()) == {0}

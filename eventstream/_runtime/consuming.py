@@ -287,8 +287,12 @@ class ConsumerRuntime:
             except BrokerError:
                 continue  # gone with the old topic: the coming rebalance takes it away
             starts[partition] = lows[0]
+        for partition in sorted(starts):  # one at a time: one that fails leaves the others be
+            try:
+                native.seek({partition: starts[partition]})
+            except BrokerError:
+                del starts[partition]  # revoked meanwhile: its next owner reads the new topic
         if starts:
-            native.seek(starts)
             # The group's committed offsets went with the old topic, and librdkafka's
             # auto-commit does not go below the offsets it committed before.
             native.commit(starts)
