@@ -889,7 +889,7 @@ class Runner:
             for round_ in range(rounds):
                 if rounds > 1:
                     sys.stderr.write(f" round {round_ + 1} of {rounds}\n")
-                for contender in self.contenders:
+                for contender in _round_order(self.contenders, round_):
                     if case.scenario not in ONLY_IN.get(contender, SCENARIOS):
                         continue
                     if contender not in SCENARIO_CONTENDERS.get(case.scenario, (contender,)):
@@ -897,6 +897,14 @@ class Runner:
                     if round_ > 0 and contender not in TARGET_CONTENDERS:
                         continue
                     self.measurements.append(self.run_case(case, contender, round_))
+
+
+def _round_order(contenders: Sequence[str], round_: int) -> list[str]:
+    """The order the contenders run in within a round: as given in even rounds, reversed in odd
+    ones (C, compiled, confluent, then confluent, compiled, C), so that whatever the previous
+    measurement leaves behind (memory freed by its process and its deleted topic, a broker busy
+    cleaning up) does not always fall on the same contender of a pair."""
+    return list(contenders) if round_ % 2 == 0 else list(reversed(contenders))
 
 
 def _strip_samples(result: dict[str, Any]) -> dict[str, Any]:
