@@ -632,6 +632,8 @@ def markdown(results: dict[str, Any]) -> str:
         + (
             f", {broker['nodes']} node(s), heap {broker['heap']}, {broker.get('java')}, "
             f"JVM flags `{' '.join(broker.get('jvm_opts', []))}` (a later flag wins)"
+            + (f", data on {broker['data']}" if broker.get("data") else "")
+            + "".join(f", `{k}={v}`" for k, v in broker.get("broker_config", {}).items())
             if "nodes" in broker
             else ""
         )

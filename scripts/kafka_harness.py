@@ -689,10 +689,11 @@ def _pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
 
-def _sweep_orphaned_state_dirs() -> None:
-    """Delete temp state dirs whose owner died without cleaning up (e.g. SIGKILLed pytest:
-    its nodes died with it through PR_SET_PDEATHSIG, their data stayed)."""
-    for sd in Path(tempfile.gettempdir()).glob(_TEMP_PREFIX + "*"):
+def _sweep_orphaned_state_dirs(root: Path | None = None) -> None:
+    """Delete temp state dirs (in ``root``, default the system's temp dir) whose owner died
+    without cleaning up (e.g. SIGKILLed pytest: its nodes died with it through
+    PR_SET_PDEATHSIG, their data stayed)."""
+    for sd in (root or Path(tempfile.gettempdir())).glob(_TEMP_PREFIX + "*"):
         try:
             data = json.loads((sd / STATE_FILE).read_text())
             owner = data.get("owner_pid")
@@ -927,7 +928,8 @@ class KafkaCluster:
     starts (unless started), exit stops. Node ids are ``1..nodes``; ``stop_node(i)`` /
     ``start_node(i)`` take one node down and bring it back on the same ports and data.
 
-    ``state_dir=None`` uses a fresh temp dir. ``die_with_parent`` (default True) makes the
+    ``state_dir=None`` uses a fresh temp dir, in ``temp_root`` if given (e.g. a tmpfs, so
+    that the brokers' data never waits for the disk). ``die_with_parent`` (default True) makes the
     kernel kill the JVMs when the starting thread dies. ``use_cds`` / ``format_with_tool``
     turn the two start-up shortcuts off; ``warm_group_coordinator=False`` skips the offset
     commit of the readiness probe. ``security=True`` adds a SASL_SSL listener to every node
@@ -940,6 +942,7 @@ class KafkaCluster:
         nodes: int = 1,
         state_dir: str | os.PathLike[str] | None = None,
         *,
+        temp_root: str | os.PathLike[str] | None = None,
         version: str = KAFKA_VERSION,
         heap: str = DEFAULT_HEAP,
         jvm_opts: Sequence[str] = (),
@@ -970,6 +973,7 @@ class KafkaCluster:
         self._security: ClusterSecurity | None = None
         self._dist = dist
         self._given_state_dir = Path(state_dir).resolve() if state_dir is not None else None
+        self._temp_root = Path(temp_root) if temp_root is not None else None
         self._state_dir: Path | None = None
         self._owns_state_dir = False
         self._nodes: list[_NodeSpec] = []
@@ -1217,8 +1221,8 @@ class KafkaCluster:
             sd.mkdir(parents=True, exist_ok=True)
             self._owns_state_dir = not any(sd.iterdir())
         else:
-            _sweep_orphaned_state_dirs()
-            sd = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX))
+            _sweep_orphaned_state_dirs(self._temp_root)
+            sd = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=self._temp_root))
             self._owns_state_dir = True
         self._state_dir = sd
         (sd / "log4j2.properties").write_text(_LOG4J2_PROPERTIES, encoding="utf-8")
