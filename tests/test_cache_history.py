@@ -84,12 +84,6 @@ class History:
                     return write
         return None
 
-    def wait_writes(self, count: int, what: str) -> None:
-        with self.cond:
-            assert self.cond.wait_for(lambda: len(self.writes) >= count, WAIT), (
-                f"timed out waiting for {count} writes ({what}); {len(self.writes)} made"
-            )
-
 
 def stale_reads(history: History, max_staleness: float) -> list[str]:
     """Every read that breaks G2 or its token, described."""
@@ -161,6 +155,7 @@ class Run:
         self.retired: list[Cache[str, int]] = []
         self._lock = threading.Lock()
         self.threads: list[threading.Thread] = []
+        self.producer: Any = None  # the writer's, once it started
 
     def start_instance(self, instance: str) -> None:
         topic = self.make_topic(create=False, instance_id=instance)
@@ -197,6 +192,22 @@ class Run:
             for n in range(READERS_PER_INSTANCE):
                 self._spawn(lambda i=instance, n=n: self._read(i, n), f"hist-reader-{instance}")
 
+    def wait_writes(self, count: int, what: str) -> None:
+        """Until the writer has made ``count`` writes; on a timeout, says what every client was
+        doing (the writer's error, the producer's and each cache's status)."""
+        history = self.history
+        with history.cond:
+            if history.cond.wait_for(lambda: len(history.writes) >= count, WAIT):
+                return
+            made = len(history.writes)
+        producer = self.producer
+        caches = ", ".join(f"{name}: {cache.status}" for name, cache in self.caches.items())
+        pytest.fail(
+            f"timed out waiting for {count} writes ({what}); {made} made; writer errors "
+            f"{self.errors!r}; producer {None if producer is None else producer.status}; "
+            f"caches {caches}"
+        )
+
     def end(self) -> None:
         self.stop.set()
         for thread in self.threads:
@@ -217,7 +228,7 @@ class Run:
         thread.start()
 
     def _write(self) -> None:
-        producer = self.writer_topic.new_producer(key=lambda event: event.key)
+        producer = self.producer = self.writer_topic.new_producer(key=lambda event: event.key)
         rng = random.Random(1)
         while not self.stop.is_set():
             key = rng.choice(KEYS)
@@ -270,7 +281,7 @@ def _hits(run: Run) -> int:
 
 def test_history_plain(run: Run) -> None:
     run.begin()
-    run.history.wait_writes(2 * PHASE, "the run")
+    run.wait_writes(2 * PHASE, "the run")
     run.end()
     run.check()
     assert _hits(run) > 0  # the caches served: the check is not only of loader reads
@@ -287,7 +298,7 @@ def test_history_with_the_broker_frozen_longer_than_max_staleness(run: Run) -> N
     cluster = KafkaCluster.attach(state)
     node = cluster.node_ids[0]
     run.begin()
-    run.history.wait_writes(PHASE, "before the freeze")
+    run.wait_writes(PHASE, "before the freeze")
     cluster.freeze_node(node)
     try:
         # Every cache sees its probe go unanswered and its bound pass max_staleness.
@@ -300,14 +311,14 @@ def test_history_with_the_broker_frozen_longer_than_max_staleness(run: Run) -> N
     frozen_writes = len(run.history.writes)
     for cache in run.live():
         cache.wait_ready(WAIT)  # serving again by itself
-    run.history.wait_writes(frozen_writes + PHASE, "after the freeze")
+    run.wait_writes(frozen_writes + PHASE, "after the freeze")
     run.end()
     run.check()
 
 
 def test_history_with_partitions_added(run: Run, kafka_bootstrap: str) -> None:
     run.begin()
-    run.history.wait_writes(PHASE, "before adding partitions")
+    run.wait_writes(PHASE, "before adding partitions")
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     name = run.writer_topic.name
     admin.create_partitions([NewPartitions(name, 4)])[name].result(WAIT)  # pyright: ignore[reportUnknownMemberType]
@@ -323,17 +334,17 @@ def test_history_with_partitions_added(run: Run, kafka_bootstrap: str) -> None:
     run.writer_topic.wait_applied(write.token, timeout=WAIT)
     for cache in run.live():
         cache.wait_ready(WAIT)
-    run.history.wait_writes(len(run.history.writes) + PHASE, "after adding partitions")
+    run.wait_writes(len(run.history.writes) + PHASE, "after adding partitions")
     run.end()
     run.check()
 
 
 def test_history_with_an_instance_restarted(run: Run) -> None:
     run.begin()
-    run.history.wait_writes(PHASE, "before the restart")
+    run.wait_writes(PHASE, "before the restart")
     run.restart_instance(INSTANCES[1])
     restarted = len(run.history.writes)
-    run.history.wait_writes(restarted + PHASE, "after the restart")
+    run.wait_writes(restarted + PHASE, "after the restart")
     run.end()
     run.check()
     assert run.cache(INSTANCES[1]).metrics().invalidations > 0  # the new one applies events
@@ -381,7 +392,7 @@ def test_history_with_the_partition_leader_killed_on_three_nodes(three_nodes: An
     run = Run(make, partitions=2)
     try:
         run.begin()
-        run.history.wait_writes(PHASE, "before the kill")
+        run.wait_writes(PHASE, "before the kill")
         admin = AdminClient({"bootstrap.servers": bootstrap})
         leader = admin.list_topics(name, timeout=WAIT).topics[name].partitions[0].leader
         three_nodes.stop_node(leader, kill=True)
@@ -395,7 +406,7 @@ def test_history_with_the_partition_leader_killed_on_three_nodes(three_nodes: An
         killed_at = len(run.history.writes)
         for cache in run.live():
             cache.wait_ready(WAIT)  # serving again on the new leaders
-        run.history.wait_writes(killed_at + PHASE, "after the kill")
+        run.wait_writes(killed_at + PHASE, "after the kill")
         run.end()
         run.check()
     finally:
