@@ -496,7 +496,7 @@ def _memory_dir() -> Path | None:
         st = os.statvfs(shm)
     except OSError:
         return None
-    tmpfs = any(f"{line} ".split()[1:3] == [str(shm), "tmpfs"] for line in mounts)
+    tmpfs = any(line.split()[1:3] == [str(shm), "tmpfs"] for line in mounts)
     if not tmpfs or st.f_bavail * st.f_frsize < MEMORY_DIR_MIN_FREE:
         return None
     return shm
