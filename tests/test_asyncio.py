@@ -173,3 +173,73 @@ def test_produce_async_never_blocks_the_loop_on_a_full_queue(make_topic) -> None
     )
     assert took > 1.0, "the queue was never full: the test proves nothing"
     assert longest < took / 4, f"the loop stalled {longest:.2f} s of the call's {took:.2f} s"
+
+
+def test_produce_async_on_two_loops_in_turn_leaves_no_reader_behind(make_topic) -> None:
+    """One producer used from two loops, one after the other: each loop may watch the producer
+    while its calls are outstanding, and keeps nothing of it once they are settled."""
+    topic = make_topic()
+    producer = topic.new_producer()
+
+    async def main(first: int) -> tuple[int, set[int], set[int]]:
+        loop = asyncio.get_running_loop()
+        before = set(loop._selector.get_map())  # type: ignore[attr-defined]
+        calls = [producer.produce_async(Invalidate(seq=first + i)) for i in range(5)]
+        deliveries = await asyncio.gather(*calls)
+        after = set(loop._selector.get_map())  # type: ignore[attr-defined]
+        return sum(len(d) for d in deliveries), before, after
+
+    try:
+        for first in (0, 5):
+            acked, before, after = asyncio.run(main(first))
+            assert acked == 5
+            assert after == before, f"left on the loop: {sorted(after - before)}"
+    finally:
+        producer.close()
+
+
+def test_produce_async_on_a_loop_that_cannot_watch_files(make_topic) -> None:
+    """A loop without add_reader (as on Windows' proactor): the calls still complete, their
+    reports served off the loop."""
+
+    class NoReaders(asyncio.SelectorEventLoop):
+        def add_reader(self, *args: object) -> None:
+            raise NotImplementedError
+
+    topic = make_topic()
+
+    async def main() -> list[int]:
+        async with topic.new_producer() as producer:
+            deliveries = await asyncio.gather(
+                *(producer.produce_async(Invalidate(seq=i), Invalidate(seq=i)) for i in range(4))
+            )
+        return [len(d) for d in deliveries]
+
+    loop = NoReaders()
+    try:
+        assert loop.run_until_complete(asyncio.wait_for(main(), 30)) == [2, 2, 2, 2]
+    finally:
+        loop.close()
+
+
+def test_produce_async_whose_loop_is_closed_first_lets_the_producer_close(make_topic) -> None:
+    """Calls given up on (cancelled) on a loop that is then closed while their events are in
+    flight: the producer still closes, with every event acknowledged and counted."""
+    topic = make_topic()
+    producer = topic.new_producer()
+    loop = asyncio.new_event_loop()
+    try:
+        tasks = [
+            loop.create_task(producer.produce_async(Invalidate(seq=i), Invalidate(seq=i)))
+            for i in range(3)
+        ]
+        loop.run_until_complete(asyncio.sleep(0))  # each call has handed its events over
+        for task in tasks:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+    finally:
+        loop.close()
+    assert producer.flush(30) == 0
+    producer.close(timeout=30)
+    metrics = producer.metrics()
+    assert (metrics.calls, metrics.acknowledged) == (3, 6)
