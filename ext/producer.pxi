@@ -63,7 +63,11 @@
 # delivery reports as events (below), rd_kafka_flush() serves nothing: it only waits, for at most
 # a slice (FLUSH_SLICE_MS), so that the owner stops soon after the next call starts to prepare:
 # while flushing, librdkafka sends each event as it arrives, in many small requests, and its
-# broker thread wakes every microsecond while a connection has max.in.flight requests out.
+# broker thread wakes every microsecond while a connection has max.in.flight requests out. A
+# flush whose calls all completed ends only once the owner takes librdkafka's message-count
+# lock, which every enqueue takes too, so a call that would start enqueueing into such a stale
+# flush lets the owner leave it first (_stale_flush_wait; measured without it: one blocking call
+# in ten started under the previous call's flush, and its first events went out one by one).
 #
 # Serving: delivery reports, errors, statistics and log lines arrive as events on librdkafka's
 # main queue (RD_KAFKA_EVENT_DR, no delivery report callback), and whoever waits serves them,
@@ -104,6 +108,7 @@ cdef extern from "<sys/eventfd.h>" nogil:
 cdef enum:
     POLL_SLICE_MS = 100                 # owner: longest wait for events while no call waits
     FLUSH_SLICE_MS = 1                  # owner: rd_kafka_flush() slice while calls wait
+    STALE_FLUSH_WAIT_NS = 2_000_000     # a call: longest wait for the owner to leave a flush
     STALE_SLICES = 10                   # owner: serves events nobody served for this many
     CLOSE_SLICE_MS = 1                  # owner: ... while a close gives what is outstanding
     FLUSH_WAIT_NS = 10_000_000          # flush(): longest wait between looks at outq_len
@@ -218,6 +223,7 @@ cdef struct ProducerState:
     int64_t close_deadline_ns   # written before `stop` becomes STOP_CLOSE
     int finished                # atomic: the owner destroyed the handle (under `lock`: finish_cond)
     int flushing                # atomic: calls enqueued and not yet complete (see "Sending")
+    int in_flush                # atomic: the owner is inside rd_kafka_flush() (see "Sending")
     int enqueuing               # atomic: calls preparing or enqueueing their events ("Sending")
     int refuse                  # atomic: 0, or the error code new enqueues fail with
     int active                  # atomic: calls that may use rk (the owner destroys it at 0)
@@ -670,6 +676,21 @@ cdef int _serve(ProducerState *st) noexcept nogil:
         rd_kafka_event_destroy(ev)
 
 
+cdef inline bint _flush_is_stale(ProducerState *st) noexcept nogil:
+    """The owner is still inside an rd_kafka_flush() that no call needs any more: it returns
+    once it takes librdkafka's message-count lock, which each enqueue takes too, and meanwhile a
+    new call's events would be sent one by one (see "Sending")."""
+    return esk_load_int(&st.in_flush) and esk_load_int(&st.flushing) == 0
+
+
+cdef void _stale_flush_wait(ProducerState *st) noexcept nogil:
+    """Before a call enqueues: let the owner leave a stale flush first (STALE_FLUSH_WAIT_NS at
+    most). Never waits on a flush that a call needs."""
+    cdef int64_t until = esk_now_ns() + STALE_FLUSH_WAIT_NS
+    while _flush_is_stale(st) and esk_now_ns() < until:
+        esk_sleep_ns(0)
+
+
 cdef inline void _enqueuing_done(ProducerState *st) noexcept nogil:
     """A call counted in `enqueuing` stops without a hand-over (its events could not be
     prepared, or the rest waits for room): uncount it; the last one wakes the owner."""
@@ -1045,7 +1066,9 @@ cdef void *_owner_main(void *arg) noexcept nogil:
             # rd_kafka_flush() (which serves nothing); else the new call's events linger, to go
             # out in few requests, until its hand-over wakes this thread.
             if esk_load_int(&st.enqueuing) == 0 and rd_kafka_outq_len(rk) > 0:
+                esk_store_int(&st.in_flush, 1)
                 rd_kafka_flush(rk, FLUSH_SLICE_MS)
+                esk_store_int(&st.in_flush, 0)
             else:
                 _wait_events(st, seen, NULL, esk_now_ns() + FLUSH_SLICE_MS * 1_000_000)
             # What nobody served for STALE_SLICES slices (a loop that does not run, or enqueues
@@ -1723,6 +1746,9 @@ cdef class Producer:
                 batch = self._prepare(evs, n, headers, t)
                 deadline = _deadline_after(timeout)
                 _tracker_arm(t, False)
+                if _flush_is_stale(st):
+                    with nogil:
+                        _stale_flush_wait(st)
                 try:
                     outcome = self._enqueue_all(batch, t, deadline)
                 finally:
@@ -1802,6 +1828,9 @@ cdef class Producer:
                 Py_INCREF(loop)
                 t.readers = <PyObject *>self._readers
                 Py_INCREF(self._readers)
+                if _flush_is_stale(st):
+                    with nogil:
+                        _stale_flush_wait(st)
                 try:
                     self._readers.add(loop)     # the loop serves the call's reports
                     # Never waits for room: what does not fit now is _Pending.finish()'s.
