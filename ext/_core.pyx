@@ -202,9 +202,8 @@ cdef rd_kafka_conf_t *_make_conf(object properties, str what) except NULL:
 
 # ---- BaseExceptions raised inside librdkafka's callbacks ----------------------------------------
 # A callback (error, statistics, log, rebalance, the settling of produce_async futures) runs
-# inside whichever call served it (a consumer's rd_kafka_consume_batch_queue()/rd_kafka_poll(),
-# a producer's _serve()): the owner or poll thread, a caller's thread (a waiting produce(),
-# flush()) or an event loop's reader. It must not let an exception into
+# inside whichever rd_kafka_poll()/flush()/consume_batch_queue() served it: the owner or poll
+# thread, or a caller's thread (a serving produce(), flush()). It must not let an exception into
 # C, so it catches everything; ordinary exceptions are dealt with there (logged, reported). A
 # KeyboardInterrupt (Ctrl+C on the main thread lands in whatever Python code runs next: often
 # such a callback), a SystemExit or another BaseException that is not an Exception must not

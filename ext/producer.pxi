@@ -3,9 +3,9 @@
 # this call's delivery reports only.
 #
 # Ownership: the librdkafka handle belongs to one native thread, the owner, started with the
-# producer. It keeps librdkafka sending while calls wait, serves the main queue while none does
-# (see "Sending", "Serving") and, once asked to stop, fails what is left, waits for the calls
-# (and event-loop readers) still inside the handle and destroys the handle. Nobody else destroys it
+# producer. It serves delivery reports and callbacks (rd_kafka_poll, rd_kafka_flush; except while
+# a blocking produce() serves them, see "Serving") and, once asked to stop, fails what is left,
+# waits for the calls still inside the handle and destroys the handle. Nobody else destroys it
 # (but the starting thread, if the owner could not be started): close() and abandon() only ask,
 # and the Producer's finalizer (never joining) asks too. The C state (ProducerState) is shared:
 # it is freed by whichever of the owner, the Producer object and the trackers in use lets go of
@@ -20,12 +20,10 @@
 # Threads:
 #   * callers of produce()/produce_async()/flush(): any Python thread, GIL released while
 #     enqueueing and while waiting; each counts itself in `active` while it may use the handle;
-#     a waiting produce() and flush() serve the main queue (see "Serving");
-#   * event loops with produce_async() calls outstanding: their reader (_LoopReaders) serves the
-#     main queue on the loop's thread, counted in `active` like a call;
-#   * the owner thread (pthread, detached).
-# Whoever serves runs _on_delivery() without the GIL; _on_error(), _on_stats(), _on_log() and the
-# resolution of asyncio futures take it.
+#     flush() and one waiting produce() at a time (see "Serving") also serve the main queue;
+#   * the owner thread (pthread, detached): rd_kafka_poll()/rd_kafka_flush() run _on_delivery()
+#     without the GIL; _on_error(), _on_stats(), _on_log() and the resolution of asyncio futures
+#     take it (so do these callbacks on a caller's thread while it serves the main queue).
 #
 # Memory: a call's serialized values and keys are copied, once, into its tracker's `data`
 # buffer (so no Python object has to outlive the call that enqueued it); librdkafka copies the
@@ -51,40 +49,33 @@
 # 1 KiB value) consolidates them all, and every header of the next call then takes malloc's slow
 # path (about a tenth of a call's instructions at 100 B); freed all at once before the next
 # enqueue, they overflow the per-thread cache (seven blocks a size) and most still take the slow
-# path both ways. So whichever thread serves a report, the headers go back on the thread that
-# allocated them. A spare thus holds its last call's headers until it is used again or freed:
+# path both ways. The owner, serving produce_async's reports, never frees what the event loop's
+# thread allocated. A spare thus holds its last call's headers until it is used again or freed:
 # no more than that call had in flight.
 #
 # Sending: linger.ms (5 ms) lets librdkafka gather a call's events into few requests while the
-# caller prepares and enqueues them (counted in `enqueuing`); once a call has enqueued everything,
-# nothing is gained by lingering. So every call, once enqueued, counts in `flushing` until it
-# completes and wakes the owner, and while that count is > 0 and no call is enqueueing, the owner
-# waits in rd_kafka_flush() slices: librdkafka sends whatever lingers at once meanwhile. With
-# delivery reports as events (below), rd_kafka_flush() serves nothing: it only waits, for at most
-# a slice (FLUSH_SLICE_MS), so that the owner stops soon after the next call starts to prepare:
-# while flushing, librdkafka sends each event as it arrives, in many small requests, and its
-# broker thread wakes every microsecond while a connection has max.in.flight requests out. A
-# flush whose calls all completed ends only once the owner takes librdkafka's message-count
-# lock, which every enqueue takes too, so a call that would start enqueueing into such a stale
-# flush lets the owner leave it first (_stale_flush_wait; measured without it: one blocking call
-# in ten started under the previous call's flush, and its first events went out one by one).
+# caller enqueues them; once a call has enqueued everything, nothing is gained by lingering. So
+# every call, once enqueued, counts in `flushing` and wakes the owner (rd_kafka_queue_yield on the
+# main queue), and while that count is > 0 the owner serves with rd_kafka_flush() instead of
+# rd_kafka_poll(): librdkafka then sends whatever lingers at once. The callers still wait on
+# their own tracker only: flush() waits for every message of the handle. Delivery reports are
+# served by the owner (and by callers of flush(), which call rd_kafka_flush() themselves, and by
+# a serving produce()); the callbacks touch trackers only through atomics and their locks, so
+# more than one serving thread is safe.
 #
-# Serving: delivery reports, errors, statistics and log lines arrive as events on librdkafka's
-# main queue (RD_KAFKA_EVENT_DR, no delivery report callback), and whoever waits serves them,
-# as a C client's loop does: a blocking produce() until its call completes, flush() until
-# nothing is outstanding, an event loop (through a reader on `efd`) while it has
-# produce_async() calls outstanding, and the owner while no call waits (and what nobody served
-# for STALE_SLICES slices). Every server drains the queue to empty (_serve): librdkafka signals
-# only an event that finds the queue empty (_on_queue: `wakes`, wake_cond and, for event loops,
-# `efd`), so a server that stopped early could leave events nobody is woken for. The events
-# touch trackers only through atomics and their locks, so any number of threads may serve; a
-# blocking caller whose call another thread completed is woken by the same broadcast. A call's
-# messages are thus mostly freed on the thread that allocated them (freed by another thread,
-# interleaved with the caller's next call, they let glibc consolidate and trim the heap top after
-# most calls: measured ~100-140 page faults per 1,000 events of 100 B on the calling thread), and
-# an event loop settles its futures without another thread's wake-up.
+# Serving: a blocking produce() serves the main queue itself from the moment its events are
+# prepared until it returns, as a C client's loop does: at most one call at a time (`serving`),
+# and the owner stands down meanwhile (woken when the call takes `serving`, it waits on
+# `serve_cond`; it serves again once that call returns, and goes on when asked to stop). The
+# call polls while librdkafka's queue is full, and once enqueued waits in rd_kafka_flush()
+# slices (which also send what lingers) until a report on its thread completes its call
+# (_tracker_serve). Other calls wait on their trackers as before. So the call's messages are
+# freed on the thread that allocated them: freed by the owner, interleaved with the caller's
+# next call, they let glibc consolidate and trim the heap top after most calls (measured:
+# ~100-140 page faults per 1,000 events of 100 B on the calling thread in about half of the
+# runs; none this way). Taking `serving` before enqueueing (not after) leaves the owner time to
+# stand down before the first report arrives, so that it does not serve the call's reports.
 
-from libc.errno cimport errno
 from cpython.ref cimport Py_XDECREF, Py_REFCNT
 from cpython.object cimport Py_SIZE
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
@@ -94,24 +85,8 @@ from _weakref import getweakrefcount as _getweakrefcount
 cdef extern from "<string.h>" nogil:
     char *strdup(const char *s)
 
-cdef extern from "<unistd.h>" nogil:
-    ssize_t read(int fd, void *buf, size_t count)
-    ssize_t write(int fd, const void *buf, size_t count)
-    int close(int fd)
-
-cdef extern from "<sys/eventfd.h>" nogil:
-    int eventfd(unsigned int initval, int flags)
-    enum:
-        EFD_NONBLOCK
-        EFD_CLOEXEC
-
 cdef enum:
-    POLL_SLICE_MS = 100                 # owner: longest wait for events while no call waits
-    FLUSH_SLICE_MS = 1                  # owner: rd_kafka_flush() slice while calls wait
-    STALE_FLUSH_WAIT_NS = 2_000_000     # a call: longest wait for the owner to leave a flush
-    STALE_SLICES = 10                   # owner: serves events nobody served for this many
-    CLOSE_SLICE_MS = 1                  # owner: ... while a close gives what is outstanding
-    FLUSH_WAIT_NS = 10_000_000          # flush(): longest wait between looks at outq_len
+    POLL_SLICE_MS = 100                 # owner: longest sleep in rd_kafka_poll()
     WAIT_SLICE_NS = 100_000_000         # callers: longest GIL-free wait between signal checks
     QUEUE_FULL_BACKOFF_NS = 1_000_000   # enqueue: pause while librdkafka's queue is full
     CLOSE_GRACE_NS = 100_000_000        # close(): how long past its deadline it waits for the end
@@ -185,15 +160,15 @@ cdef struct Tracker:
     int handed_over             # atomic: the enqueuer is done (_tracker_hand_over)
     int64_t total
     int refs                    # atomic
-    pthread_mutex_t lock        # guards: first_err, first_reason
-    int done                    # atomic: completed (a blocking caller waits for it on wake_cond)
+    pthread_mutex_t lock        # guards: done, first_err, first_reason
+    pthread_cond_t cond
+    int done
     int first_err
     char first_reason[REASON_SIZE]
     # produce_async() only: owned references, released under the GIL by _resolve_completed.
     int is_async
     PyObject *future
     PyObject *loop
-    PyObject *readers           # the producer's _LoopReaders (settles the future on `loop`)
     Tracker *next               # link in ProducerState.completed
     ProducerState *state
     uint64_t id_base            # the call's first ce_id sequence number, minus one
@@ -217,32 +192,23 @@ cdef struct ProducerState:
     LogSink sink                # first member: rd_kafka_opaque(rk) is read as a LogSink too
     rd_kafka_t *rk              # the owner destroys it, then sets it NULL
     rd_kafka_topic_t *rkt
-    rd_kafka_queue_t *mainq     # rk's main queue: delivery reports, errors, statistics, logs
+    rd_kafka_queue_t *mainq     # rk's main queue: yielded to wake the owner (under `lock`)
     int refs                    # atomic: the owner's + the Producer object's + a tracker's
     int stop                    # atomic: STOP_NONE, STOP_CLOSE or STOP_ABANDON
     int64_t close_deadline_ns   # written before `stop` becomes STOP_CLOSE
     int finished                # atomic: the owner destroyed the handle (under `lock`: finish_cond)
     int flushing                # atomic: calls enqueued and not yet complete (see "Sending")
-    int in_flush                # atomic: the owner is inside rd_kafka_flush() (see "Sending")
-    int enqueuing               # atomic: calls preparing or enqueueing their events ("Sending")
     int refuse                  # atomic: 0, or the error code new enqueues fail with
     int active                  # atomic: calls that may use rk (the owner destroys it at 0)
     int counting_purges         # atomic: the close's purge is on: count its reports below
     int64_t purged_failed       # atomic: events the close failed, known not written
     int64_t purged_in_doubt     # atomic: ... and those that may have been
-    pthread_mutex_t lock        # guards `completed`, `finish_cond`
+    pthread_mutex_t lock        # guards `completed`, `mainq` for yielding, `finish_cond`
     pthread_cond_t finish_cond
     Tracker *completed          # async trackers fully reported, waiting to be resolved
-    int has_completed           # atomic hint for whoever serves next
-    # Waking (see "Serving"): `wakes` counts events arriving on the empty main queue and calls
-    # to _wake(); a thread that waits for either waits on wake_cond (with wake_lock, a leaf lock:
-    # never held while calling librdkafka). The same broadcast tells blocking callers that a
-    # tracker completed.
-    pthread_mutex_t wake_lock
-    pthread_cond_t wake_cond
-    int64_t wakes               # atomic (written under wake_lock)
-    int efd                     # eventfd written when events arrive while `listeners` > 0
-    int listeners               # atomic: event loops with a reader on efd
+    int has_completed           # atomic hint for the owner
+    int serving                 # atomic: 1 while a blocking produce() serves the main queue
+    pthread_cond_t serve_cond   # (with `lock`) the owner waits on it while `serving` is 1
     pthread_t thread
     uint64_t counter            # atomic: ce_id sequence number of the last reserved event
     char id_prefix[ID_PREFIX_SIZE]  # "<producer id>-"
@@ -301,39 +267,17 @@ cdef void _state_release(ProducerState *st) noexcept nogil:
         pthread_mutex_destroy(&st.spare_lock)
         pthread_mutex_destroy(&st.lock)
         pthread_cond_destroy(&st.finish_cond)
-        pthread_mutex_destroy(&st.wake_lock)
-        pthread_cond_destroy(&st.wake_cond)
-        if st.efd >= 0:
-            close(st.efd)
+        pthread_cond_destroy(&st.serve_cond)
         free(st.topic_name)
         free(st)
 
 
 cdef void _wake(ProducerState *st) noexcept nogil:
-    """Make the owner (and any thread waiting for events) look at the state now."""
-    pthread_mutex_lock(&st.wake_lock)
-    esk_add_i64(&st.wakes, 1)
-    pthread_cond_broadcast(&st.wake_cond)
-    pthread_mutex_unlock(&st.wake_lock)
-
-
-cdef void _on_queue(rd_kafka_t *rk, void *opaque) noexcept nogil:
-    # librdkafka: an op arrived on the empty main queue (any librdkafka thread, under the
-    # queue's lock). Wakes the waiting threads and the event loops that listen.
-    cdef ProducerState *st = <ProducerState *>opaque
-    cdef uint64_t one = 1
-    _wake(st)
-    if esk_load_int(&st.listeners) > 0:
-        write(st.efd, &one, sizeof(one))    # EAGAIN (counter full) still leaves it readable
-
-
-cdef void _wait_events(ProducerState *st, int64_t seen, Tracker *t, int64_t until) noexcept nogil:
-    """Wait until `wakes` moves past `seen`, t (if any) completes, or `until` passes."""
-    pthread_mutex_lock(&st.wake_lock)
-    while esk_load_i64(&st.wakes) == seen and (t == NULL or not esk_load_int(&t.done)):
-        if esk_cond_wait_until(&st.wake_cond, &st.wake_lock, until) != 0:
-            break
-    pthread_mutex_unlock(&st.wake_lock)
+    """Make the owner look at its state now instead of after its poll slice."""
+    pthread_mutex_lock(&st.lock)
+    if st.mainq != NULL:
+        rd_kafka_queue_yield(st.mainq)
+    pthread_mutex_unlock(&st.lock)
 
 
 cdef void _ask_stop(ProducerState *st, int how, int64_t deadline) noexcept nogil:
@@ -424,6 +368,7 @@ cdef void _tracker_free(Tracker *t, int64_t cap, size_t data_cap, bint spare) no
             esk_unpoison(t.data, data_cap)
         free(t.data)
     pthread_mutex_destroy(&t.lock)
+    pthread_cond_destroy(&t.cond)
     free(t)
 
 
@@ -480,6 +425,10 @@ cdef Tracker *_tracker_acquire(ProducerState *st, int64_t n) except NULL:
         if pthread_mutex_init(&t.lock, NULL) != 0:
             free(t)
             raise MemoryError()
+        if esk_cond_init(&t.cond) != 0:
+            pthread_mutex_destroy(&t.lock)
+            free(t)
+            raise MemoryError()
         t.cap = n
         t.slots = <Slot *>(<char *>t + sizeof(Tracker))
         t.msgs = <OutMsg *>(<char *>t.slots + <size_t>n * sizeof(Slot))
@@ -502,7 +451,6 @@ cdef Tracker *_tracker_acquire(ProducerState *st, int64_t n) except NULL:
     t.is_async = 0
     t.future = NULL
     t.loop = NULL
-    t.readers = NULL
     t.next = NULL
     t.state = st
     t.id_base = 0
@@ -625,77 +573,67 @@ cdef void _tracker_complete(Tracker *t) noexcept nogil:
     cdef ProducerState *st = t.state
     esk_add_int(&st.flushing, -1)       # taken by _tracker_hand_over, before any completion
     if not t.is_async:
-        # The caller waits for `done` on wake_cond (_wait_events); it holds its own reference.
-        pthread_mutex_lock(&st.wake_lock)
-        esk_store_int(&t.done, 1)
-        pthread_cond_broadcast(&st.wake_cond)
-        pthread_mutex_unlock(&st.wake_lock)
+        pthread_mutex_lock(&t.lock)
+        t.done = 1
+        pthread_cond_broadcast(&t.cond)
+        pthread_mutex_unlock(&t.lock)
         _tracker_release(t)
+        # In a delivery report inside the serving call's rd_kafka_flush() (see "Serving"), make
+        # that flush return now. (Thread-local; harmless anywhere else.)
+        rd_kafka_yield(st.rk)
         return
     # Settling the future needs the GIL: hand the tracker (and its completion reference) to
-    # whoever next runs _resolve_completed(), normally the thread serving right now.
+    # whoever next runs _resolve_completed(), normally the owner right after the rd_kafka_poll()
+    # call that got us here.
     pthread_mutex_lock(&st.lock)
     t.next = st.completed
     st.completed = t
     esk_store_int(&st.has_completed, 1)
     pthread_mutex_unlock(&st.lock)
+    # If this runs in a delivery report inside rd_kafka_flush() (owner), make that flush return
+    # now rather than when every other call's messages are reported too, so the future is settled
+    # without delay. (Thread-local; harmless anywhere else.)
+    rd_kafka_yield(st.rk)
 
 
-cdef int _serve(ProducerState *st) noexcept nogil:
-    """Serve what is on the main queue, without waiting, until it is empty (see "Serving"):
-    delivery reports (no GIL) and errors, statistics and log lines (these take the GIL). Returns
-    how many events were served. The caller keeps the handle alive (`active`, or the owner)."""
-    cdef rd_kafka_event_t *ev
-    cdef const rd_kafka_message_t *msg
-    cdef const char *fac
-    cdef const char *text
-    cdef int level, kind, n = 0
-    cdef rd_kafka_t *rk = st.rk
-    while True:
-        ev = rd_kafka_queue_poll(st.mainq, 0)
-        if ev == NULL:
-            return n
-        n += 1
-        kind = rd_kafka_event_type(ev)
-        if kind == RD_KAFKA_EVENT_DR:
-            msg = rd_kafka_event_message_next(ev)
-            while msg != NULL:
-                _on_delivery(st, msg)
-                msg = rd_kafka_event_message_next(ev)
-        elif kind == RD_KAFKA_EVENT_ERROR:
-            _on_error(rk, RD_KAFKA_RESP_ERR__FATAL if rd_kafka_event_error_is_fatal(ev)
-                      else rd_kafka_event_error(ev), rd_kafka_event_error_string(ev), st)
-        elif kind == RD_KAFKA_EVENT_STATS:
-            text = rd_kafka_event_stats(ev)
-            if text != NULL:
-                _on_stats(st, text)
-        elif kind == RD_KAFKA_EVENT_LOG:
-            if rd_kafka_event_log(ev, &fac, &text, &level) == 0:
-                _on_log(rk, level, fac, text)
-        # Destroying a delivery report's event frees its messages (they leave outq_len).
-        rd_kafka_event_destroy(ev)
+cdef bint _tracker_wait(Tracker *t, int64_t until) noexcept nogil:
+    """Wait (GIL released by the caller) until the tracker completes or `until` passes."""
+    cdef bint done
+    pthread_mutex_lock(&t.lock)
+    while not t.done:
+        if esk_cond_wait_until(&t.cond, &t.lock, until) != 0:
+            break
+    done = t.done
+    pthread_mutex_unlock(&t.lock)
+    return done
 
 
-cdef inline bint _flush_is_stale(ProducerState *st) noexcept nogil:
-    """The owner is still inside an rd_kafka_flush() that no call needs any more: it returns
-    once it takes librdkafka's message-count lock, which each enqueue takes too, and meanwhile a
-    new call's events would be sent one by one (see "Sending")."""
-    return esk_load_int(&st.in_flush) and esk_load_int(&st.flushing) == 0
+cdef bint _tracker_serve(Tracker *t, int64_t until) noexcept nogil:
+    """Serve the main queue (delivery reports, callbacks) until the tracker completes or `until`
+    passes (see "Serving"); whether it completed. The caller holds `serving` and is active."""
+    cdef ProducerState *st = t.state
+    cdef int64_t left_ms = (until - esk_now_ns()) // 1_000_000
+    if not _tracker_done(t):
+        # Returns when this thread's report completes a call (rd_kafka_yield), when every
+        # message of the handle is reported, or after the slice (10 ms polls inside).
+        rd_kafka_flush(st.rk, <int>max(min(left_ms, <int64_t>POLL_SLICE_MS), 0))
+    return _tracker_done(t)
 
 
-cdef void _stale_flush_wait(ProducerState *st) noexcept nogil:
-    """Before a call enqueues: let the owner leave a stale flush first (STALE_FLUSH_WAIT_NS at
-    most). Never waits on a flush that a call needs."""
-    cdef int64_t until = esk_now_ns() + STALE_FLUSH_WAIT_NS
-    while _flush_is_stale(st) and esk_now_ns() < until:
-        esk_sleep_ns(0)
+cdef inline bint _tracker_done(Tracker *t) noexcept nogil:
+    cdef bint done
+    pthread_mutex_lock(&t.lock)
+    done = t.done
+    pthread_mutex_unlock(&t.lock)
+    return done
 
 
-cdef inline void _enqueuing_done(ProducerState *st) noexcept nogil:
-    """A call counted in `enqueuing` stops without a hand-over (its events could not be
-    prepared, or the rest waits for room): uncount it; the last one wakes the owner."""
-    if esk_add_int(&st.enqueuing, -1) == 0:
-        _wake(st)
+cdef void _stop_serving(ProducerState *st) noexcept nogil:
+    """The serving caller is done: the owner serves again."""
+    pthread_mutex_lock(&st.lock)
+    esk_store_int(&st.serving, 0)
+    pthread_cond_broadcast(&st.serve_cond)
+    pthread_mutex_unlock(&st.lock)
 
 
 cdef void _tracker_hand_over(Tracker *t) noexcept nogil:
@@ -712,11 +650,12 @@ cdef void _tracker_hand_over(Tracker *t) noexcept nogil:
         _wake(st)
 
 
-# ---- the main queue's events (served by _serve, on whichever thread serves) -------------------
+# ---- librdkafka callbacks (run on whichever thread calls rd_kafka_poll/flush) -----------------
 # (_on_log, shared with the consumer, is in _core.pyx.)
 
-cdef void _on_delivery(ProducerState *st, const rd_kafka_message_t *msg) noexcept nogil:
+cdef void _on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque) noexcept nogil:
     cdef Slot *slot = <Slot *>msg._private
+    cdef ProducerState *st = <ProducerState *>opaque
     cdef Tracker *t
     cdef bint in_doubt
     cdef rd_kafka_headers_t *spent = NULL
@@ -758,10 +697,10 @@ cdef inline bint _python_ok(ProducerState *st) noexcept nogil:
     return not esk_load_int(&_exiting)
 
 
-cdef void _on_error(rd_kafka_t *rk, int err, const char *reason,
-                    ProducerState *st) noexcept with gil:
-    # An error event. The Health decides (state, log once, on_error); a failure (authentication,
-    # fatal) makes the producer refuse and purge.
+cdef void _on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) noexcept with gil:
+    # error_cb: served inside rd_kafka_poll/flush. The Health decides (state, log once,
+    # on_error); a failure (authentication, fatal) makes the producer refuse and purge.
+    cdef ProducerState *st = <ProducerState *>opaque
     cdef char fatal_reason[ERRSTR_SIZE]
     cdef int code = err
     cdef bint fatal = err == RD_KAFKA_RESP_ERR__FATAL
@@ -784,95 +723,30 @@ cdef void _on_error(rd_kafka_t *rk, int err, const char *reason,
         _hold(exc)              # never let an exception into C; Ctrl+C must not vanish
 
 
-cdef void _on_stats(ProducerState *st, const char *json) noexcept with gil:
+cdef int _on_stats(rd_kafka_t *rk, char *json, size_t json_len, void *opaque) noexcept with gil:
     # statistics.interval.ms: the spec's statistics tick (the shared layer's: the Health reads
     # the brokers' state from them, the reporting whatever it was asked for).
-    if st.detached or st.statistics == NULL or esk_load_int(&_exiting):
-        return
+    cdef ProducerState *st = <ProducerState *>opaque
+    if st.detached or esk_load_int(&_exiting):
+        return 0
     tick = <object>st.statistics    # our own reference (see "Ownership")
     try:
-        tick(json[:strlen(json)].decode("utf-8", "replace"))
+        tick(json[:json_len].decode("utf-8", "replace"))
     except BaseException as exc:
         _hold(exc)
+    return 0
 
 
 # ---- work that needs the GIL ------------------------------------------------------------------
 
-@cython.final
-cdef class _LoopReaders:
-    """The event loops that serve a producer's main queue (see "Serving"): a loop with
-    produce_async() calls outstanding has a reader on the state's eventfd, added by its first
-    such call and removed once its last one is settled. Used on the loops' threads (their
-    readers and callbacks); _forget() also elsewhere, for a closed loop. Holds a reference to
-    the state; each async tracker holds one to this object until its future is settled."""
-
-    cdef ProducerState *st
-    cdef dict counts            # loop -> its calls whose trackers are not yet settled
-    cdef int _fork_generation
-
-    def __cinit__(self):
-        self.st = NULL
-        self.counts = {}
-
-    def __dealloc__(self):
-        if self.st != NULL and self._fork_generation == _fork_generation:
-            _state_release(self.st)
-
-    cdef int add(self, loop) except -1:
-        """A produce_async() call on `loop` (its thread) is armed: the loop serves until its
-        future is settled (if the loop cannot watch a file descriptor, the owner serves)."""
-        n = self.counts.get(loop, 0)
-        if n == 0:
-            try:
-                loop.add_reader(self.st.efd, self._readable, loop)
-            except NotImplementedError:
-                return 0
-            esk_add_int(&self.st.listeners, 1)
-        self.counts[loop] = n + 1
-        return 0
-
-    def _forget(self, loop):
-        """One of `loop`'s calls is done with; the last one removes the reader."""
-        n = self.counts.get(loop)
-        if n is None:
-            return
-        if n > 1:
-            self.counts[loop] = n - 1
-            return
-        del self.counts[loop]
-        esk_add_int(&self.st.listeners, -1)
-        if not loop.is_closed():
-            loop.remove_reader(self.st.efd)
-
-    def _settled(self, loop, fut, exc, result):
-        """On `loop`: a call's tracker completed."""
-        self._forget(loop)
-        if fut.done():              # cancelled or timed out meanwhile
-            return
-        if exc is None:
-            fut.set_result(result)
-        else:
-            fut.set_exception(exc)
-
-    def _readable(self, loop):
-        """On `loop`: events arrived on the main queue. Serves them here, so that this loop's
-        futures are settled without another thread's wake-up."""
-        cdef ProducerState *st = self.st
-        cdef uint64_t count
-        read(st.efd, &count, sizeof(count))     # EAGAIN: another loop read it first
-        esk_add_int(&st.active, 1)              # as a call does: the handle stays alive
-        esk_fence()
-        try:
-            if esk_load_int(&st.stop) != STOP_NONE:
-                return              # the owner serves what is left
-            with nogil:
-                _serve(st)
-            if esk_load_int(&st.has_completed):
-                _resolve_completed(st, <PyObject *>loop)
-            _raise_held()
-        finally:
-            if esk_add_int(&st.active, -1) == 0 and esk_load_int(&st.stop) != STOP_NONE:
-                _wake(st)
+def _settle_future(fut, exc, result):
+    """Runs on the future's loop (via call_soon_threadsafe)."""
+    if fut.done():              # cancelled by the application meanwhile
+        return
+    if exc is None:
+        fut.set_result(result)
+    else:
+        fut.set_exception(exc)
 
 
 cdef inline bint _idle(PyObject *pair, Py_ssize_t n):
@@ -980,11 +854,9 @@ cdef object _tracker_error(ProducerState *st, Tracker *t):
     )
 
 
-cdef void _resolve_completed(ProducerState *st, PyObject *here=NULL) noexcept with gil:
+cdef void _resolve_completed(ProducerState *st) noexcept with gil:
     """Settle the futures of the async trackers handed over by _tracker_complete (one GIL
-    acquisition for all of them) and drop their completion references. `here`: the event loop
-    running on this thread, if any (its futures are settled without a wake-up). Never
-    raises."""
+    acquisition for all of them) and drop their completion references. Never raises."""
     cdef Tracker *t
     cdef Tracker *nxt
     cdef bint any_ok = False
@@ -1004,21 +876,14 @@ cdef void _resolve_completed(ProducerState *st, PyObject *here=NULL) noexcept wi
                 _count_call(st, t, 0, 0)
             else:
                 _count_call(st, t, exc.failed, exc.in_doubt)
-            loop = <object>t.loop
-            readers = <_LoopReaders>t.readers
-            result = (_deliveries(st, t, None if st.detached else <list>st.arrays)
-                      if exc is None else None)
             try:
-                # Through the loop's queue even here: a _Pending's timeout, scheduled before
-                # the completion, must come first.
-                if t.loop == here:
-                    loop.call_soon(readers._settled, loop, <object>t.future, exc, result)
-                else:
-                    loop.call_soon_threadsafe(
-                        readers._settled, loop, <object>t.future, exc, result
-                    )
+                (<object>t.loop).call_soon_threadsafe(
+                    _settle_future, <object>t.future, exc,
+                    _deliveries(st, t, None if st.detached else <list>st.arrays)
+                    if exc is None else None,
+                )
             except RuntimeError:
-                readers._forget(loop)   # closed: nobody can await the future any more
+                pass            # the loop is closed: nobody can await the future any more
         except BaseException as e:
             _hold(e)            # a KeyboardInterrupt & co.: raised by the caller, not logged
             if not st.detached and isinstance(e, Exception):
@@ -1031,10 +896,8 @@ cdef void _resolve_completed(ProducerState *st, PyObject *here=NULL) noexcept wi
             exc = None
             Py_XDECREF(t.future)
             Py_XDECREF(t.loop)
-            Py_XDECREF(t.readers)
             t.future = NULL
             t.loop = NULL
-            t.readers = NULL
             _tracker_release(t)     # the completion reference
         t = nxt
     if any_ok and not st.detached:
@@ -1048,42 +911,35 @@ cdef void _resolve_completed(ProducerState *st, PyObject *here=NULL) noexcept wi
 # ---- the owner thread -------------------------------------------------------------------------
 
 cdef void *_owner_main(void *arg) noexcept nogil:
-    """Serves the main queue while no call waits, and keeps librdkafka sending at once while
-    calls wait (see "Sending", "Serving"), until asked to stop; then gives what is outstanding
+    """Serves delivery reports and callbacks until asked to stop; then gives what is outstanding
     until the close deadline, fails the rest, waits for the calls still using the handle,
     destroys it and lets go of the state."""
     global _live
     cdef ProducerState *st = <ProducerState *>arg
     cdef rd_kafka_t *rk = st.rk
-    cdef int64_t deadline, left, seen
-    cdef int stale = 0
+    cdef int64_t deadline, left
     esk_name_thread("es-producer")
     while not esk_load_int(&st.stop):
-        seen = esk_load_i64(&st.wakes)
-        if esk_load_int(&st.flushing) > 0:
-            # Calls wait, and they serve (see "Serving"). Unless one is being prepared or
-            # enqueued, librdkafka sends what lingers at once while this waits in
-            # rd_kafka_flush() (which serves nothing); else the new call's events linger, to go
-            # out in few requests, until its hand-over wakes this thread.
-            if esk_load_int(&st.enqueuing) == 0 and rd_kafka_outq_len(rk) > 0:
-                esk_store_int(&st.in_flush, 1)
-                rd_kafka_flush(rk, FLUSH_SLICE_MS)
-                esk_store_int(&st.in_flush, 0)
-            else:
-                _wait_events(st, seen, NULL, esk_now_ns() + FLUSH_SLICE_MS * 1_000_000)
-            # What nobody served for STALE_SLICES slices (a loop that does not run, or enqueues
-            # a long call) is served here.
-            if esk_load_i64(&st.wakes) != seen or rd_kafka_queue_length(st.mainq) == 0:
-                stale = 0
-            else:
-                stale += 1
-                if stale >= STALE_SLICES:
-                    _serve(st)
-                    stale = 0
+        if esk_load_int(&st.serving):
+            # A blocking produce() serves the main queue while it waits (see "Serving").
+            pthread_mutex_lock(&st.lock)
+            while esk_load_int(&st.serving) and not esk_load_int(&st.stop):
+                if esk_cond_wait_until(&st.serve_cond, &st.lock,
+                                       esk_now_ns() + POLL_SLICE_MS * 1_000_000) != 0:
+                    break
+            pthread_mutex_unlock(&st.lock)
+            if esk_load_int(&st.has_completed):
+                _resolve_completed(st)
+            _drop_held()                    # nobody to raise it to on this thread
+            continue
+        if esk_load_int(&st.flushing) > 0 and rd_kafka_outq_len(rk) > 0:
+            # Calls are waiting: send what lingers now. Returns when every message of the
+            # handle is reported, when a callback yields (an async call completed), or after
+            # the slice.
+            rd_kafka_flush(rk, POLL_SLICE_MS)
         else:
-            stale = 0
-            _serve(st)
-            _wait_events(st, seen, NULL, esk_now_ns() + POLL_SLICE_MS * 1_000_000)
+            # Woken early by rd_kafka_queue_yield() when a call has enqueued its events.
+            rd_kafka_poll(rk, POLL_SLICE_MS)
         if esk_load_int(&st.has_completed):
             _resolve_completed(st)
         _drop_held()
@@ -1096,28 +952,26 @@ cdef void *_owner_main(void *arg) noexcept nogil:
             left = deadline - esk_now_ns()
             if left <= 0:
                 break
-            rd_kafka_flush(rk, <int>min(left // 1_000_000 + 1, <int64_t>CLOSE_SLICE_MS))
-            _serve(st)
+            rd_kafka_flush(rk, <int>min(left // 1_000_000 + 1, <int64_t>POLL_SLICE_MS))
             if esk_load_int(&st.has_completed):
                 _resolve_completed(st)
     esk_store_int(&st.counting_purges, 1)
     while True:
-        seen = esk_load_i64(&st.wakes)
         if rd_kafka_outq_len(rk) > 0:
             rd_kafka_purge(rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT
                            | RD_KAFKA_PURGE_F_NON_BLOCKING)
-        _serve(st)                          # the purge reports
+        rd_kafka_poll(rk, 10)               # serves the purge reports
         if esk_load_int(&st.has_completed):
             _resolve_completed(st)
         if esk_load_int(&st.active) == 0 and rd_kafka_outq_len(rk) == 0:
             break
-        _wait_events(st, seen, NULL, esk_now_ns() + 10_000_000)
     if esk_load_int(&st.has_completed):
         _resolve_completed(st)
     _drop_held()
-    rd_kafka_queue_cb_event_enable(st.mainq, NULL, NULL)
+    pthread_mutex_lock(&st.lock)
     rd_kafka_queue_destroy(st.mainq)
     st.mainq = NULL
+    pthread_mutex_unlock(&st.lock)
     rd_kafka_topic_destroy(st.rkt)
     st.rkt = NULL
     rd_kafka_destroy(rk)
@@ -1309,7 +1163,6 @@ cdef class Producer:
     cdef bytes _v_ct, _v_spec, _v_source, _v_type
     cdef HeaderSpec _hs
     cdef list _arrays               # (partitions, offsets) of Deliveries, reused (_deliveries)
-    cdef _LoopReaders _readers      # the event loops serving produce_async() calls
     cdef object __weakref__
 
     def __cinit__(self):
@@ -1384,20 +1237,12 @@ cdef class Producer:
             pthread_mutex_destroy(&st.lock)
             free(st)
             raise MemoryError()
-        if pthread_mutex_init(&st.wake_lock, NULL) != 0:
+        if esk_cond_init(&st.serve_cond) != 0:
             pthread_cond_destroy(&st.finish_cond)
             pthread_mutex_destroy(&st.spare_lock)
             pthread_mutex_destroy(&st.lock)
             free(st)
             raise MemoryError()
-        if esk_cond_init(&st.wake_cond) != 0:
-            pthread_mutex_destroy(&st.wake_lock)
-            pthread_cond_destroy(&st.finish_cond)
-            pthread_mutex_destroy(&st.spare_lock)
-            pthread_mutex_destroy(&st.lock)
-            free(st)
-            raise MemoryError()
-        st.efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
         st.refs = 1                 # ours; the owner's is added once it runs
         st.topic_name = strdup(btopic)
         memcpy(st.id_prefix, <const char *>prefix, len(prefix))
@@ -1412,29 +1257,25 @@ cdef class Producer:
         self._st = st               # from here on __dealloc__ lets go of it
         if st.topic_name == NULL:
             raise MemoryError()
-        if st.efd < 0:
-            raise OSError(errno, f"eventfd: {_os.strerror(errno)}")
         # The client starts now: it connects and obtains its producer id in the background, so
         # that a first call made a moment later finds it ready.
         conf = _make_conf(spec.properties, "producer")
-        # Delivery reports, errors and statistics arrive as events on the main queue (see
-        # "Serving"); so do log lines (log.queue, and the log queue set to the main queue below).
-        rd_kafka_conf_set_events(conf, RD_KAFKA_EVENT_DR | RD_KAFKA_EVENT_ERROR
-                                 | RD_KAFKA_EVENT_STATS)
+        rd_kafka_conf_set_dr_msg_cb(conf, _on_delivery)
+        rd_kafka_conf_set_error_cb(conf, _on_error)
+        rd_kafka_conf_set_stats_cb(conf, _on_stats)
         _route_logs(conf)
         rd_kafka_conf_set_opaque(conf, st)
         rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr))
         if rk == NULL:
             rd_kafka_conf_destroy(conf)     # rd_kafka_new owns conf only on success
             raise _errors.ConfigError("properties", errstr.decode("utf-8", "replace"))
-        rd_kafka_set_log_queue(rk, NULL)    # log lines: events on the main queue
+        rd_kafka_set_log_queue(rk, NULL)    # log lines are served by the owner
         st.rkt = rd_kafka_topic_new(rk, btopic, NULL)
         if st.rkt == NULL:
             with nogil:
                 rd_kafka_destroy(rk)
             raise _errors.ConfigError("topic", f"librdkafka rejected topic {self.topic!r}")
         st.mainq = rd_kafka_queue_get_main(rk)
-        rd_kafka_queue_cb_event_enable(st.mainq, _on_queue, st)
         st.rk = rk
         st.refs = 2                 # + the owner's
         pthread_mutex_lock(&_live_lock)
@@ -1459,10 +1300,6 @@ cdef class Producer:
             st.rkt = NULL
             raise RuntimeError("could not start the producer's owner thread")
         pthread_detach(st.thread)   # nobody joins it: it ends by itself once asked to stop
-        self._readers = _LoopReaders.__new__(_LoopReaders)
-        esk_add_int(&st.refs, 1)
-        self._readers.st = st
-        self._readers._fork_generation = _fork_generation
 
     def __dealloc__(self):
         # Never joins or frees what the owner uses: it asks the owner to stop and lets go of the
@@ -1603,7 +1440,7 @@ cdef class Producer:
         return batch
 
     cdef Py_ssize_t _enqueue(self, const CallHeaders *call, Tracker *t, uint64_t id_base,
-                             int64_t slice_end, int *err_out) noexcept nogil:
+                             int64_t slice_end, bint serving, int *err_out) noexcept nogil:
         """Enqueue events t.enqueued..total-1, counting each in t.enqueued. Returns t.enqueued;
         *err_out is then 0 (all enqueued), QUEUE_FULL (still full at slice_end: retry after a
         signal check) or the hard error code. Runs without the GIL: `call` is kept alive by the
@@ -1619,7 +1456,6 @@ cdef class Producer:
         cdef size_t idlen = 0
         cdef Py_ssize_t i
         cdef int x
-        cdef int64_t seen
         cdef HeaderSpec *hs = &self._hs
         cdef const OutMsg *msgs = t.msgs
         cdef char *data = t.data
@@ -1678,10 +1514,12 @@ cdef class Producer:
                 rd_kafka_error_destroy(error)
                 if (code == RD_KAFKA_RESP_ERR__QUEUE_FULL and esk_now_ns() < slice_end
                         and esk_load_int(&st.refuse) == 0):
-                    # Serving delivery reports frees room (see "Serving").
-                    seen = esk_load_i64(&st.wakes)
-                    _serve(st)
-                    _wait_events(st, seen, NULL, esk_now_ns() + QUEUE_FULL_BACKOFF_NS)
+                    # Serving delivery reports frees room: the owner does, or this call when it
+                    # holds `serving` (see "Serving").
+                    if serving:
+                        rd_kafka_poll(st.rk, QUEUE_FULL_BACKOFF_NS // 1_000_000)
+                    else:
+                        esk_sleep_ns(QUEUE_FULL_BACKOFF_NS)
                     continue
                 rd_kafka_headers_destroy(hdrs)      # still ours after a failed produceva
                 err_out[0] = code
@@ -1689,7 +1527,8 @@ cdef class Producer:
             t.enqueued = i + 1
         return t.enqueued
 
-    cdef int _enqueue_all(self, _Batch batch, Tracker *t, int64_t deadline) except -1:
+    cdef int _enqueue_all(self, _Batch batch, Tracker *t, int64_t deadline,
+                          bint serving=False) except -1:
         """Enqueue the call's events from t.enqueued on. Returns 0 once all are enqueued; 1 if
         `deadline` passed with librdkafka's queue still full (the rest is neither enqueued nor
         counted); 2 after a hard error, the rest counted as failed (never sent). Raises
@@ -1703,10 +1542,8 @@ cdef class Producer:
         while True:
             slice_end = min(esk_now_ns() + WAIT_SLICE_NS, deadline)
             with nogil:
-                self._enqueue(&batch.call, t, t.id_base, slice_end, &err)
-            if esk_load_int(&self._st.has_completed):
-                _resolve_completed(self._st)
-            _raise_held()           # from an event served while the queue was full
+                self._enqueue(&batch.call, t, t.id_base, slice_end, serving, &err)
+            _raise_held()           # from a callback served while the queue was full
             if err == 0:
                 return 0
             if err == RD_KAFKA_RESP_ERR__QUEUE_FULL:
@@ -1730,53 +1567,50 @@ cdef class Producer:
         cdef tuple evs = events if type(events) is tuple else tuple(events)
         cdef Py_ssize_t n = len(evs)
         cdef Tracker *t = NULL
-        cdef int64_t deadline, now, seen, not_sent = 0
+        cdef int64_t deadline, now, not_sent = 0
         cdef bint done = False
-        cdef bint preparing = False
+        cdef bint serving = False
         cdef int outcome = 0
-        cdef ProducerState *st = self._st
         if n == 0:
             return _Deliveries.empty()
         self._enter(n)
         try:
-            t = _tracker_acquire(st, n)
-            esk_add_int(&st.enqueuing, 1)
-            preparing = True
+            t = _tracker_acquire(self._st, n)
+            batch = self._prepare(evs, n, headers, t)
+            deadline = _deadline_after(timeout)
+            _tracker_arm(t, False)
+            # Serve the main queue from here until the call returns, unless another call does
+            # (see "Serving"). Taken once the events are prepared (the key function and the
+            # serialization may take long) and before enqueueing, so that the owner, woken
+            # now, has stood down before the first report arrives.
+            serving = esk_cas_int(&self._st.serving, 0, 1)
             try:
-                batch = self._prepare(evs, n, headers, t)
-                deadline = _deadline_after(timeout)
-                _tracker_arm(t, False)
-                if _flush_is_stale(st):
-                    with nogil:
-                        _stale_flush_wait(st)
+                if serving:
+                    _wake(self._st)
                 try:
-                    outcome = self._enqueue_all(batch, t, deadline)
+                    outcome = self._enqueue_all(batch, t, deadline, serving)
                 finally:
                     not_sent = t.total - t.enqueued if outcome == 1 else 0
-                    preparing = False
-                    esk_add_int(&st.enqueuing, -1)
-                    _tracker_hand_over(t)       # wakes the owner
+                    _tracker_hand_over(t)
+                batch = None
+                # Events never enqueued because the deadline passed first must not let the call
+                # succeed once the enqueued ones are acknowledged: a timeout, reported now.
+                while outcome != 1:
+                    now = esk_now_ns()
+                    with nogil:
+                        if serving:
+                            done = _tracker_serve(t, min(now + WAIT_SLICE_NS, deadline))
+                        else:
+                            done = _tracker_wait(t, min(now + WAIT_SLICE_NS, deadline))
+                    if esk_load_int(&self._st.has_completed):
+                        _resolve_completed(self._st)
+                    _raise_held()   # from a callback this thread served
+                    if done or esk_now_ns() >= deadline:
+                        break
+                    PyErr_CheckSignals()
             finally:
-                if preparing:
-                    _enqueuing_done(st)
-            batch = None
-            # Serve the main queue until the call is complete (see "Serving"). Events never
-            # enqueued because the deadline passed first must not let the call succeed once the
-            # enqueued ones are acknowledged: a timeout, reported now.
-            while outcome != 1:
-                now = esk_now_ns()
-                with nogil:
-                    seen = esk_load_i64(&st.wakes)
-                    _serve(st)
-                    if not esk_load_int(&t.done):
-                        _wait_events(st, seen, t, min(now + WAIT_SLICE_NS, deadline))
-                    done = esk_load_int(&t.done)
-                if esk_load_int(&st.has_completed):
-                    _resolve_completed(st)
-                _raise_held()       # from an event this thread served
-                if done or esk_now_ns() >= deadline:
-                    break
-                PyErr_CheckSignals()
+                if serving:
+                    _stop_serving(self._st)
             if done:
                 exc = _tracker_error(self._st, t)
                 if exc is not None:
@@ -1807,7 +1641,6 @@ cdef class Producer:
         cdef Tracker *t = NULL
         cdef int64_t deadline
         cdef int outcome = 0
-        cdef ProducerState *st = self._st
         cdef _AsyncDeadline expiry
         cdef _Pending pending = None
         fut = loop.create_future()
@@ -1816,30 +1649,20 @@ cdef class Producer:
             return fut, None
         self._enter(n)
         try:
-            t = _tracker_acquire(st, n)
-            esk_add_int(&st.enqueuing, 1)
+            t = _tracker_acquire(self._st, n)
+            batch = self._prepare(evs, n, headers, t)
+            deadline = _deadline_after(timeout)
+            _tracker_arm(t, True)
+            t.future = <PyObject *>fut
+            Py_INCREF(fut)
+            t.loop = <PyObject *>loop
+            Py_INCREF(loop)
             try:
-                batch = self._prepare(evs, n, headers, t)
-                deadline = _deadline_after(timeout)
-                _tracker_arm(t, True)
-                t.future = <PyObject *>fut
-                Py_INCREF(fut)
-                t.loop = <PyObject *>loop
-                Py_INCREF(loop)
-                t.readers = <PyObject *>self._readers
-                Py_INCREF(self._readers)
-                if _flush_is_stale(st):
-                    with nogil:
-                        _stale_flush_wait(st)
-                try:
-                    self._readers.add(loop)     # the loop serves the call's reports
-                    # Never waits for room: what does not fit now is _Pending.finish()'s.
-                    outcome = self._enqueue_all(batch, t, esk_now_ns())
-                except BaseException:
-                    _tracker_hand_over(t)
-                    raise
-            finally:
-                _enqueuing_done(st)
+                # Never waits for room: what does not fit now is _Pending.finish()'s.
+                outcome = self._enqueue_all(batch, t, esk_now_ns())
+            except BaseException:
+                _tracker_hand_over(t)
+                raise
             if outcome == 1:
                 pending = _Pending.__new__(_Pending)
                 pending._t = t              # takes over the caller's reference and `active`
@@ -1875,31 +1698,30 @@ cdef class Producer:
     def flush(self, timeout):
         """Wait up to `timeout` seconds for every outstanding message of this producer; return
         how many are still in flight."""
-        cdef ProducerState *st = self._st
+        cdef rd_kafka_t *rk
         cdef int64_t deadline = _deadline_after(timeout)
-        cdef int64_t seen
+        cdef int64_t now
+        cdef int slice_ms
         cdef int left
         self._enter(0)
-        # Counted as a waiting call: the owner makes librdkafka send what lingers meanwhile.
-        esk_add_int(&st.flushing, 1)
-        _wake(st)
         try:
+            rk = self._st.rk
             while True:
+                now = esk_now_ns()
+                slice_ms = <int>(min(deadline - now, <int64_t>WAIT_SLICE_NS) // 1_000_000)
+                if slice_ms < 0:
+                    slice_ms = 0
                 with nogil:
-                    seen = esk_load_i64(&st.wakes)
-                    _serve(st)              # alongside whoever else serves
-                    left = rd_kafka_outq_len(st.rk)
-                    if left > 0:
-                        _wait_events(st, seen, NULL,
-                                     min(esk_now_ns() + FLUSH_WAIT_NS, deadline))
-                if esk_load_int(&st.has_completed):
-                    _resolve_completed(st)
-                _raise_held()               # from an event this thread served
+                    # Also serves delivery reports on this thread (alongside the owner).
+                    rd_kafka_flush(rk, slice_ms)
+                    left = rd_kafka_outq_len(rk)
+                if esk_load_int(&self._st.has_completed):
+                    _resolve_completed(self._st)
+                _raise_held()               # from a callback this thread served
                 if left == 0 or esk_now_ns() >= deadline:
                     return left
                 PyErr_CheckSignals()
         finally:
-            esk_add_int(&st.flushing, -1)
             self._exit()
 
     def close(self, timeout):

@@ -24,8 +24,6 @@ cdef extern from "rdkafka_abi.h" nogil:
         pass
     ctypedef struct rd_kafka_headers_t:
         pass
-    ctypedef struct rd_kafka_event_t:
-        pass
     ctypedef struct rd_kafka_mock_cluster_t:
         pass
 
@@ -63,11 +61,6 @@ cdef extern from "rdkafka_abi.h" nogil:
         RD_KAFKA_PARTITION_UA
         RD_KAFKA_OFFSET_INVALID
         RD_KAFKA_MSG_F_COPY
-        RD_KAFKA_EVENT_NONE
-        RD_KAFKA_EVENT_DR
-        RD_KAFKA_EVENT_LOG
-        RD_KAFKA_EVENT_ERROR
-        RD_KAFKA_EVENT_STATS
         RD_KAFKA_PURGE_F_QUEUE
         RD_KAFKA_PURGE_F_INFLIGHT
         RD_KAFKA_PURGE_F_NON_BLOCKING
@@ -152,10 +145,6 @@ cdef extern from "rdkafka_abi.h" nogil:
     ctypedef int (*esk_stats_cb_t)(rd_kafka_t *rk, char *json, size_t json_len,
                                    void *opaque) noexcept
 
-    # Called by the thread that puts an op on an empty queue, under that queue's lock: it must
-    # not call librdkafka.
-    ctypedef void (*esk_queue_event_cb_t)(rd_kafka_t *rk, void *opaque) noexcept
-
     # Loader (see rdkafka_abi.h).
     const char *esk_rdk_load(void *handle)
     const char *esk_rdk_missing_mock()
@@ -196,11 +185,6 @@ cdef extern from "rdkafka_abi.h" nogil:
     # NULL: forward log lines to the main queue (served by rd_kafka_poll / the consumer queue).
     rd_kafka_resp_err_t rd_kafka_set_log_queue "ESK_RDK(rd_kafka_set_log_queue)" (
         rd_kafka_t *rk, rd_kafka_queue_t *rkqu)
-    # RD_KAFKA_EVENT_DR without a delivery report callback: reports arrive as events on the
-    # main queue (rd_kafka_queue_poll); rd_kafka_poll() and rd_kafka_flush() then serve none
-    # (rd_kafka_flush only waits, linger.ms off, for the reports to be served elsewhere).
-    void rd_kafka_conf_set_events "ESK_RDK(rd_kafka_conf_set_events)" (
-        rd_kafka_conf_t *conf, int events)
     # Takes ownership of conf on success only.
     rd_kafka_t *rd_kafka_new "ESK_RDK(rd_kafka_new)" (
         rd_kafka_type_t type, rd_kafka_conf_t *conf, char *errstr, size_t errstr_size)
@@ -254,28 +238,6 @@ cdef extern from "rdkafka_abi.h" nogil:
     void rd_kafka_queue_destroy "ESK_RDK(rd_kafka_queue_destroy)" (rd_kafka_queue_t *rkqu)
     # The main queue (delivery reports, errors, logs: what rd_kafka_poll/rd_kafka_flush serve).
     rd_kafka_queue_t *rd_kafka_queue_get_main "ESK_RDK(rd_kafka_queue_get_main)" (rd_kafka_t *rk)
-    # The queue's next event (errors, statistics and log lines too, not callbacks), or NULL.
-    rd_kafka_event_t *rd_kafka_queue_poll "ESK_RDK(rd_kafka_queue_poll)" (
-        rd_kafka_queue_t *rkqu, int timeout_ms)
-    size_t rd_kafka_queue_length "ESK_RDK(rd_kafka_queue_length)" (rd_kafka_queue_t *rkqu)
-    # cb(rk, opaque) whenever an op arrives on the empty queue; NULL turns it off.
-    void rd_kafka_queue_cb_event_enable "ESK_RDK(rd_kafka_queue_cb_event_enable)" (
-        rd_kafka_queue_t *rkqu, esk_queue_event_cb_t cb, void *opaque)
-    int rd_kafka_event_type "ESK_RDK(rd_kafka_event_type)" (const rd_kafka_event_t *rkev)
-    # Also destroys the event's messages (a delivery report's): they leave rd_kafka_outq_len.
-    void rd_kafka_event_destroy "ESK_RDK(rd_kafka_event_destroy)" (rd_kafka_event_t *rkev)
-    const rd_kafka_message_t *rd_kafka_event_message_next \
-        "ESK_RDK(rd_kafka_event_message_next)" (rd_kafka_event_t *rkev)
-    # A fatal error's event carries the underlying code and reason.
-    rd_kafka_resp_err_t rd_kafka_event_error "ESK_RDK(rd_kafka_event_error)" (
-        rd_kafka_event_t *rkev)
-    const char *rd_kafka_event_error_string "ESK_RDK(rd_kafka_event_error_string)" (
-        rd_kafka_event_t *rkev)
-    int rd_kafka_event_error_is_fatal "ESK_RDK(rd_kafka_event_error_is_fatal)" (
-        rd_kafka_event_t *rkev)
-    const char *rd_kafka_event_stats "ESK_RDK(rd_kafka_event_stats)" (rd_kafka_event_t *rkev)
-    int rd_kafka_event_log "ESK_RDK(rd_kafka_event_log)" (
-        rd_kafka_event_t *rkev, const char **fac, const char **str, int *level)
     # Wakes a thread blocked serving the queue (rd_kafka_poll included); from any thread.
     void rd_kafka_queue_yield "ESK_RDK(rd_kafka_queue_yield)" (rd_kafka_queue_t *rkqu)
     ssize_t rd_kafka_consume_batch_queue "ESK_RDK(rd_kafka_consume_batch_queue)" (

@@ -30,7 +30,6 @@ typedef struct rd_kafka_queue_s rd_kafka_queue_t;
 typedef struct rd_kafka_error_s rd_kafka_error_t;
 typedef struct rd_kafka_headers_s rd_kafka_headers_t;
 typedef struct rd_kafka_mock_cluster_s rd_kafka_mock_cluster_t;
-typedef struct rd_kafka_op_s rd_kafka_event_t;
 
 /* ---- enums (C enums are int-sized on every ABI we build for) ------------------------------ */
 typedef int rd_kafka_resp_err_t;
@@ -80,12 +79,6 @@ enum {
 #define RD_KAFKA_PARTITION_UA ((int32_t)-1)
 #define RD_KAFKA_OFFSET_INVALID (-1001) /* no offset: committed none, or not known yet */
 #define RD_KAFKA_MSG_F_COPY 0x2
-/* rd_kafka_event_type() values (and rd_kafka_conf_set_events() flags). */
-#define RD_KAFKA_EVENT_NONE 0x0
-#define RD_KAFKA_EVENT_DR 0x1
-#define RD_KAFKA_EVENT_LOG 0x4
-#define RD_KAFKA_EVENT_ERROR 0x8
-#define RD_KAFKA_EVENT_STATS 0x40
 #define RD_KAFKA_PURGE_F_QUEUE 0x1
 #define RD_KAFKA_PURGE_F_INFLIGHT 0x2
 #define RD_KAFKA_PURGE_F_NON_BLOCKING 0x4
@@ -184,7 +177,6 @@ typedef void (*esk_rebalance_cb_t)(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                                    rd_kafka_topic_partition_list_t *partitions, void *opaque);
 typedef void (*esk_log_cb_t)(const rd_kafka_t *rk, int level, const char *fac, const char *buf);
 typedef int (*esk_stats_cb_t)(rd_kafka_t *rk, char *json, size_t json_len, void *opaque);
-typedef void (*esk_queue_event_cb_t)(rd_kafka_t *rk, void *opaque);
 
 /* ---- the function table ------------------------------------------------------------------- */
 /* X(return type, name, parameter list). Required: the import fails naming the first missing one. */
@@ -210,20 +202,6 @@ typedef void (*esk_queue_event_cb_t)(rd_kafka_t *rk, void *opaque);
     X(void, rd_kafka_conf_set_stats_cb, (rd_kafka_conf_t * conf, esk_stats_cb_t cb))               \
     X(void *, rd_kafka_opaque, (const rd_kafka_t *rk))                                             \
     X(rd_kafka_resp_err_t, rd_kafka_set_log_queue, (rd_kafka_t * rk, rd_kafka_queue_t *rkqu))      \
-    X(void, rd_kafka_conf_set_events, (rd_kafka_conf_t * conf, int events))                        \
-    X(rd_kafka_event_t *, rd_kafka_queue_poll, (rd_kafka_queue_t * rkqu, int timeout_ms))          \
-    X(size_t, rd_kafka_queue_length, (rd_kafka_queue_t * rkqu))                                    \
-    X(void, rd_kafka_queue_cb_event_enable,                                                        \
-      (rd_kafka_queue_t * rkqu, esk_queue_event_cb_t cb, void *opaque))                            \
-    X(int, rd_kafka_event_type, (const rd_kafka_event_t *rkev))                                    \
-    X(void, rd_kafka_event_destroy, (rd_kafka_event_t * rkev))                                     \
-    X(const rd_kafka_message_t *, rd_kafka_event_message_next, (rd_kafka_event_t * rkev))          \
-    X(rd_kafka_resp_err_t, rd_kafka_event_error, (rd_kafka_event_t * rkev))                        \
-    X(const char *, rd_kafka_event_error_string, (rd_kafka_event_t * rkev))                        \
-    X(int, rd_kafka_event_error_is_fatal, (rd_kafka_event_t * rkev))                               \
-    X(const char *, rd_kafka_event_stats, (rd_kafka_event_t * rkev))                               \
-    X(int, rd_kafka_event_log,                                                                     \
-      (rd_kafka_event_t * rkev, const char **fac, const char **str, int *level))                   \
     X(rd_kafka_t *, rd_kafka_new,                                                                  \
       (rd_kafka_type_t type, rd_kafka_conf_t *conf, char *errstr, size_t errstr_size))             \
     X(void, rd_kafka_destroy, (rd_kafka_t * rk))                                                   \

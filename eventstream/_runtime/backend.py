@@ -295,10 +295,10 @@ class PendingEnqueue(Protocol):
 
 
 class NativeProducer(Protocol):
-    """A backend's producer: the librdkafka handle, its owner thread (which sees that delivery
-    reports are served and, at the end, destroys the handle), and the hot path (serialize, build
-    headers, enqueue, track this call's deliveries). Made by :meth:`Backend.new_producer`: the
-    client starts at once and connects and obtains its producer id in the background.
+    """A backend's producer: the librdkafka handle, its owner thread (which serves delivery
+    reports and, at the end, destroys the handle), and the hot path (serialize, build headers,
+    enqueue, track this call's deliveries). Made by :meth:`Backend.new_producer`: the client
+    starts at once and connects and obtains its producer id in the background.
 
     Thread-safe. Only its owner thread destroys the handle: :meth:`close` and :meth:`abandon` ask
     it to stop, and a native producer that is garbage-collected does the same, never joining."""
