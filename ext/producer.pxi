@@ -22,8 +22,10 @@
 #     enqueueing and while waiting; each counts itself in `active` while it may use the handle;
 #     flush() and one waiting produce() at a time (see "Serving") also serve the main queue;
 #   * the owner thread (pthread, detached): rd_kafka_poll()/rd_kafka_flush() run _on_delivery()
-#     without the GIL; _on_error(), _on_stats(), _on_log() and the resolution of asyncio futures
-#     take it (so do these callbacks on a caller's thread while it serves the main queue).
+#     without the GIL; _on_error(), _on_stats() and _on_log() take it (so do these callbacks on
+#     a caller's thread while it serves the main queue);
+#   * event loops with produce_async() calls outstanding settle their futures themselves (see
+#     "Futures").
 #
 # Memory: a call's serialized values and keys are copied, once, into its tracker's `data`
 # buffer (so no Python object has to outlive the call that enqueued it); librdkafka copies the
@@ -63,6 +65,17 @@
 # a serving produce()); the callbacks touch trackers only through atomics and their locks, so
 # more than one serving thread is safe.
 #
+# Futures: a produce_async() call's tracker, once complete, waits in the state's `completed`
+# list; settling its future needs the GIL and the future's loop. Taking the GIL on the owner,
+# while the loop's thread holds it to prepare its next call, stalls both threads, so the loop
+# settles its own futures: its first outstanding call adds a reader on the state's eventfd
+# (_LoopReaders), which the owner writes (no GIL) when calls completed; the reader settles them
+# (_resolve_completed, call_soon on its own loop), and the last settled call removes the reader.
+# The owner still settles them itself (call_soon_threadsafe) when one of them belongs to a loop
+# that cannot watch a file (`completed_direct`), or when nobody read the eventfd within
+# POLL_SLICE_MS (a loop that stopped or closed), and when it stops; so does any thread that
+# serves the main queue and finds calls completed.
+#
 # Serving: a blocking produce() serves the main queue itself from the moment its events are
 # prepared until it returns, as a C client's loop does: at most one call at a time (`serving`),
 # and the owner stands down meanwhile (woken when the call takes `serving`, it waits on
@@ -80,10 +93,22 @@ from cpython.ref cimport Py_XDECREF, Py_REFCNT
 from cpython.object cimport Py_SIZE
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.tuple cimport PyTuple_GET_ITEM
+from libc.errno cimport errno
 from _weakref import getweakrefcount as _getweakrefcount
 
 cdef extern from "<string.h>" nogil:
     char *strdup(const char *s)
+
+cdef extern from "<unistd.h>" nogil:
+    ssize_t read(int fd, void *buf, size_t count)
+    ssize_t write(int fd, const void *buf, size_t count)
+    int close(int fd)
+
+cdef extern from "<sys/eventfd.h>" nogil:
+    int eventfd(unsigned int initval, int flags)
+    enum:
+        EFD_NONBLOCK
+        EFD_CLOEXEC
 
 cdef enum:
     POLL_SLICE_MS = 100                 # owner: longest sleep in rd_kafka_poll()
@@ -169,6 +194,8 @@ cdef struct Tracker:
     int is_async
     PyObject *future
     PyObject *loop
+    PyObject *readers           # the producer's _LoopReaders
+    int via_reader              # the loop has a reader on efd for this call (see "Futures")
     Tracker *next               # link in ProducerState.completed
     ProducerState *state
     uint64_t id_base            # the call's first ce_id sequence number, minus one
@@ -206,7 +233,10 @@ cdef struct ProducerState:
     pthread_mutex_t lock        # guards `completed`, `mainq` for yielding, `finish_cond`
     pthread_cond_t finish_cond
     Tracker *completed          # async trackers fully reported, waiting to be resolved
+    int completed_direct        # (under `lock`) how many of them have no reader (see "Futures")
     int has_completed           # atomic hint for the owner
+    int efd                     # eventfd: written by the owner for the loops' readers, or -1
+    int64_t signalled_ns        # atomic: when the owner wrote efd and nobody resolved since, or 0
     int serving                 # atomic: 1 while a blocking produce() serves the main queue
     pthread_cond_t serve_cond   # (with `lock`) the owner waits on it while `serving` is 1
     pthread_t thread
@@ -268,6 +298,8 @@ cdef void _state_release(ProducerState *st) noexcept nogil:
         pthread_mutex_destroy(&st.lock)
         pthread_cond_destroy(&st.finish_cond)
         pthread_cond_destroy(&st.serve_cond)
+        if st.efd >= 0:
+            close(st.efd)
         free(st.topic_name)
         free(st)
 
@@ -451,6 +483,8 @@ cdef Tracker *_tracker_acquire(ProducerState *st, int64_t n) except NULL:
     t.is_async = 0
     t.future = NULL
     t.loop = NULL
+    t.readers = NULL
+    t.via_reader = 0
     t.next = NULL
     t.state = st
     t.id_base = 0
@@ -583,11 +617,12 @@ cdef void _tracker_complete(Tracker *t) noexcept nogil:
         rd_kafka_yield(st.rk)
         return
     # Settling the future needs the GIL: hand the tracker (and its completion reference) to
-    # whoever next runs _resolve_completed(), normally the owner right after the rd_kafka_poll()
-    # call that got us here.
+    # whoever next runs _resolve_completed() (see "Futures").
     pthread_mutex_lock(&st.lock)
     t.next = st.completed
     st.completed = t
+    if not t.via_reader:
+        st.completed_direct += 1
     esk_store_int(&st.has_completed, 1)
     pthread_mutex_unlock(&st.lock)
     # If this runs in a delivery report inside rd_kafka_flush() (owner), make that flush return
@@ -739,14 +774,85 @@ cdef int _on_stats(rd_kafka_t *rk, char *json, size_t json_len, void *opaque) no
 
 # ---- work that needs the GIL ------------------------------------------------------------------
 
-def _settle_future(fut, exc, result):
-    """Runs on the future's loop (via call_soon_threadsafe)."""
-    if fut.done():              # cancelled by the application meanwhile
+cdef class _LoopReaders:
+    """The event loops that settle a producer's produce_async() futures (see "Futures"): a loop
+    with calls outstanding has a reader on the state's eventfd, added by its first call and
+    removed once its last one is settled. Used on the loops' threads, and for a closed loop
+    anywhere (under the GIL). Holds a reference to the state (so efd stays open while a reader
+    may be on it); each async tracker holds one to this object until its future is settled."""
+
+    cdef ProducerState *st
+    cdef dict counts            # loop -> its calls not yet settled
+    cdef int _fork_generation
+
+    def __cinit__(self):
+        self.st = NULL
+        self.counts = {}
+
+    def __dealloc__(self):
+        if self.st != NULL and self._fork_generation == _fork_generation:
+            _state_release(self.st)
+
+    cdef bint add(self, loop) except -1:
+        """A produce_async() call on `loop` (its thread) is armed: whether the loop reads efd
+        until the call is settled (False: the loop cannot watch a file)."""
+        n = self.counts.get(loop, 0)
+        if n == 0:
+            try:
+                loop.add_reader(self.st.efd, self._readable, loop)
+            except NotImplementedError:
+                return False
+        self.counts[loop] = n + 1
+        return True
+
+    def _forget(self, loop):
+        """One of `loop`'s calls is settled (or its loop closed); the last one removes the
+        reader."""
+        n = self.counts.get(loop)
+        if n is None:
+            return
+        if n > 1:
+            self.counts[loop] = n - 1
+            return
+        del self.counts[loop]
+        if not loop.is_closed():
+            loop.remove_reader(self.st.efd)
+
+    def _settled(self, loop, fut, exc, result):
+        """On `loop`: a call completed."""
+        self._forget(loop)
+        if fut.done():              # cancelled or timed out meanwhile
+            return
+        if exc is None:
+            fut.set_result(result)
+        else:
+            fut.set_exception(exc)
+
+    def _readable(self, loop):
+        """On `loop`: the owner found calls completed."""
+        cdef uint64_t count
+        read(self.st.efd, &count, sizeof(count))    # EAGAIN: another loop read it first
+        if esk_load_int(&self.st.has_completed):
+            _resolve_completed(self.st, <PyObject *>loop)
+            _raise_held()
+
+
+cdef void _hand_completed(ProducerState *st) noexcept nogil:
+    """The owner found async calls completed: their loops settle them (a write on efd, no GIL),
+    unless one of them has no reader or the last write went unanswered (see "Futures")."""
+    cdef uint64_t one = 1
+    cdef int direct
+    cdef int64_t now = esk_now_ns()
+    cdef int64_t since = esk_load_i64(&st.signalled_ns)
+    pthread_mutex_lock(&st.lock)
+    direct = st.completed_direct
+    pthread_mutex_unlock(&st.lock)
+    if direct or (since != 0 and now - since > POLL_SLICE_MS * 1_000_000):
+        _resolve_completed(st)
         return
-    if exc is None:
-        fut.set_result(result)
-    else:
-        fut.set_exception(exc)
+    if since == 0:
+        esk_store_i64(&st.signalled_ns, now)
+    write(st.efd, &one, sizeof(one))    # EAGAIN (counter full) still leaves it readable
 
 
 cdef inline bint _idle(PyObject *pair, Py_ssize_t n):
@@ -854,9 +960,11 @@ cdef object _tracker_error(ProducerState *st, Tracker *t):
     )
 
 
-cdef void _resolve_completed(ProducerState *st) noexcept with gil:
+cdef void _resolve_completed(ProducerState *st, PyObject *here=NULL) noexcept with gil:
     """Settle the futures of the async trackers handed over by _tracker_complete (one GIL
-    acquisition for all of them) and drop their completion references. Never raises."""
+    acquisition for all of them) and drop their completion references. `here`: the event loop
+    running on this thread, if any (its futures are settled without a wake-up). Never
+    raises."""
     cdef Tracker *t
     cdef Tracker *nxt
     cdef bint any_ok = False
@@ -865,8 +973,10 @@ cdef void _resolve_completed(ProducerState *st) noexcept with gil:
     pthread_mutex_lock(&st.lock)
     t = st.completed
     st.completed = NULL
+    st.completed_direct = 0
     esk_store_int(&st.has_completed, 0)
     pthread_mutex_unlock(&st.lock)
+    esk_store_i64(&st.signalled_ns, 0)
     while t != NULL:
         nxt = t.next
         try:
@@ -876,14 +986,21 @@ cdef void _resolve_completed(ProducerState *st) noexcept with gil:
                 _count_call(st, t, 0, 0)
             else:
                 _count_call(st, t, exc.failed, exc.in_doubt)
+            loop = <object>t.loop
+            readers = <_LoopReaders>t.readers
+            result = (_deliveries(st, t, None if st.detached else <list>st.arrays)
+                      if exc is None else None)
             try:
-                (<object>t.loop).call_soon_threadsafe(
-                    _settle_future, <object>t.future, exc,
-                    _deliveries(st, t, None if st.detached else <list>st.arrays)
-                    if exc is None else None,
-                )
+                # Through the loop's queue even here: a _Pending's timeout, scheduled before
+                # the completion, must come first.
+                if t.loop == here:
+                    loop.call_soon(readers._settled, loop, <object>t.future, exc, result)
+                else:
+                    loop.call_soon_threadsafe(
+                        readers._settled, loop, <object>t.future, exc, result
+                    )
             except RuntimeError:
-                pass            # the loop is closed: nobody can await the future any more
+                readers._forget(loop)   # closed: nobody can await the future any more
         except BaseException as e:
             _hold(e)            # a KeyboardInterrupt & co.: raised by the caller, not logged
             if not st.detached and isinstance(e, Exception):
@@ -893,11 +1010,13 @@ cdef void _resolve_completed(ProducerState *st) noexcept with gil:
                 except BaseException as e2:
                     _hold(e2)
         finally:
-            exc = None
+            exc = result = loop = readers = None
             Py_XDECREF(t.future)
             Py_XDECREF(t.loop)
+            Py_XDECREF(t.readers)
             t.future = NULL
             t.loop = NULL
+            t.readers = NULL
             _tracker_release(t)     # the completion reference
         t = nxt
     if any_ok and not st.detached:
@@ -929,7 +1048,7 @@ cdef void *_owner_main(void *arg) noexcept nogil:
                     break
             pthread_mutex_unlock(&st.lock)
             if esk_load_int(&st.has_completed):
-                _resolve_completed(st)
+                _hand_completed(st)
             _drop_held()                    # nobody to raise it to on this thread
             continue
         if esk_load_int(&st.flushing) > 0 and rd_kafka_outq_len(rk) > 0:
@@ -941,7 +1060,7 @@ cdef void *_owner_main(void *arg) noexcept nogil:
             # Woken early by rd_kafka_queue_yield() when a call has enqueued its events.
             rd_kafka_poll(rk, POLL_SLICE_MS)
         if esk_load_int(&st.has_completed):
-            _resolve_completed(st)
+            _hand_completed(st)
         _drop_held()
     # Stopping. New calls are refused from here on, and calls entering after the fence see it.
     esk_store_int(&st.refuse, RD_KAFKA_RESP_ERR__DESTROY)
@@ -1163,6 +1282,7 @@ cdef class Producer:
     cdef bytes _v_ct, _v_spec, _v_source, _v_type
     cdef HeaderSpec _hs
     cdef list _arrays               # (partitions, offsets) of Deliveries, reused (_deliveries)
+    cdef _LoopReaders _readers      # the event loops settling produce_async() futures
     cdef object __weakref__
 
     def __cinit__(self):
@@ -1225,6 +1345,7 @@ cdef class Producer:
         st = <ProducerState *>calloc(1, sizeof(ProducerState))
         if st == NULL:
             raise MemoryError()
+        st.efd = -1
         if pthread_mutex_init(&st.lock, NULL) != 0:
             free(st)
             raise MemoryError()
@@ -1257,6 +1378,13 @@ cdef class Producer:
         self._st = st               # from here on __dealloc__ lets go of it
         if st.topic_name == NULL:
             raise MemoryError()
+        st.efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        if st.efd < 0:
+            raise OSError(errno, f"eventfd: {_os.strerror(errno)}")
+        self._readers = _LoopReaders.__new__(_LoopReaders)
+        esk_add_int(&st.refs, 1)    # the readers'
+        self._readers.st = st
+        self._readers._fork_generation = _fork_generation
         # The client starts now: it connects and obtains its producer id in the background, so
         # that a first call made a moment later finds it ready.
         conf = _make_conf(spec.properties, "producer")
@@ -1277,7 +1405,7 @@ cdef class Producer:
             raise _errors.ConfigError("topic", f"librdkafka rejected topic {self.topic!r}")
         st.mainq = rd_kafka_queue_get_main(rk)
         st.rk = rk
-        st.refs = 2                 # + the owner's
+        esk_add_int(&st.refs, 1)    # + the owner's
         pthread_mutex_lock(&_live_lock)
         st.live_next = _live
         if _live != NULL:
@@ -1290,7 +1418,7 @@ cdef class Producer:
             if _live != NULL:
                 _live.live_prev = NULL
             pthread_mutex_unlock(&_live_lock)
-            st.refs = 1
+            esk_add_int(&st.refs, -1)   # the owner's, never taken up
             st.rk = NULL
             with nogil:
                 rd_kafka_queue_destroy(st.mainq)
@@ -1657,7 +1785,10 @@ cdef class Producer:
             Py_INCREF(fut)
             t.loop = <PyObject *>loop
             Py_INCREF(loop)
+            t.readers = <PyObject *>self._readers
+            Py_INCREF(self._readers)
             try:
+                t.via_reader = self._readers.add(loop)  # the loop settles the future
                 # Never waits for room: what does not fit now is _Pending.finish()'s.
                 outcome = self._enqueue_all(batch, t, esk_now_ns())
             except BaseException:

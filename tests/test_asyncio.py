@@ -198,6 +198,52 @@ def test_produce_async_on_two_loops_in_turn_leaves_no_reader_behind(make_topic) 
         producer.close()
 
 
+def test_produce_async_on_two_loops_at_once_settles_each_on_its_own(make_topic) -> None:
+    """One producer used from two event loops on two threads at the same time: every call is
+    settled on the loop that made it, and neither loop keeps anything of the producer."""
+    topic = make_topic()
+    producer = topic.new_producer()
+    results: dict[int, tuple[int, set[int], set[int], set[int]]] = {}
+    errors: list[BaseException] = []
+
+    async def main(first: int) -> tuple[int, set[int], set[int], set[int]]:
+        loop = asyncio.get_running_loop()
+        me = threading.get_ident()
+        settled_on: set[int] = set()
+        before = set(loop._selector.get_map())  # type: ignore[attr-defined]
+
+        async def one(seq: int) -> int:
+            deliveries = await producer.produce_async(Invalidate(seq=seq), Invalidate(seq=seq))
+            settled_on.add(threading.get_ident())
+            return len(deliveries)
+
+        acked = sum(await asyncio.gather(*(one(first + i) for i in range(40))))
+        after = set(loop._selector.get_map())  # type: ignore[attr-defined]
+        assert settled_on == {me}
+        return acked, before, after, settled_on
+
+    def run(first: int) -> None:
+        try:
+            results[first] = asyncio.run(main(first))
+        except BaseException as exc:  # reported below, on the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(first,)) for first in (0, 1000)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        producer.close()
+    assert not errors, errors
+    assert sorted(results) == [0, 1000]
+    for acked, before, after, _ in results.values():
+        assert acked == 80
+        assert after == before, f"left on the loop: {sorted(after - before)}"
+    assert producer.metrics().acknowledged == 160
+
+
 def test_produce_async_on_a_loop_that_cannot_watch_files(make_topic) -> None:
     """A loop without add_reader (as on Windows' proactor): the calls still complete, their
     reports served off the loop."""
