@@ -128,6 +128,16 @@ cdef inline object _header_bytes(const void *p, size_t n):
     return None if p == NULL else (<const char *>p)[:n]
 
 
+cdef bint _upb_parser(esk_parser *p, object cls, object bound) except -1:
+    """Fill p to call `bound` (cls.FromString) through C pointers, when it is upb's (see
+    esk_parser); False: call it as a Python object."""
+    for klass in getattr(cls, "__mro__", ()):
+        if klass.__module__ == "google._upb._message" and klass.__name__ == "Message":
+            return esk_parser_init(p, cls, bound, klass.__dict__.get("FromString"),
+                                   klass.__dict__.get("MergeFromString"))
+    return False
+
+
 # ---- callbacks served on the poll thread --------------------------------------------------
 
 cdef void _on_consumer_error(rd_kafka_t *rk, int err, const char *reason,
@@ -307,7 +317,10 @@ cdef class Consumer:
     cdef bytes _btopic
     cdef object _spec
     cdef object _listener
-    cdef object _from_string
+    cdef object _from_string            # the event class's FromString (bound to the class)
+    cdef object _event_type             # the event class: _parser borrows it
+    cdef esk_parser _parser             # FromString through C pointers (upb), if _parse_c
+    cdef bint _parse_c
     cdef bytes _type_name
     cdef object _logger
     cdef object _client_logger
@@ -348,6 +361,8 @@ cdef class Consumer:
         self.topic = spec.topic
         self._btopic = spec.topic.encode()
         self._from_string = spec.event_type.FromString
+        self._event_type = spec.event_type
+        self._parse_c = _upb_parser(&self._parser, self._event_type, self._from_string)
         self._type_name = spec.type_name.encode()
         self._logger = spec.logger
         self._client_logger = spec.logger.getChild("librdkafka")
@@ -793,6 +808,8 @@ cdef class Consumer:
         # record costs more than the copy, up to at least 4 KB.)
         value = PyBytes_FromStringAndSize(<const char *>m.payload, m.len)
         try:
+            if self._parse_c:
+                return esk_parse(&self._parser, (), value)
             return self._from_string(value)
         except Exception as exc:    # any kind: a bad record never stalls a partition
             self._skip(m, "decode", exc)

@@ -171,6 +171,64 @@ static inline esk_kwmethod esk_kwmethod_of(PyObject *descr, PyObject *type) {
         return NULL;
     return (esk_kwmethod)(void (*)(void))d->d_method->ml_meth;
 }
+
+/* A protobuf class's FromString(data) done as upb's does it, through C pointers found once:
+ * cls() (what type.__call__ does: tp_new, then tp_init when it made an instance of cls), then
+ * upb's MergeFromString(message, data). Calling FromString as a Python object costs a METH_O
+ * call, an argument-less call of the class through the generic call machinery and the method
+ * lookups inside them, on every record. */
+typedef struct {
+    PyTypeObject *cls;          /* borrowed: the consumer keeps the class alive */
+    PyCFunction merge;          /* upb's MergeFromString (METH_O) */
+} esk_parser;
+
+/* 1 and `p` filled if `bound` (cls.FromString) is the C function of the classmethod descriptor
+ * `from_string`, `merge` a METH_O method descriptor of the same class that cls derives from
+ * (the caller found both in upb's Message), and cls is called as type.__call__ calls it; else 0:
+ * then call `bound` as a Python object. */
+static inline int esk_parser_init(esk_parser *p, PyObject *cls, PyObject *bound,
+                                  PyObject *from_string, PyObject *merge) {
+    PyMethodDescrObject *fs, *mf;
+    p->cls = NULL;
+    p->merge = NULL;
+    if (!PyType_Check(cls) || Py_TYPE(cls)->tp_call != PyType_Type.tp_call
+        || ((PyTypeObject *)cls)->tp_new == NULL)
+        return 0;
+    if (Py_TYPE(from_string) != &PyClassMethodDescr_Type || Py_TYPE(merge) != &PyMethodDescr_Type)
+        return 0;
+    fs = (PyMethodDescrObject *)from_string;
+    mf = (PyMethodDescrObject *)merge;
+    if (!PyCFunction_Check(bound) || PyCFunction_GET_SELF(bound) != cls
+        || ((PyCFunctionObject *)bound)->m_ml != fs->d_method)
+        return 0;
+    if ((mf->d_method->ml_flags & ~METH_COEXIST) != METH_O || PyDescr_TYPE(mf) != PyDescr_TYPE(fs)
+        || !PyType_IsSubtype((PyTypeObject *)cls, PyDescr_TYPE(mf)))
+        return 0;
+    p->cls = (PyTypeObject *)cls;
+    p->merge = mf->d_method->ml_meth;
+    return 1;
+}
+
+/* p->cls.FromString(data) (see esk_parser): a new reference, or NULL with an exception set.
+ * `no_args` is an empty tuple. */
+static inline PyObject *esk_parse(const esk_parser *p, PyObject *no_args, PyObject *data) {
+    PyTypeObject *cls = p->cls;
+    PyObject *msg = cls->tp_new(cls, no_args, NULL), *length;
+    if (msg == NULL)
+        return NULL;
+    if (PyObject_TypeCheck(msg, cls) && Py_TYPE(msg)->tp_init != NULL
+        && Py_TYPE(msg)->tp_init(msg, no_args, NULL) < 0) {
+        Py_DECREF(msg);
+        return NULL;
+    }
+    length = p->merge(msg, data);
+    if (length == NULL) {
+        Py_DECREF(msg);
+        return NULL;
+    }
+    Py_DECREF(length);
+    return msg;
+}
 #endif
 
 /* Memory kept for reuse (a producer's spare trackers) is poisoned while nobody may use it, so that

@@ -60,3 +60,8 @@ cdef extern from "esk_sync.h" nogil:
 cdef extern from "esk_sync.h":
     ctypedef object (*esk_kwmethod)(object self, object args, PyObject *kwargs)
     esk_kwmethod esk_kwmethod_of(object descr, object type)
+    ctypedef struct esk_parser:
+        pass
+    bint esk_parser_init(esk_parser *p, object cls, object bound, object from_string,
+                         object merge)
+    object esk_parse(const esk_parser *p, object no_args, object data)
