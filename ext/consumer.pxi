@@ -883,6 +883,10 @@ cdef class Consumer:
         cdef bint timed = self._timed
         cdef bint with_metadata = self._with_metadata
         cdef int64_t t0 = 0
+        # The handler's arguments, borrowed from `event` and `meta` for the call; slot 0 is
+        # the callee's to use (PY_VECTORCALL_ARGUMENTS_OFFSET).
+        cdef PyObject *args[3]
+        cdef size_t nargsf = (2 if with_metadata else 1) | PY_VECTORCALL_ARGUMENTS_OFFSET
         handler = self._handler
         failures = self._failures
         meta = None
@@ -908,10 +912,9 @@ cdef class Consumer:
                         error = None
                         try:
                             # Called directly: an argument tuple is built only for a failure.
-                            if with_metadata:
-                                handler(event, meta)
-                            else:
-                                handler(event)
+                            args[1] = <PyObject *>event
+                            args[2] = <PyObject *>meta
+                            PyObject_Vectorcall(handler, &args[1], nargsf, NULL)
                         except Exception as exc:
                             error = exc
                         if timed:
