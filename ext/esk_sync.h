@@ -173,13 +173,16 @@ static inline esk_kwmethod esk_kwmethod_of(PyObject *descr, PyObject *type) {
 }
 
 /* A protobuf class's FromString(data) done as upb's does it, through C pointers found once:
- * cls() (what type.__call__ does: tp_new, then tp_init when it made an instance of cls), then
- * upb's MergeFromString(message, data). Calling FromString as a Python object costs a METH_O
+ * cls() (what type.__call__ does: tp_new, then tp_init when it made an instance of cls, unless
+ * that is upb's own, a no-op without arguments), then upb's MergeFromString(message, data). Calling FromString as a Python object costs a METH_O
  * call, an argument-less call of the class through the generic call machinery and the method
  * lookups inside them, on every record. */
 typedef struct {
     PyTypeObject *cls;          /* borrowed: the consumer keeps the class alive */
-    PyCFunction merge;          /* upb's MergeFromString (METH_O) */
+    PyCFunction merge;          /* upb's MergeFromString (METH_O); this and noop_init are
+                                   functions of upb's extension module, never unloaded */
+    initproc noop_init;         /* upb Message's tp_init: without arguments it does nothing
+                                   (it only sets fields from keyword arguments), so skipped */
 } esk_parser;
 
 /* 1 and `p` filled if `bound` (cls.FromString) is the C function of the classmethod descriptor
@@ -191,6 +194,7 @@ static inline int esk_parser_init(esk_parser *p, PyObject *cls, PyObject *bound,
     PyMethodDescrObject *fs, *mf;
     p->cls = NULL;
     p->merge = NULL;
+    p->noop_init = NULL;
     if (!PyType_Check(cls) || Py_TYPE(cls)->tp_call != PyType_Type.tp_call
         || ((PyTypeObject *)cls)->tp_new == NULL)
         return 0;
@@ -206,6 +210,7 @@ static inline int esk_parser_init(esk_parser *p, PyObject *cls, PyObject *bound,
         return 0;
     p->cls = (PyTypeObject *)cls;
     p->merge = mf->d_method->ml_meth;
+    p->noop_init = PyDescr_TYPE(mf)->tp_init;
     return 1;
 }
 
@@ -216,8 +221,9 @@ static inline PyObject *esk_parse(const esk_parser *p, PyObject *no_args, PyObje
     PyObject *msg = cls->tp_new(cls, no_args, NULL), *length;
     if (msg == NULL)
         return NULL;
-    if (PyObject_TypeCheck(msg, cls) && Py_TYPE(msg)->tp_init != NULL
-        && Py_TYPE(msg)->tp_init(msg, no_args, NULL) < 0) {
+    initproc init = Py_TYPE(msg)->tp_init;
+    if (init != NULL && init != p->noop_init && PyObject_TypeCheck(msg, cls)
+        && init(msg, no_args, NULL) < 0) {
         Py_DECREF(msg);
         return NULL;
     }
