@@ -43,8 +43,10 @@ cdef extern from "<dlfcn.h>" nogil:
 cdef extern from "Python.h":
     int PyErr_CheckSignals() except -1
     # args[-1] may be overwritten by the callee (PY_VECTORCALL_ARGUMENTS_OFFSET): pass args + 1.
-    object PyObject_Vectorcall(object callable, PyObject **args, size_t nargsf,
-                               PyObject *kwnames)
+    # A new reference, or NULL with an exception set.
+    PyObject *PyObject_Vectorcall(object callable, PyObject **args, size_t nargsf,
+                                  PyObject *kwnames)
+    void _decref "Py_DECREF"(PyObject *o)
     size_t PY_VECTORCALL_ARGUMENTS_OFFSET
 
 __all__ = [

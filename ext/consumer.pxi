@@ -792,6 +792,7 @@ cdef class Consumer:
         """The event, or None if the record is skipped (reported to Failures: logged,
         summarized, dead-lettered). Checked in the order the headers are written:
         content-type, then ce_type; then the value."""
+        cdef PyObject *event
         if not h.ct_ok:
             # Not the canonical spelling: compare as a media type (case, parameters).
             if h.content_type == NULL or not _wire.is_protobuf(
@@ -807,9 +808,13 @@ cdef class Consumer:
         # (Copied: upb reads only bytes, memoryview and bytearray values; a memoryview made per
         # record costs more than the copy, up to at least 4 KB.)
         value = PyBytes_FromStringAndSize(<const char *>m.payload, m.len)
+        if self._parse_c:
+            event = esk_parse(&self._parser, (), value)
+            if event != NULL:
+                return esk_steal(event)     # (no try block entered on the way: cheaper)
         try:
             if self._parse_c:
-                return esk_parse(&self._parser, (), value)
+                esk_raise_pending()         # what esk_parse failed with
             return self._from_string(value)
         except Exception as exc:    # any kind: a bad record never stalls a partition
             self._skip(m, "decode", exc)
@@ -886,6 +891,7 @@ cdef class Consumer:
         # The handler's arguments, borrowed from `event` and `meta` for the call; slot 0 is
         # the callee's to use (PY_VECTORCALL_ARGUMENTS_OFFSET).
         cdef PyObject *args[3]
+        cdef PyObject *result
         cdef size_t nargsf = (2 if with_metadata else 1) | PY_VECTORCALL_ARGUMENTS_OFFSET
         handler = self._handler
         failures = self._failures
@@ -910,13 +916,18 @@ cdef class Consumer:
                             t0 = esk_now_ns()
                             self._record_e2e(m)
                         error = None
-                        try:
-                            # Called directly: an argument tuple is built only for a failure.
-                            args[1] = <PyObject *>event
-                            args[2] = <PyObject *>meta
-                            PyObject_Vectorcall(handler, &args[1], nargsf, NULL)
-                        except Exception as exc:
-                            error = exc
+                        # Called directly: an argument tuple is built only for a failure. A try
+                        # block is entered only when the call failed (entering one costs).
+                        args[1] = <PyObject *>event
+                        args[2] = <PyObject *>meta
+                        result = PyObject_Vectorcall(handler, &args[1], nargsf, NULL)
+                        if result != NULL:
+                            _decref(result)
+                        else:
+                            try:
+                                esk_raise_pending()
+                            except Exception as exc:
+                                error = exc
                         if timed:
                             _hist_add(&self._handler_hist, esk_now_ns() - t0)
                         if error is None:

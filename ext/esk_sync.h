@@ -235,6 +235,9 @@ static inline PyObject *esk_parse(const esk_parser *p, PyObject *no_args, PyObje
     Py_DECREF(length);
     return msg;
 }
+
+static inline int esk_raise_pending(void) { return -1; }
+static inline PyObject *esk_steal(PyObject *o) { return o; }
 #endif
 
 /* Memory kept for reuse (a producer's spare trackers) is poisoned while nobody may use it, so that

@@ -64,4 +64,10 @@ cdef extern from "esk_sync.h":
         pass
     bint esk_parser_init(esk_parser *p, object cls, object bound, object from_string,
                          object merge)
-    object esk_parse(const esk_parser *p, object no_args, object data)
+    # A new reference, or NULL with an exception set (raise it with esk_raise_pending()).
+    PyObject *esk_parse(const esk_parser *p, object no_args, object data)
+    # Returns -1 alone: the caller raises the exception that is already set (PyErr_Occurred),
+    # where it can catch it, after a C call that reported it with NULL.
+    int esk_raise_pending() except -1
+    # Takes over a new reference (not NULL) as an object.
+    object esk_steal(PyObject *o)
