@@ -174,9 +174,9 @@ static inline esk_kwmethod esk_kwmethod_of(PyObject *descr, PyObject *type) {
 
 /* A protobuf class's FromString(data) done as upb's does it, through C pointers found once:
  * cls() (what type.__call__ does: tp_new, then tp_init when it made an instance of cls, unless
- * that is upb's own, a no-op without arguments), then upb's MergeFromString(message, data). Calling FromString as a Python object costs a METH_O
- * call, an argument-less call of the class through the generic call machinery and the method
- * lookups inside them, on every record. */
+ * that is upb's own, a no-op without arguments), then upb's MergeFromString(message, data).
+ * Calling FromString as a Python object costs a METH_O call, an argument-less call of the class
+ * through the generic call machinery and the method lookups inside them, on every record. */
 typedef struct {
     PyTypeObject *cls;          /* borrowed: the consumer keeps the class alive */
     PyCFunction merge;          /* upb's MergeFromString (METH_O); this and noop_init are
