@@ -244,6 +244,29 @@ def test_produce_async_on_two_loops_at_once_settles_each_on_its_own(make_topic) 
     assert producer.metrics().acknowledged == 160
 
 
+def test_produce_async_on_a_loop_that_stops_and_runs_again(make_topic) -> None:
+    """Calls whose events are acknowledged while their loop is not running: their futures are
+    settled, on that loop, once it runs again, and the loop keeps nothing of the producer."""
+    topic = make_topic()
+    producer = topic.new_producer()
+    loop = asyncio.new_event_loop()
+    try:
+        before = set(loop._selector.get_map())  # type: ignore[attr-defined]
+        tasks = [
+            loop.create_task(producer.produce_async(Invalidate(seq=i), Invalidate(seq=i)))
+            for i in range(3)
+        ]
+        loop.run_until_complete(asyncio.sleep(0))  # each call has handed its events over
+        assert producer.flush(30) == 0  # acknowledged while the loop does not run
+        assert not any(task.done() for task in tasks)
+        deliveries = loop.run_until_complete(asyncio.wait_for(asyncio.gather(*tasks), 30))
+        assert [len(d) for d in deliveries] == [2, 2, 2]
+        assert set(loop._selector.get_map()) == before  # type: ignore[attr-defined]
+    finally:
+        loop.close()
+        producer.close()
+
+
 def test_produce_async_on_a_loop_that_cannot_watch_files(make_topic) -> None:
     """A loop without add_reader (as on Windows' proactor): the calls still complete, their
     reports served off the loop."""
