@@ -210,6 +210,10 @@ cdef extern from "rdkafka_abi.h" nogil:
     rd_kafka_resp_err_t rd_kafka_header_add "ESK_RDK(rd_kafka_header_add)" (
         rd_kafka_headers_t *hdrs, const char *name, ssize_t name_size, const void *value,
         ssize_t value_size)
+    # Removes (and frees) every header called `name` (NUL-terminated); _NOENT if there was none.
+    rd_kafka_resp_err_t rd_kafka_header_remove "ESK_RDK(rd_kafka_header_remove)" (
+        rd_kafka_headers_t *hdrs, const char *name)
+    size_t rd_kafka_header_cnt "ESK_RDK(rd_kafka_header_cnt)" (const rd_kafka_headers_t *hdrs)
 
     # ---- consuming ----
     # The returned pointers point into the message: valid until rd_kafka_message_destroy().

@@ -222,6 +222,8 @@ typedef int (*esk_stats_cb_t)(rd_kafka_t *rk, char *json, size_t json_len, void 
     X(rd_kafka_resp_err_t, rd_kafka_header_add,                                                    \
       (rd_kafka_headers_t * hdrs, const char *name, ssize_t name_size, const void *value,          \
        ssize_t value_size))                                                                        \
+    X(rd_kafka_resp_err_t, rd_kafka_header_remove, (rd_kafka_headers_t * hdrs, const char *name))  \
+    X(size_t, rd_kafka_header_cnt, (const rd_kafka_headers_t *hdrs))                               \
     X(rd_kafka_resp_err_t, rd_kafka_header_get_all,                                                \
       (const rd_kafka_headers_t *hdrs, size_t idx, const char **namep, const void **valuep,        \
        size_t *sizep))                                                                             \

@@ -33,9 +33,9 @@ def test_headers_and_value(make_topic, kafka_bootstrap: str) -> None:
         assert names == [
             "content-type",
             "ce_specversion",
-            "ce_id",
             "ce_source",
             "ce_type",
+            "ce_id",
             "ce_time",
         ], names  # the same order from both backends
         values = dict(headers)
@@ -67,6 +67,52 @@ def test_ce_time_is_the_calls_time_in_rfc3339(make_topic, kafka_bootstrap: str) 
     assert stamp.endswith(b"Z") and len(stamp) == len(b"2026-12-01T09:30:00.123Z"), stamp
     when = datetime.fromisoformat(stamp.decode().replace("Z", "+00:00"))
     assert before - timedelta(milliseconds=1) <= when <= after
+
+
+def test_every_call_of_a_producer_writes_whole_headers(make_topic, kafka_bootstrap: str) -> None:
+    """A producer's later calls write the same six headers, with their own ce_id and ce_time
+    (the compiled backend reuses each message's spent header list for a later call's message)."""
+    from datetime import UTC, datetime, timedelta
+
+    topic = make_topic(instance_id="svc-again")
+    sizes = [3, 5, 2, 6, 4]  # grows, shrinks and grows again: some slots have no spent list
+    calls = []
+    seq = 0
+    with topic.new_producer() as producer:
+        for size in sizes:
+            events = [Invalidate(seq=seq + i) for i in range(size)]
+            seq += size
+            before = datetime.now(UTC)
+            deliveries = producer.produce(*events)
+            calls.append((events, deliveries, before, datetime.now(UTC)))
+    records = raw_consume(kafka_bootstrap, topic.name, seq)
+    by_seq = {Invalidate.FromString(r.value() or b"").seq: r for r in records}
+    ids = set()
+    for events, deliveries, before, after in calls:
+        stamps = set()
+        for event, delivery in zip(events, deliveries, strict=True):
+            headers = by_seq[event.seq].headers() or []
+            names = [name for name, _ in headers]
+            assert names == [
+                "content-type",
+                "ce_specversion",
+                "ce_source",
+                "ce_type",
+                "ce_id",
+                "ce_time",
+            ], names
+            values = dict(headers)
+            assert values["content-type"] == b"application/protobuf"
+            assert values["ce_specversion"] == b"1.0"
+            assert values["ce_source"] == b"svc-again"
+            assert values["ce_type"] == b"eventstream.tests.Invalidate"
+            assert values["ce_id"] == delivery.event_id.encode()
+            ids.add(values["ce_id"])
+            stamps.add(values["ce_time"])
+        assert len(stamps) == 1, stamps  # the call's own time, for each of its events
+        when = datetime.fromisoformat(stamps.pop().decode().replace("Z", "+00:00"))
+        assert before - timedelta(milliseconds=1) <= when <= after
+    assert len(ids) == seq
 
 
 def test_produce_returns_where_each_event_went(make_topic, kafka_bootstrap: str) -> None:

@@ -410,13 +410,11 @@ class PureProducer:
         self._ids_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._id_prefix = wire.new_producer_id() + "-"
-        # In the compiled backend's order: content-type, ce_specversion, ce_id, ce_source,
-        # ce_type, ce_time (then a Telemetry's headers).
-        self._leading_headers: list[tuple[str, str | bytes | None]] = [
+        # In the compiled backend's order: the four constant headers, then ce_id and ce_time
+        # (then a Telemetry's headers).
+        self._constant_headers: list[tuple[str, str | bytes | None]] = [
             (wire.HEADER_CONTENT_TYPE, wire.CONTENT_TYPE),
             (wire.HEADER_SPECVERSION, wire.SPECVERSION),
-        ]
-        self._trailing_headers: list[tuple[str, str | bytes | None]] = [
             (wire.HEADER_SOURCE, spec.source.encode()),
             (wire.HEADER_TYPE, spec.type_name.encode()),
         ]
@@ -493,11 +491,10 @@ class PureProducer:
         topic = self._spec.topic
         prefix = self._id_prefix
         report = tracker.report
-        # The call's headers with a hole at 2 for each event's ce_id (one list copy an event).
+        # The call's headers with a hole at 4 for each event's ce_id (one list copy an event).
         template: list[tuple[str, str | bytes | None]] = [
-            *self._leading_headers,
+            *self._constant_headers,
             (wire.HEADER_ID, None),
-            *self._trailing_headers,
             (wire.HEADER_TIME, wire.timestamp()),
             *extra,
         ]
@@ -513,7 +510,7 @@ class PureProducer:
                 )
                 return False
             headers = template.copy()
-            headers[2] = (wire.HEADER_ID, f"{prefix}{tracker.first_id + index}".encode())
+            headers[4] = (wire.HEADER_ID, f"{prefix}{tracker.first_id + index}".encode())
             while True:
                 try:
                     client.produce(

@@ -9,9 +9,9 @@ header             value
 =================  ===========================================================================
 ``content-type``   ``application/protobuf``
 ``ce_specversion`` ``1.0``
-``ce_id``          unique per event for its source: ``<16 hex digits of the producer>-<n>``
 ``ce_source``      the producing instance id (``TopicConfig.instance_id``), a URI reference
 ``ce_type``        the protobuf full name of the event class, e.g. ``acme.cache.Invalidate``
+``ce_id``          unique per event for its source: ``<16 hex digits of the producer>-<n>``
 ``ce_time``        when the produce call was made (RFC 3339, UTC, milliseconds)
 =================  ===========================================================================
 
