@@ -22,6 +22,9 @@ import confluent_kafka
 #: Default deadline (seconds) for an awaited event. Generous: it only matters when a test fails.
 WAIT = 30.0
 
+#: Every record's headers without telemetry, in the order both backends write them.
+EVENT_HEADERS = ("content-type", "ce_specversion", "ce_source", "ce_type", "ce_id", "ce_time")
+
 
 @dataclass(frozen=True)
 class Received:

@@ -20,6 +20,7 @@ from typing import Any
 
 import kafka_harness
 import pytest
+from support import EVENT_HEADERS
 from testevents_pb2 import Invalidate
 
 import eventstream
@@ -29,9 +30,6 @@ pytestmark = pytest.mark.timeout(90)
 SOURCE = Path(__file__).resolve().parent / "java" / "ReadEvents.java"
 #: What the Java program may take to read the topic to its end (it exits 1 after this).
 READ_TIMEOUT_MS = 30_000
-#: Without telemetry these are all the headers of a record. Their order is no part of the
-#: contract (test_wire checks that both backends write the same one).
-HEADERS = ("content-type", "ce_specversion", "ce_source", "ce_type", "ce_id", "ce_time")
 CE_ID = re.compile(r"([0-9a-f]{16})-([1-9][0-9]*)")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 CE_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
@@ -163,7 +161,7 @@ def test_java_client_reads_values_keys_and_cloudevents_headers(
 
         headers = [(h["name"], b64(h["value"])) for h in record["headers"]]
         names = [name for name, _ in headers]
-        assert Counter(names) == Counter(HEADERS), f"{where}: headers {names}"
+        assert Counter(names) == Counter(EVENT_HEADERS), f"{where}: headers {names}"
         values = dict(headers)
         last = {name: b64(value) for name, value in record["last"].items()}
         assert last == values, f"{where}: Headers.lastHeader disagrees with the last occurrence"

@@ -4,13 +4,10 @@ plain confluent-kafka consumer (the contract other languages' consumers rely on)
 from __future__ import annotations
 
 import pytest
-from support import raw_consume
+from support import EVENT_HEADERS, raw_consume
 from testevents_pb2 import Invalidate
 
 pytestmark = pytest.mark.timeout(60)
-
-#: Every record's headers without telemetry, in the order both backends write them.
-HEADERS = ("content-type", "ce_specversion", "ce_source", "ce_type", "ce_id", "ce_time")
 
 
 def test_headers_and_value(make_topic, kafka_bootstrap: str) -> None:
@@ -33,7 +30,7 @@ def test_headers_and_value(make_topic, kafka_bootstrap: str) -> None:
         headers = record.headers()
         assert headers is not None
         names = [name for name, _ in headers]
-        assert names == list(HEADERS), names  # the same order from both backends
+        assert names == list(EVENT_HEADERS), names  # the same order from both backends
         values = dict(headers)
         assert values["content-type"] == b"application/protobuf"
         assert values["ce_specversion"] == b"1.0"
@@ -89,7 +86,7 @@ def test_every_call_of_a_producer_writes_whole_headers(make_topic, kafka_bootstr
         for event, delivery in zip(events, deliveries, strict=True):
             headers = by_seq[event.seq].headers() or []
             names = [name for name, _ in headers]
-            assert names == list(HEADERS), names
+            assert names == list(EVENT_HEADERS), names
             values = dict(headers)
             assert values["content-type"] == b"application/protobuf"
             assert values["ce_specversion"] == b"1.0"
