@@ -367,7 +367,7 @@ class Consumer(Closeable, Generic[E]):
         """Counts since :meth:`consume` (and, with ``TopicConfig(metrics=True)``, handler and
         end-to-end latencies and the lag per partition): a snapshot. Thread-safe; no network
         call."""
-        handled, handler_time, e2e = self._runtime.native.counts()
+        handled, handler_time, e2e = self._runtime.counts()
         if self._loop is not None and self._config.metrics_enabled:
             handler_time, e2e = self._async_handler_time.snapshot(), self._async_e2e.snapshot()
         failures = self._failures

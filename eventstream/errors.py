@@ -537,25 +537,53 @@ def produce_timeout_error(
     return err
 
 
-def instance_id_conflict(code: int, props: Mapping[str, str]) -> str:
-    """What a fenced or refused static member must hear: two live processes share an instance
-    id. ``props`` are the consumer's librdkafka properties. Empty for other codes."""
+def instance_id_conflict(code: int, props: Mapping[str, str], *, again: str = "") -> str:
+    """What a fenced or refused static member must hear when it stops: two live processes share
+    an instance id. ``props`` are the consumer's librdkafka properties; ``again`` says when it
+    was fenced before (e.g. "within 60 s of rejoining after a first fencing"). Empty for other
+    codes."""
     if code not in (FENCED_INSTANCE_ID, UNRELEASED_INSTANCE_ID):
         return ""
+    return (
+        f"{_instance_id_happened(code, props)}{' ' + again if again else ''}: most likely "
+        f"instance_id {_instance_of(props)!r} is used by two live processes. Give every process "
+        "that holds "
+        "a cache its own instance_id (a host name shared by several worker processes is not "
+        "unique), or use new_consumer(shared=True) where processes share the partitions on "
+        "purpose"
+    )
+
+
+def fenced_rejoining(
+    code: int, name: str, reason: str, props: Mapping[str, str], *, what: str, within: float
+) -> BrokerError:
+    """A static member was fenced and rejoins with a new client: not a failure yet. ``what``
+    as :func:`client_error` takes it."""
+    member = props.get("group.instance.id", "?")
+    return BrokerError(
+        f"{what}: {name}: {reason.rstrip('.')}. "
+        f"{_instance_id_happened(code, props)}. A broker failure that moves the group's "
+        "coordinator can cause this too, so the consumer rejoins at once with a new client as "
+        f"static member {member!r}: its partitions are lost meanwhile, and events handled since "
+        "its last commit are handled again. If another live process uses instance_id "
+        f"{_instance_of(props)!r}, the two fence each other and one of them stops with an error "
+        f"within {within:g} s",
+        code=code,
+        name=name,
+        retriable=True,
+    )
+
+
+def _instance_of(props: Mapping[str, str]) -> str:
+    return str(props.get("group.id", "?")).partition("::")[2] or "?"
+
+
+def _instance_id_happened(code: int, props: Mapping[str, str]) -> str:
     group = props.get("group.id", "?")
     member = props.get("group.instance.id", "?")
-    instance = str(group).partition("::")[2] or "?"
     if code == FENCED_INSTANCE_ID:
-        happened = f"another consumer joined group {group!r} as static member {member!r}"
-    else:
-        happened = f"static member {member!r} of group {group!r} is still held by another consumer"
-    return (
-        f"{happened}: most likely instance_id {instance!r} is used by two live processes. Give "
-        "every process that holds a cache its own instance_id (a host name shared by several "
-        "worker processes is not unique), or use new_consumer(shared=True) where processes share "
-        "the partitions on purpose. If no other process has this id, the group's coordinator "
-        "moved while this member rejoined (a broker failed): make a new consumer"
-    )
+        return f"Another consumer joined group {group!r} as static member {member!r}"
+    return f"Static member {member!r} of group {group!r} is still held by another consumer"
 
 
 def max_poll_exceeded(topic: str, max_poll_ms: int) -> BrokerError:

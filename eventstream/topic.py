@@ -187,11 +187,12 @@ class Topic(Closeable, Generic[E]):
         By default the consumer is a *static member* of its group (``group.instance.id``
         ``"{instance_id}-{n}"``, ``n`` the lowest index no open consumer of this instance in this
         process holds): restarted with the same instance id it gets its partitions back at once,
-        and a second live process with the same instance id is reported as an error (one of them
-        is fenced and fails). ``shared=True`` makes a dynamic member instead, for processes that
-        share one instance id's partitions on purpose (each event is handled by one of them); a
-        restarted shared consumer waits for the old member's session to time out (45 s by
-        default) before it gets partitions.
+        and a second live process with the same instance id is reported as an error (the two
+        fence each other, and one of them fails; a member fenced once rejoins, as a broker
+        failure can fence it by itself). ``shared=True`` makes a dynamic member instead, for
+        processes that share one instance id's partitions on purpose (each event is handled by
+        one of them); a restarted shared consumer waits for the old member's session to time
+        out (45 s by default) before it gets partitions.
 
         With KIP-848's protocol (``consumer_properties={"group.protocol": "consumer"}``) every
         consumer is a dynamic member: there, a static member restarted after a crash is refused

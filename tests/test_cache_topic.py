@@ -10,10 +10,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import confluent_kafka
 import pytest
 from cache_fakes import Background, Source
 from confluent_kafka.admin import AdminClient, NewTopic
-from support import WAIT, wait_until
+from support import WAIT, ErrorLog, wait_until
 from testevents_pb2 import Invalidate
 
 import eventstream
@@ -248,3 +249,38 @@ def test_a_topic_recreated_under_the_cache_is_a_gap_that_flushes_it(
     deliveries = producer.produce(Invalidate(key="user:1"), timeout=WAIT)
     assert cache.get("user:1", after=deliveries.token, timeout=WAIT) == 1
     assert cache.get("user:1") == 1
+
+
+def test_a_cache_whose_member_is_fenced_once_flushes_rejoins_and_serves(
+    make_topic: Callable[..., Topic[Any]],
+) -> None:
+    """A broker failure can fence a cache's static member by its own new member id; here a
+    client that joins as the same member and goes away does the same. The cache flushes (its
+    partitions are lost while the consumer rejoins with a new client), serves again, and applies
+    the invalidations sent after the fencing."""
+    errors = ErrorLog()
+    topic = make_topic(partitions=2, instance_id="fenced-cache", on_error=errors)
+    source = Source()
+    cache = _cache(topic, source)
+    cache.wait_ready(timeout=WAIT)
+    assert cache.get("user:1") == 0
+    settings = topic.config.consumer_settings(group_instance_id="fenced-cache-0")
+    impostor = confluent_kafka.Consumer(settings)
+    try:
+        joined = threading.Event()
+        impostor.subscribe([topic.name], on_assign=lambda *_: joined.set())
+        deadline = time.monotonic() + WAIT
+        while not joined.is_set():  # poll() serves on_assign
+            assert time.monotonic() < deadline, "the impostor was never assigned partitions"
+            impostor.poll(0.1)
+    finally:
+        impostor.close()  # a static member leaves no group on close: it stays the member
+    fenced = errors.wait_for(eventstream.BrokerError, WAIT)
+    assert fenced.code == 82 and not fenced.fatal and "rejoins" in str(fenced), fenced
+    wait_until(lambda: cache.metrics().flushes.get("lost", 0) > 0, "the cache to flush")
+    cache.wait_ready(timeout=WAIT)
+    source.write("user:1")
+    deliveries = topic.new_producer(key=lambda e: e.key).produce(Invalidate(key="user:1"))
+    assert cache.get("user:1", after=deliveries.token, timeout=WAIT) == 1
+    assert cache.status.state == "serving"
+    cache.close(WAIT)

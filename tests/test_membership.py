@@ -9,11 +9,13 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import confluent_kafka
 import pytest
 from support import Collector, ErrorLog, wait_until
 from testevents_pb2 import Invalidate
@@ -119,13 +121,16 @@ class Child:
                 self.lines.append(line.rstrip("\n"))
                 self._cond.notify_all()
 
-    def wait_line(self, prefix: str, timeout: float = 60) -> str:
+    def wait_line(self, prefix: str, timeout: float = 60, *, having: str = "") -> str:
+        """The first line that starts with ``prefix`` and contains ``having``."""
+
+        def match(line: str) -> bool:
+            return line.startswith(prefix) and having in line
+
         with self._cond:
-            if not self._cond.wait_for(
-                lambda: any(x.startswith(prefix) for x in self.lines), timeout
-            ):
+            if not self._cond.wait_for(lambda: any(map(match, self.lines)), timeout):
                 raise AssertionError(f"child never printed {prefix!r}: {self.lines}")
-            return next(x for x in self.lines if x.startswith(prefix))
+            return next(x for x in self.lines if match(x))
 
     def finish(self) -> list[str]:
         assert self.proc.stdin is not None
@@ -159,9 +164,12 @@ def child_factory(kafka_bootstrap: str, topic_name: str) -> Iterator[Callable[..
 def test_a_second_live_process_with_the_same_instance_id_is_an_error_naming_it(
     make_topic: Callable[..., eventstream.Topic[Any]], child_factory: Callable[..., Child]
 ) -> None:
-    """The newer member takes over (a restart looks just like this); the older process is fenced,
-    fails, and hears why: its instance id is used twice."""
-    topic = make_topic(partitions=2, instance_id="dup")
+    """The newer member takes over (a restart looks just like this). The older process is
+    fenced and rejoins once (a broker failure can fence a member by itself), fencing the newer
+    one, which rejoins in turn; fenced again soon after rejoining, the older process fails and
+    hears why: its instance id is used twice. The newer one goes on consuming."""
+    errors = ErrorLog()
+    topic = make_topic(partitions=2, instance_id="dup", on_error=errors)
     child = child_factory(shared=False)
     child.wait_line("assigned [0, 1]")
     collector = Collector()
@@ -171,12 +179,58 @@ def test_a_second_live_process_with_the_same_instance_id_is_an_error_naming_it(
     with topic.new_producer() as producer:
         producer.produce(Invalidate(seq=1))
     collector.wait_for_seq(1)
-    fenced = child.wait_line("error BrokerError")  # at the child's next heartbeat
-    assert "FENCED_INSTANCE_ID" in fenced and "'dup'" in fenced and "two live processes" in fenced
+    rejoined = child.wait_line("error BrokerError FENCED_INSTANCE_ID")  # its next heartbeat
+    assert "'dup'" in rejoined and "rejoins" in rejoined, rejoined
+    fenced = child.wait_line("error BrokerError FENCED_INSTANCE_ID", 90, having="fatal error")
+    assert "two live processes" in fenced and "'dup'" in fenced, fenced
+    ours = errors.wait_for(BrokerError, 60)  # fenced once by the child's rejoin
+    assert ours.code == 82 and "rejoins" in str(ours) and not ours.fatal, ours
     lines = child.finish()
     assert "state failed" in lines, lines
     assert "close raised BrokerError" in lines
+    with topic.new_producer() as producer:
+        producer.produce(Invalidate(seq=2))
+    collector.wait_for_seq(2)
     assert consumer.status.state == "ready"
+    consumer.close()
+
+
+def test_a_static_member_fenced_once_rejoins_and_misses_nothing(
+    make_topic: Callable[..., eventstream.Topic[Any]],
+) -> None:
+    """A fencing that is not repeated (here a client that joins as the same static member and
+    goes away, as a failed-over coordinator does to a member by itself): the consumer replaces
+    its client, says so once, and handles every event, the ones sent while it was fenced too."""
+    errors = ErrorLog()
+    topic = make_topic(partitions=2, instance_id="fenced-once", on_error=errors)
+    collector = Collector()
+    consumer = topic.new_consumer(start_from_beginning=True)
+    consumer.consume(collector)
+    assert consumer.wait_until_assigned(60).keys() == {0, 1}
+    with topic.new_producer() as producer:
+        producer.produce(*(Invalidate(seq=i) for i in range(1, 51)))
+        collector.wait_for_seq(50)
+        settings = topic.config.consumer_settings(group_instance_id=consumer.group_instance_id)
+        impostor = confluent_kafka.Consumer(settings)
+        try:
+            joined = threading.Event()
+            impostor.subscribe([topic.name], on_assign=lambda *_: joined.set())
+            deadline = time.monotonic() + 60
+            while not joined.is_set():  # poll() serves on_assign
+                assert time.monotonic() < deadline, "the impostor was never assigned partitions"
+                impostor.poll(0.1)
+        finally:
+            impostor.close()  # a static member leaves no group on close: it stays the member
+        producer.produce(*(Invalidate(seq=i) for i in range(51, 101)))
+        fenced = errors.wait_for(BrokerError, 60)
+        assert fenced.code == 82 and not fenced.fatal and "rejoins" in str(fenced), fenced
+        producer.produce(*(Invalidate(seq=i) for i in range(101, 151)))
+        collector.wait_for_seqs(range(1, 151))
+    assert consumer.wait_until_assigned(60).keys() == {0, 1}
+    assert consumer.status.state == "ready"
+    assert consumer.metrics().handled >= 150  # the replaced client's count is kept
+    assert [e for e in errors.errors if isinstance(e, BrokerError)] == [fenced]
+    consumer.close()
 
 
 def test_processes_that_share_an_instance_id_on_purpose_split_the_partitions(

@@ -13,6 +13,14 @@ Lifetime: the native consumer is created, polled, closed and destroyed by the po
 (``assignment()`` and ``stop()`` may be called from any thread: they read and set plain values).
 Nothing here is freed by a finalizer: a consumer dropped without ``close()`` is asked to stop
 (:meth:`ConsumerRuntime.abandon`), and its poll thread leaves the group and destroys the handle.
+
+A fenced static member (FENCED_INSTANCE_ID, fatal in librdkafka) is not always a second process
+with the same instance id: when a broker fails and the group's coordinator moves while the member
+rejoins, a request carrying its old member id is fenced by its own new one. So the poll thread
+replaces a fenced client once by a new one with the same ``group.instance.id`` (its partitions
+are reported lost, and what it handled since its last commit is handled again); fenced again
+within :data:`REFENCED_WITHIN` seconds of that, two live processes share the id, and the
+consumer fails.
 """
 
 from __future__ import annotations
@@ -34,18 +42,26 @@ from eventstream._runtime.failures.recreation import Change, TopicWatch
 from eventstream._runtime.health import Health
 from eventstream._runtime.membership import Membership
 from eventstream._runtime.records import PartitionChange
+from eventstream._runtime.telemetry.metrics import Histogram
 from eventstream._runtime.telemetry.reporting import statistics_tick
 from eventstream.errors import (
+    FENCED_INSTANCE_ID,
+    UNRELEASED_INSTANCE_ID,
     BrokerError,
     EventStreamError,
     GapError,
     error_name,
     fatal_cause,
+    fenced_rejoining,
     instance_id_conflict,
     max_poll_exceeded,
 )
 
-__all__ = ["ConsumerRuntime"]
+__all__ = ["REFENCED_WITHIN", "ConsumerRuntime"]
+
+#: Seconds after a fenced member rejoined within which a second fencing means another live
+#: process holds its instance id (two such processes fence each other within a few heartbeats).
+REFENCED_WITHIN = 60.0
 
 _FIRST_WAIT_MS = 100  # the longest a poll round blocks for a first record: stop seen promptly
 _RESOLVE_TIMEOUT = 10.0  # the longest an assignment waits for committed offsets and watermarks
@@ -59,6 +75,7 @@ _MAX_POLL_EXCEEDED = -147
 _UNKNOWN_PARTITION = -190
 # Signs that the topic may have been deleted or recreated: ask for its id at once.
 _TOPIC_TROUBLE = frozenset({_UNKNOWN_TOPIC_OR_PART, _UNKNOWN_PARTITION})
+_FENCED = frozenset({FENCED_INSTANCE_ID, UNRELEASED_INSTANCE_ID})
 
 
 class ConsumerRuntime:
@@ -72,6 +89,7 @@ class ConsumerRuntime:
         self._logger = spec.logger
         self._health: Health = spec.health
         self._membership = membership
+        self._backend = backend
         self._native: NativeConsumer = backend.new_consumer(spec, self)
         self._inert = backend.inert
         self._dispatch: Dispatch | None = None
@@ -93,6 +111,12 @@ class ConsumerRuntime:
         self._watch: TopicWatch | None = None
         # Work for the poll thread between two rounds (never while a handler runs).
         self._requests: collections.deque[Callable[[], None]] = collections.deque()
+        self._held: set[int] = set()  # assigned, as the on_rebalance hook was told (poll thread)
+        # A fenced client is to be replaced (set by a callback on the poll thread, cleared there
+        # by the swap); when the last one was; what the replaced clients had counted (_lock).
+        self._rejoining = False
+        self._rejoined_at: float | None = None
+        self._retired: tuple[int, Histogram | None, Histogram | None] = (0, None, None)
 
     # -- any thread --------
 
@@ -140,6 +164,12 @@ class ConsumerRuntime:
 
     def stopping(self) -> bool:
         return self._native.stopping()
+
+    def counts(self) -> tuple[int, Histogram | None, Histogram | None]:
+        """The native consumer's counts, with those of the clients it replaced. Any thread."""
+        with self._lock:
+            handled, handler_time, e2e = self._native.counts()
+            return _merged((handled, handler_time, e2e), self._retired)
 
     def call_soon(self, work: Callable[[], None]) -> None:
         """Run ``work()`` on the poll thread between two rounds, never while a handler runs (its
@@ -232,13 +262,20 @@ class ConsumerRuntime:
         try:
             requests = self._requests
             watch = self._watch = TopicWatch(self._spec.properties, self._topic, self._logger)
-            while not native.stopping():
-                native.poll(_FIRST_WAIT_MS)
-                while requests and not native.stopping():
-                    self._run_request(requests.popleft())
-                change = watch.poll()
-                if change is not None:
-                    self._topic_changed(change)
+            while True:
+                while not native.stopping():
+                    native.poll(_FIRST_WAIT_MS)
+                    while requests and not native.stopping():
+                        self._run_request(requests.popleft())
+                    change = watch.poll()
+                    if change is not None:
+                        self._topic_changed(change)
+                if not self._rejoining:
+                    break
+                rejoined = self._rejoin(dispatch)
+                if rejoined is None:
+                    break
+                native = rejoined
         except BaseException as exc:
             # A failure the Health already reported, KeyboardInterrupt/SystemExit/
             # DispatchAbandoned from a handler, or a bug: never lost; close() re-raises it.
@@ -317,6 +354,24 @@ class ConsumerRuntime:
         if starts:
             self._changed("assigned", sorted(starts))
 
+    def _rejoin(self, dispatch: Dispatch) -> NativeConsumer | None:
+        """Replace the fenced client by a new one with the same static member id, reporting its
+        partitions lost. ``None`` when close() came first: the fenced client is then only
+        destroyed, by :meth:`_leave`."""
+        old = self._native
+        new = self._backend.new_consumer(self._spec, self)
+        with self._lock:
+            if self._closing:
+                return None
+            self._retired = _merged(old.counts(), self._retired)
+            self._native = new
+            self._rejoining = False
+        old.destroy(False)
+        self._changed("lost", sorted(self._held))
+        self._rejoined_at = time.monotonic()
+        new.open(dispatch)
+        return new
+
     def _run_request(self, work: Callable[[], None]) -> None:
         try:
             work()
@@ -331,10 +386,10 @@ class ConsumerRuntime:
         self._native.stop()
 
     def _hopeless(self) -> bool:
-        """A client that failed (authentication, fatal) or reaches no broker cannot commit or
-        leave: nobody waits for it. (A handler's BaseException also fails the consumer, but the
-        client is fine: it commits what was handled and leaves.)"""
-        if isinstance(self._failure, BrokerError):
+        """A client that failed (authentication, fatal, fenced) or reaches no broker cannot
+        commit or leave: nobody waits for it. (A handler's BaseException also fails the
+        consumer, but the client is fine: it commits what was handled and leaves.)"""
+        if isinstance(self._failure, BrokerError) or self._rejoining:
             return True
         return self._health.status.state == "disconnected"
 
@@ -349,7 +404,7 @@ class ConsumerRuntime:
                 left = native.leave(_LEAVE_SLICE_MS)
                 if left or (deadline is not None and time.monotonic() >= deadline):
                     break
-            if not left and not isinstance(self._failure, BrokerError):
+            if not left and not isinstance(self._failure, BrokerError) and not self._rejoining:
                 why = "no broker answers" if self._hopeless() else "the close deadline passed"
                 self._logger.warning(
                     "consumer of %r left without committing its last offsets or leaving the "
@@ -454,6 +509,10 @@ class ConsumerRuntime:
         self._changed("lost" if lost else "revoked", partitions)
 
     def _changed(self, kind: str, partitions: Sequence[int]) -> None:
+        if kind == "assigned":
+            self._held.update(partitions)
+        else:
+            self._held.difference_update(partitions)
         dispatch = self._dispatch
         hook = None if dispatch is None else dispatch.on_rebalance
         if hook is None or not partitions:
@@ -482,20 +541,46 @@ class ConsumerRuntime:
             self._logger.error("consumer of %r: the on_gap hook raised", self._topic, exc_info=exc)
 
     def client_error(self, code: int, name: str, reason: str, fatal: bool) -> None:
+        if self._rejoining:
+            return  # a fenced client about to be replaced: the rest of what it says is moot
         if code in _TOPIC_TROUBLE and self._watch is not None:
             self._watch.soon()
         cause = fatal_cause(code, reason)
         if cause != code:
             code, name = cause, error_name(cause)
-        hint = instance_id_conflict(code, self._spec.properties)
+        if code in _FENCED and self._may_rejoin():
+            self._rejoining = True
+            self._health.report(
+                fenced_rejoining(
+                    code,
+                    name,
+                    reason,
+                    self._spec.properties,
+                    what=self._health.what,
+                    within=REFENCED_WITHIN,
+                )
+            )
+            self._native.stop()
+            return
+        again = ""
+        if self._rejoined_at is not None:
+            again = f"again, {time.monotonic() - self._rejoined_at:.0f} s after it rejoined"
+        hint = instance_id_conflict(code, self._spec.properties, again=again)
         if hint:
             reason = f"{reason}. {hint}"
         failure = self._health.client_error(code, name, reason, fatal=fatal)
         if failure is not None:
             self._stopped_by(failure)
 
+    def _may_rejoin(self) -> bool:
+        """A fenced static member rejoins unless closing or fenced again soon after rejoining."""
+        if self._closing or not self._spec.properties.get("group.instance.id"):
+            return False
+        last = self._rejoined_at
+        return last is None or time.monotonic() - last >= REFENCED_WITHIN
+
     def record_error(self, code: int, name: str, reason: str, fatal: bool) -> None:
-        if code == _PARTITION_EOF:
+        if code == _PARTITION_EOF or self._rejoining:
             return
         if code in _TOPIC_TROUBLE and self._watch is not None:
             self._watch.soon()
@@ -541,3 +626,13 @@ class ConsumerRuntime:
             self._gap(gap)
         if not self._resets.pending:
             self._native.watch_resumes(False)
+
+
+def _merged(
+    a: tuple[int, Histogram | None, Histogram | None],
+    b: tuple[int, Histogram | None, Histogram | None],
+) -> tuple[int, Histogram | None, Histogram | None]:
+    def both(x: Histogram | None, y: Histogram | None) -> Histogram | None:
+        return y if x is None else x if y is None else x.merge(y)
+
+    return a[0] + b[0], both(a[1], b[1]), both(a[2], b[2])
