@@ -10,6 +10,7 @@ from typing import Any
 
 ORDER = (
     "c",
+    "c-again",
     "compiled",
     "compiled-metrics",
     "compiled-otel",
@@ -20,6 +21,7 @@ ORDER = (
 )
 COLORS = {
     "c": "#7f7f7f",
+    "c-again": "#c7c7c7",
     "compiled": "#d62728",
     "compiled-metrics": "#e377c2",
     "compiled-otel": "#8c564b",
@@ -248,16 +250,21 @@ def _compare_target(
                 f"{ratio:.2f}x (median of {paired[1]} rounds' ratios; "
                 f"medians {unit(mine)} vs {unit(theirs)}: {of_medians:.2f}x)"
             )
-        rows.append(
-            {
-                "case": case_label(size, parts, batch),
-                "value": round(ratio, 3),
-                "ratio_of_medians": round(of_medians, 3),
-                "need": want,
-                "display": display,
-                "pass": ratio <= want if at_most else ratio >= want,
-            }
-        )
+        row = {
+            "case": case_label(size, parts, batch),
+            "value": round(ratio, 3),
+            "ratio_of_medians": round(of_medians, 3),
+            "need": want,
+            "display": display,
+            "pass": ratio <= want if at_most else ratio >= want,
+        }
+        # The C program against itself in the same rounds (c-again, when it ran): the spread a
+        # ratio has here with no difference between the programs at all.
+        itself = paired_ratio(per_round.get((key, "c-again"), {}), per_round.get((key, "c"), {}))
+        if other == "c" and itself is not None:
+            row["c_vs_c"] = round(itself[0], 3)
+            row["display"] = f"{display}; C vs itself {itself[0]:.2f}x"
+        rows.append(row)
     sign = "<=" if at_most else ">="
     if needs is None:
         wording = f"{sign} {need}x"

@@ -35,6 +35,7 @@ DEFAULT_OUT = HERE / "results"
 CONTENDERS: dict[str, str] = {
     "c": "C over librdkafka",
     "compiled": "eventstream compiled",
+    "c-again": "C over librdkafka, run again",
     "compiled-metrics": "eventstream compiled, metrics=True",
     "compiled-otel": "eventstream compiled, OpenTelemetry",
     "pure": "eventstream pure",
@@ -43,12 +44,17 @@ CONTENDERS: dict[str, str] = {
     "kafka-python": "kafka-python",
 }
 SCENARIOS = ("produce", "consume", "async", "coldstart", "latency", "e2e", "restart")
-NATIVE = ("c",)
+NATIVE = ("c", "c-again")
+# Measured only when asked for (--contenders): the C program run a second time in every round of
+# the throughput cases, so that the report gives, per case, the C program's ratio to itself next
+# to compiled's ratio to it: how far a ratio moves from one run to the next on this machine.
+OPT_IN = ("c-again",)
 # Contenders measured in some scenarios only: what metrics and tracing cost is a throughput
 # question.
 ONLY_IN: dict[str, tuple[str, ...]] = {
     "compiled-metrics": ("produce", "consume"),
     "compiled-otel": ("produce", "consume"),
+    "c-again": ("produce", "consume", "async"),
 }
 #: eventstream's contenders (public API, one backend per process).
 EVENTSTREAM = ("compiled", "compiled-metrics", "compiled-otel", "pure")
@@ -59,13 +65,13 @@ EVENTSTREAM = ("compiled", "compiled-metrics", "compiled-otel", "pure")
 # asyncio already); the cold start is about eventstream's producers and the typed loop's.
 SCENARIO_CONTENDERS: dict[str, tuple[str, ...]] = {
     "restart": ("compiled", "pure"),
-    "async": ("c", "compiled", "pure"),
+    "async": ("c", "compiled", "c-again", "pure"),
     "coldstart": ("compiled", "pure", "confluent"),
 }
 # The contenders that the targets compare: measured in every round of a throughput scenario (the
 # median counts), the others once. Rounds run one after the other in time, so a burst of load
 # from elsewhere on the machine hits one round, not all of them.
-TARGET_CONTENDERS = ("c", "compiled", "confluent")
+TARGET_CONTENDERS = ("c", "compiled", "c-again", "confluent")
 THROUGHPUT = ("produce", "consume", "async")
 # The worker/C mode that measures each scenario (the default: the scenario's name).
 MODES = {"async": "produce-async", "coldstart": "cold-start"}
@@ -968,7 +974,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument(
         "--contenders", nargs="+", metavar="NAME",
-        help=f"which contenders (default all: {' '.join(CONTENDERS)}); commas work too",
+        help=f"which contenders (default all but {' '.join(OPT_IN)}: {' '.join(CONTENDERS)}); "
+        "commas work too. c-again runs the C program twice per round of a throughput case: the "
+        "report then gives its ratio to itself per case, the noise of a ratio",
     )  # fmt: skip
     parser.add_argument(
         "--out", type=Path,
@@ -979,8 +987,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--repeat",
         type=int,
         help="rounds of each throughput case for the contenders the targets compare (c, "
-        "compiled, confluent; the others run once); the median is reported (default 3, "
-        "with --quick 1)",
+        "compiled, confluent, and c-again when asked for; the others run once); the median is "
+        "reported (default 3, with --quick 1)",
     )
     parser.add_argument("--nodes", type=int, default=1, help="harness cluster size (default 1)")
     parser.add_argument(
@@ -1002,7 +1010,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if bad:
         parser.error(f"unknown scenario(s) {bad}; choose from {', '.join(SCENARIOS)}")
     args.scenarios = [s for s in SCENARIOS if s in scenarios]
-    chosen = [c for item in (args.contenders or CONTENDERS) for c in item.split(",") if c]
+    default = [c for c in CONTENDERS if c not in OPT_IN]
+    chosen = [c for item in (args.contenders or default) for c in item.split(",") if c]
     bad = [c for c in chosen if c not in CONTENDERS]
     if bad:
         parser.error(f"unknown contender(s) {bad}; choose from {', '.join(CONTENDERS)}")
