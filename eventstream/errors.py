@@ -539,18 +539,17 @@ def produce_timeout_error(
 
 def instance_id_conflict(code: int, props: Mapping[str, str], *, again: str = "") -> str:
     """What a fenced or refused static member must hear when it stops: two live processes share
-    an instance id. ``props`` are the consumer's librdkafka properties; ``again`` says when it
-    was fenced before (e.g. "within 60 s of rejoining after a first fencing"). Empty for other
-    codes."""
+    an instance id. ``props`` are the consumer's librdkafka properties; ``again`` follows the
+    member's description when it was fenced before (e.g. "again, 4 s after it rejoined").
+    Empty for other codes."""
     if code not in (FENCED_INSTANCE_ID, UNRELEASED_INSTANCE_ID):
         return ""
     return (
         f"{_instance_id_happened(code, props)}{' ' + again if again else ''}: most likely "
         f"instance_id {_instance_of(props)!r} is used by two live processes. Give every process "
-        "that holds "
-        "a cache its own instance_id (a host name shared by several worker processes is not "
-        "unique), or use new_consumer(shared=True) where processes share the partitions on "
-        "purpose"
+        "that holds a cache its own instance_id (a host name shared by several worker processes "
+        "is not unique), or use new_consumer(shared=True) where processes share the partitions "
+        "on purpose"
     )
 
 

@@ -155,6 +155,25 @@ def _abbreviate(items: Sequence[Any], limit: int = 40) -> str:
     return f"{items[:limit]!r} ... (+{len(items) - limit} more)"
 
 
+def impersonate_static_member(
+    topic: Any, group_instance_id: str | None, timeout: float = WAIT
+) -> None:
+    """Join ``topic``'s group as static member ``group_instance_id`` with a plain client until
+    it is assigned partitions, then close it: the member that held the id is fenced, and the
+    closed client stays the member (a static member leaves no group on close)."""
+    settings = topic.config.consumer_settings(group_instance_id=group_instance_id)
+    impostor = confluent_kafka.Consumer(settings)
+    try:
+        joined = threading.Event()
+        impostor.subscribe([topic.name], on_assign=lambda *_: joined.set())
+        deadline = time.monotonic() + timeout
+        while not joined.is_set():  # poll() serves on_assign
+            assert time.monotonic() < deadline, "the impostor was never assigned partitions"
+            impostor.poll(0.1)
+    finally:
+        impostor.close()
+
+
 def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
     """Poll ``predicate`` (for state that offers nothing to wait on, e.g. a file another
     process writes or a consumer's assignment) until it holds; fail after ``timeout``."""

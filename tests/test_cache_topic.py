@@ -10,11 +10,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import confluent_kafka
 import pytest
 from cache_fakes import Background, Source
 from confluent_kafka.admin import AdminClient, NewTopic
-from support import WAIT, ErrorLog, wait_until
+from support import WAIT, ErrorLog, impersonate_static_member, wait_until
 from testevents_pb2 import Invalidate
 
 import eventstream
@@ -264,17 +263,7 @@ def test_a_cache_whose_member_is_fenced_once_flushes_rejoins_and_serves(
     cache = _cache(topic, source)
     cache.wait_ready(timeout=WAIT)
     assert cache.get("user:1") == 0
-    settings = topic.config.consumer_settings(group_instance_id="fenced-cache-0")
-    impostor = confluent_kafka.Consumer(settings)
-    try:
-        joined = threading.Event()
-        impostor.subscribe([topic.name], on_assign=lambda *_: joined.set())
-        deadline = time.monotonic() + WAIT
-        while not joined.is_set():  # poll() serves on_assign
-            assert time.monotonic() < deadline, "the impostor was never assigned partitions"
-            impostor.poll(0.1)
-    finally:
-        impostor.close()  # a static member leaves no group on close: it stays the member
+    impersonate_static_member(topic, "fenced-cache-0", WAIT)
     fenced = errors.wait_for(eventstream.BrokerError, WAIT)
     assert fenced.code == 82 and not fenced.fatal and "rejoins" in str(fenced), fenced
     wait_until(lambda: cache.metrics().flushes.get("lost", 0) > 0, "the cache to flush")

@@ -9,15 +9,13 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import confluent_kafka
 import pytest
-from support import Collector, ErrorLog, wait_until
+from support import Collector, ErrorLog, impersonate_static_member, wait_until
 from testevents_pb2 import Invalidate
 
 import eventstream
@@ -210,17 +208,7 @@ def test_a_static_member_fenced_once_rejoins_and_misses_nothing(
     with topic.new_producer() as producer:
         producer.produce(*(Invalidate(seq=i) for i in range(1, 51)))
         collector.wait_for_seq(50)
-        settings = topic.config.consumer_settings(group_instance_id=consumer.group_instance_id)
-        impostor = confluent_kafka.Consumer(settings)
-        try:
-            joined = threading.Event()
-            impostor.subscribe([topic.name], on_assign=lambda *_: joined.set())
-            deadline = time.monotonic() + 60
-            while not joined.is_set():  # poll() serves on_assign
-                assert time.monotonic() < deadline, "the impostor was never assigned partitions"
-                impostor.poll(0.1)
-        finally:
-            impostor.close()  # a static member leaves no group on close: it stays the member
+        impersonate_static_member(topic, consumer.group_instance_id, 60)
         producer.produce(*(Invalidate(seq=i) for i in range(51, 101)))
         fenced = errors.wait_for(BrokerError, 60)
         assert fenced.code == 82 and not fenced.fatal and "rejoins" in str(fenced), fenced
