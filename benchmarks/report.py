@@ -260,8 +260,12 @@ def _compare_target(
         }
         # The C program against itself in the same rounds (c-again, when it ran): the spread a
         # ratio has here with no difference between the programs at all.
-        itself = paired_ratio(per_round.get((key, "c-again"), {}), per_round.get((key, "c"), {}))
-        if other == "c" and itself is not None:
+        itself = None
+        if other == "c":
+            itself = paired_ratio(
+                per_round.get((key, "c-again"), {}), per_round.get((key, "c"), {})
+            )
+        if itself is not None:
             row["c_vs_c"] = round(itself[0], 3)
             row["display"] = f"{display}; C vs itself {itself[0]:.2f}x"
         rows.append(row)

@@ -443,15 +443,11 @@ class Broker:
         # (measured: end-to-end p99 2-8x worse).
         heap = "1g"
         jvm_opts = ["-XX:TieredStopAtLevel=4", f"-Xms{heap}"]
-        # The broker's data in memory, and a deleted topic's files removed within a second or
-        # two: on disk, the page cache wrote each measurement's data back about 30 s later
-        # (dirty_expire). Kafka removes a deleted topic's files log.segment.delete.delay.ms
-        # (60 s) after the deletion, checking from log.initial.task.delay.ms (30 s) after its
-        # start; a measurement deletes its topic every few seconds, so with the defaults the
-        # tmpfs held the last minute's topics, several GiB, and past about 3 GiB the broker's
-        # kernel time per event grew 4x and whole stretches of measurements ran at half speed
-        # (2026-12-07; `file.delete.delay.ms`, set here before, is the topic-level name, which
-        # a broker ignores). A delay of 0 would reschedule the check every millisecond.
+        # The broker's data in memory (on disk, the page cache wrote each measurement's data back
+        # about 30 s later), and a deleted topic's files gone within a second or two: these are
+        # the broker names (file.delete.delay.ms is the topic one, which a broker ignores); with
+        # Kafka's 60 s the tmpfs filled with the last minute's topics and runs slowed by half
+        # (benchmarks/README.md, "What made the slow rounds"). 0 would recheck every millisecond.
         data_root = _memory_dir()
         broker_config = {
             "log.segment.delete.delay.ms": "1000",
