@@ -357,12 +357,9 @@ def three_nodes() -> Iterator[Any]:
     last membership write may exist on the killed node only, and its successor then fences the
     member (FENCED_INSTANCE_ID, fatal in librdkafka).
 
-    Broker sessions and the controller quorum's fetch timeout are 6 s, not 3 s and 2 s: with
-    one node killed, the two left must hear each other within those timeouts, and on two shared
-    cores a node sometimes did not (a young GC pause of 1.1 s, then CPU starvation). The quorum
-    then resigned and re-elected again and again, and the writer's produce() timed out (quorum
-    churn in 5 of 32 runs, 1 failed); with 6 s, no resignation in 30 runs (all passed), one of
-    them through a 4.5 s pause."""
+    Broker sessions and the quorum's fetch timeout are 6 s: with one node killed, the two left
+    must hear each other within them, and on two shared cores 3 s and 2 s were sometimes missed
+    (a GC pause, then starvation), which made the quorum re-elect until the writer timed out."""
     from kafka_harness import KafkaCluster
 
     cluster = KafkaCluster(
