@@ -11,6 +11,7 @@ from typing import Any
 ORDER = (
     "c",
     "c-again",
+    "c-threaded",
     "compiled",
     "compiled-metrics",
     "compiled-otel",
@@ -22,6 +23,7 @@ ORDER = (
 COLORS = {
     "c": "#7f7f7f",
     "c-again": "#c7c7c7",
+    "c-threaded": "#bcbd22",
     "compiled": "#d62728",
     "compiled-metrics": "#e377c2",
     "compiled-otel": "#8c564b",
@@ -267,7 +269,17 @@ def _compare_target(
             )
         if itself is not None:
             row["c_vs_c"] = round(itself[0], 3)
-            row["display"] = f"{display}; C vs itself {itself[0]:.2f}x"
+            row["display"] = display = f"{display}; C vs itself {itself[0]:.2f}x"
+        # The C program with its reports on a second thread (c-threaded, async only): the
+        # structure of an event-loop client with no Python and no serialization in it.
+        threaded = None
+        if other == "c":
+            threaded = paired_ratio(
+                per_round.get((key, "c-threaded"), {}), per_round.get((key, "c"), {})
+            )
+        if threaded is not None:
+            row["c_threaded_vs_c"] = round(threaded[0], 3)
+            row["display"] = f"{display}; C with a reports thread {threaded[0]:.2f}x"
         rows.append(row)
     sign = "<=" if at_most else ">="
     if needs is None:

@@ -16,7 +16,8 @@
  * diagnostics; the runner learns that an e2e consumer is assigned from the broker's group state):
  *   produce      --count N --batch B            N events in blocking batches of B (flush per batch)
  *   produce-async --count N --batch B --inflight K   calls of B events, up to K of them awaiting
- *                                              their acknowledgements at a time (pipelined)
+ *                                              their acknowledgements at a time (pipelined);
+ *                --report-thread 1             ... with the reports served by a second thread
  *   latency      --count N                      N sequential single-event produce+flush, samples
  *   consume      --count N --group G            time from the first to the N-th event handled
  *   e2e-produce  --count N --rate R             events stamped with CLOCK_MONOTONIC at R per second
@@ -29,6 +30,7 @@
  */
 #define _GNU_SOURCE 1
 #include <dirent.h>
+#include <pthread.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdint.h>
@@ -102,6 +104,7 @@ extern rd_kafka_topic_t *rd_kafka_topic_new(rd_kafka_t *rk, const char *topic,
 extern void rd_kafka_topic_destroy(rd_kafka_topic_t *rkt);
 extern int rd_kafka_poll(rd_kafka_t *rk, int timeout_ms);
 extern void rd_kafka_yield(rd_kafka_t *rk);
+extern int rd_kafka_outq_len(rd_kafka_t *rk);
 extern rd_kafka_resp_err_t rd_kafka_flush(rd_kafka_t *rk, int timeout_ms);
 extern rd_kafka_error_t *rd_kafka_produceva(rd_kafka_t *rk, const rd_kafka_vu_t *vus, size_t cnt);
 extern rd_kafka_resp_err_t rd_kafka_error_code(const rd_kafka_error_t *error);
@@ -117,6 +120,9 @@ extern rd_kafka_resp_err_t rd_kafka_header_get_last(const rd_kafka_headers_t *hd
 extern rd_kafka_resp_err_t rd_kafka_message_headers(const rd_kafka_message_t *msg,
                                                     rd_kafka_headers_t **hdrsp);
 extern void rd_kafka_message_destroy(rd_kafka_message_t *msg);
+extern rd_kafka_resp_err_t rd_kafka_message_detach_headers(rd_kafka_message_t *msg,
+                                                           rd_kafka_headers_t **hdrsp);
+extern rd_kafka_resp_err_t rd_kafka_header_remove(rd_kafka_headers_t *hdrs, const char *name);
 extern rd_kafka_resp_err_t rd_kafka_poll_set_consumer(rd_kafka_t *rk);
 extern rd_kafka_message_t *rd_kafka_consumer_poll(rd_kafka_t *rk, int timeout_ms);
 extern rd_kafka_topic_partition_list_t *rd_kafka_topic_partition_list_new(int size);
@@ -132,7 +138,7 @@ extern rd_kafka_resp_err_t rd_kafka_consumer_close(rd_kafka_t *rk);
 #define MAX_PROPS 64
 static struct {
     const char *mode, *brokers, *topic, *payload_path, *group, *source, *type;
-    long count, batch, warmup, inflight;
+    long count, batch, warmup, inflight, report_thread;
     double rate;
     const char *props[MAX_PROPS][2];
     int nprops;
@@ -286,18 +292,59 @@ static void print_threads(const snap_t *b, const snap_t *a, const char *role) {
     printf("], \"ended\": %d", ended);
 }
 
+/* produce-async --report-thread 1: the reports thread serves every delivery report (this
+ * callback runs there) until `reports_stop`; the calling thread waits on `call_done`. Each
+ * message's opaque is then a msg_ref_t: the report detaches the message's header list into
+ * `spent`, and the next call in the same place reuses it (as eventstream does), so that the
+ * reports thread frees no header the calling thread allocated. */
+typedef struct {
+    long *call_left;
+    rd_kafka_headers_t *spent;
+} msg_ref_t;
+static pthread_mutex_t call_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t call_done = PTHREAD_COND_INITIALIZER;
+static int reports_stop; /* atomic */
+
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque) {
     (void)opaque;
     if (msg->err) {
         if (!failed)
             first_error = msg->err;
-        failed++;
+        if (opt.report_thread)
+            __atomic_add_fetch(&failed, 1, __ATOMIC_RELEASE); /* the caller reads it meanwhile */
+        else
+            failed++;
     } else {
-        delivered++;
+        delivered++; /* read by the caller once the reports thread is joined */
     }
-    long *call_left = msg->_private; /* produce-async: the call's count of unreported events */
-    if (call_left && --*call_left == 0)
-        rd_kafka_yield(rk); /* a call completed: let the waiting rd_kafka_flush() return */
+    if (!msg->_private)
+        return;
+    if (!opt.report_thread) {
+        long *call_left = msg->_private; /* produce-async: the call's unreported events */
+        if (--*call_left == 0)
+            rd_kafka_yield(rk); /* a call completed: let the waiting rd_kafka_flush() return */
+        return;
+    }
+    msg_ref_t *ref = msg->_private;
+    rd_kafka_message_detach_headers((rd_kafka_message_t *)msg, &ref->spent);
+    if (__atomic_sub_fetch(ref->call_left, 1, __ATOMIC_ACQ_REL) == 0) {
+        pthread_mutex_lock(&call_lock); /* the caller checks and waits under it: no lost wake-up */
+        pthread_cond_broadcast(&call_done);
+        pthread_mutex_unlock(&call_lock);
+    }
+}
+
+/* Serves the main queue as eventstream's owner thread does for produce_async(): flush (which
+ * sends what lingers at once) while events are outstanding, else poll. */
+static void *serve_reports(void *arg) {
+    rd_kafka_t *rk = arg;
+    while (!__atomic_load_n(&reports_stop, __ATOMIC_ACQUIRE)) {
+        if (rd_kafka_outq_len(rk) > 0)
+            rd_kafka_flush(rk, 10);
+        else
+            rd_kafka_poll(rk, 10);
+    }
+    return NULL;
 }
 
 static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
@@ -343,17 +390,24 @@ static void set_event_time(void) {
                                        ts.tv_nsec / 1000000L);
 }
 
-/* Enqueue one event with eventstream's six headers; retries while librdkafka's queue is full. */
+/* Enqueue one event with eventstream's six headers; retries while librdkafka's queue is full.
+ * `hdrs`: NULL, or a reported message's list to reuse (its ce_id and ce_time are replaced). */
 static void produce_one(rd_kafka_t *rk, rd_kafka_topic_t *rkt, const unsigned char *value,
-                        long *call_left) {
+                        void *opaque, rd_kafka_headers_t *hdrs) {
     char id[48];
     int idlen = snprintf(id, sizeof id, "%s-%llu", id_prefix, next_id++);
-    rd_kafka_headers_t *hdrs = rd_kafka_headers_new(6);
-    rd_kafka_header_add(hdrs, "content-type", -1, "application/protobuf", 20);
-    rd_kafka_header_add(hdrs, "ce_specversion", -1, "1.0", 3);
-    rd_kafka_header_add(hdrs, "ce_id", -1, id, idlen);
-    rd_kafka_header_add(hdrs, "ce_source", -1, opt.source, (ssize_t)strlen(opt.source));
-    rd_kafka_header_add(hdrs, "ce_type", -1, opt.type, (ssize_t)strlen(opt.type));
+    if (hdrs) {
+        rd_kafka_header_remove(hdrs, "ce_id");
+        rd_kafka_header_remove(hdrs, "ce_time");
+        rd_kafka_header_add(hdrs, "ce_id", -1, id, idlen);
+    } else {
+        hdrs = rd_kafka_headers_new(6);
+        rd_kafka_header_add(hdrs, "content-type", -1, "application/protobuf", 20);
+        rd_kafka_header_add(hdrs, "ce_specversion", -1, "1.0", 3);
+        rd_kafka_header_add(hdrs, "ce_id", -1, id, idlen);
+        rd_kafka_header_add(hdrs, "ce_source", -1, opt.source, (ssize_t)strlen(opt.source));
+        rd_kafka_header_add(hdrs, "ce_type", -1, opt.type, (ssize_t)strlen(opt.type));
+    }
     rd_kafka_header_add(hdrs, "ce_time", -1, event_time, event_time_len);
     rd_kafka_vu_t vu[5];
     memset(vu, 0, sizeof vu);
@@ -367,7 +421,7 @@ static void produce_one(rd_kafka_t *rk, rd_kafka_topic_t *rkt, const unsigned ch
     vu[3].vtype = VT_HEADERS;
     vu[3].u.headers = hdrs;
     vu[4].vtype = VT_OPAQUE;
-    vu[4].u.ptr = call_left;
+    vu[4].u.ptr = opaque;
     for (;;) {
         rd_kafka_error_t *error = rd_kafka_produceva(rk, vu, 5);
         if (!error)
@@ -407,7 +461,7 @@ static void produce_calls(rd_kafka_t *rk, rd_kafka_topic_t *rkt, long events, in
         long n = events - done < opt.batch ? events - done : opt.batch;
         set_event_time();
         for (long i = 0; i < n; i++)
-            produce_one(rk, rkt, payload, NULL);
+            produce_one(rk, rkt, payload, NULL, NULL);
         wait_acks(rk);
         done += n;
         if (report)
@@ -441,10 +495,16 @@ static int run_produce(void) {
 /* Calls of up to --batch events with up to --inflight calls awaiting their acknowledgements:
  * a new call is enqueued as soon as the oldest one completes. Delivery reports are served by
  * rd_kafka_flush() (which sends what lingers at once, as eventstream's poll thread does while
- * calls wait); the report that completes a call yields, so that flush returns at once. */
+ * calls wait); the report that completes a call yields, so that flush returns at once. With
+ * --report-thread 1 a second thread serves them instead, and the calling thread waits for the
+ * oldest call on a condition variable: the structure of a client whose calling thread is an
+ * event loop, which must not block in rd_kafka_flush(). */
 #define MAX_INFLIGHT 64
 static void produce_pipelined(rd_kafka_t *rk, rd_kafka_topic_t *rkt, long events, int report) {
     static long left[MAX_INFLIGHT], size[MAX_INFLIGHT];
+    /* --report-thread 1: the opaques of each slot's call (kept, with the header lists they hold,
+     * for the measured calls after the warm-up; left to the process's exit) */
+    static msg_ref_t *refs[MAX_INFLIGHT];
     long started = 0, completed = 0, head = 0, next = 0;
     while (started < events || head < next) {
         if (started < events && next - head < opt.inflight) {
@@ -452,16 +512,34 @@ static void produce_pipelined(rd_kafka_t *rk, rd_kafka_topic_t *rkt, long events
             long slot = next % opt.inflight;
             left[slot] = size[slot] = n;
             set_event_time();
-            for (long i = 0; i < n; i++)
-                produce_one(rk, rkt, payload, &left[slot]);
+            if (opt.report_thread && !refs[slot] && !(refs[slot] = calloc(opt.batch, sizeof **refs)))
+                die("out of memory", NULL);
+            for (long i = 0; i < n; i++) {
+                if (!opt.report_thread) {
+                    produce_one(rk, rkt, payload, &left[slot], NULL);
+                    continue;
+                }
+                msg_ref_t *ref = &refs[slot][i]; /* its last call in this slot completed */
+                rd_kafka_headers_t *reuse = ref->spent;
+                ref->spent = NULL;
+                ref->call_left = &left[slot];
+                produce_one(rk, rkt, payload, ref, reuse);
+            }
             started += n;
             next++;
             continue;
         }
         long slot = head % opt.inflight;
-        while (left[slot] > 0)
-            rd_kafka_flush(rk, 100);
-        if (failed)
+        if (opt.report_thread) {
+            pthread_mutex_lock(&call_lock);
+            while (__atomic_load_n(&left[slot], __ATOMIC_ACQUIRE) > 0)
+                pthread_cond_wait(&call_done, &call_lock);
+            pthread_mutex_unlock(&call_lock);
+        } else {
+            while (left[slot] > 0)
+                rd_kafka_flush(rk, 100);
+        }
+        if (__atomic_load_n(&failed, __ATOMIC_ACQUIRE))
             die("delivery failed", rd_kafka_err2str(first_error));
         completed += size[slot];
         head++;
@@ -475,6 +553,11 @@ static int run_produce_async(void) {
         die("--inflight must be 1..64", NULL);
     rd_kafka_t *rk = new_client(RD_KAFKA_PRODUCER);
     rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, opt.topic, NULL);
+    pthread_t reports;
+    if (opt.report_thread && pthread_create(&reports, NULL, serve_reports, rk) != 0)
+        die("cannot start the reports thread", NULL);
+    if (opt.report_thread)
+        pthread_setname_np(reports, "esbench-reports");
     produce_pipelined(rk, rkt, opt.warmup, 0);
     long base = delivered;
     int me = (int)getpid();
@@ -490,6 +573,10 @@ static int run_produce_async(void) {
            opt.count, secs, cpu, delivered - base, opt.inflight);
     print_threads(&snap_before, &snap_after, "calling");
     printf("}\n");
+    if (opt.report_thread) {
+        __atomic_store_n(&reports_stop, 1, __ATOMIC_RELEASE);
+        pthread_join(reports, NULL);
+    }
     rd_kafka_topic_destroy(rkt);
     rd_kafka_destroy(rk);
     return 0;
@@ -502,7 +589,7 @@ static int run_latency(void) {
     for (long i = 0; i < opt.warmup + opt.count; i++) {
         uint64_t t0 = now_ns();
         set_event_time();
-        produce_one(rk, rkt, payload, NULL);
+        produce_one(rk, rkt, payload, NULL, NULL);
         wait_acks(rk);
         if (i >= opt.warmup) {
             samples[i - opt.warmup] = now_ns() - t0;
@@ -543,7 +630,7 @@ static int run_e2e_produce(void) {
         set_event_time();
         for (; sent < due; sent++) {
             stamp(value, t, (uint64_t)sent);
-            produce_one(rk, rkt, value, NULL);
+            produce_one(rk, rkt, value, NULL, NULL);
         }
         wait_acks(rk);
         calls++;
@@ -702,6 +789,8 @@ int main(int argc, char **argv) {
             opt.warmup = atol(v);
         else if (!strcmp(a, "--inflight"))
             opt.inflight = atol(v);
+        else if (!strcmp(a, "--report-thread"))
+            opt.report_thread = atol(v);
         else if (!strcmp(a, "--rate"))
             opt.rate = atof(v);
         else if (!strcmp(a, "-X")) {
