@@ -260,26 +260,22 @@ def _compare_target(
             "display": display,
             "pass": ratio <= want if at_most else ratio >= want,
         }
-        # The C program against itself in the same rounds (c-again, when it ran): the spread a
-        # ratio has here with no difference between the programs at all.
-        itself = None
-        if other == "c":
-            itself = paired_ratio(
-                per_round.get((key, "c-again"), {}), per_round.get((key, "c"), {})
-            )
-        if itself is not None:
-            row["c_vs_c"] = round(itself[0], 3)
-            row["display"] = display = f"{display}; C vs itself {itself[0]:.2f}x"
-        # The C program with its reports on a second thread (c-threaded, async only): the
+        # Beside the ratio to the C program, the C program's own in the same rounds (when they
+        # ran): against itself (c-again), the spread a ratio has here with no difference between
+        # the programs at all; with its reports on a second thread (c-threaded, async only), the
         # structure of an event-loop client with no Python and no serialization in it.
-        threaded = None
-        if other == "c":
-            threaded = paired_ratio(
-                per_round.get((key, "c-threaded"), {}), per_round.get((key, "c"), {})
+        for peer, field, label in (
+            ("c-again", "c_vs_c", "C vs itself"),
+            ("c-threaded", "c_threaded_vs_c", "C with a reports thread"),
+        ):
+            beside = (
+                paired_ratio(per_round.get((key, peer), {}), per_round.get((key, "c"), {}))
+                if other == "c"
+                else None
             )
-        if threaded is not None:
-            row["c_threaded_vs_c"] = round(threaded[0], 3)
-            row["display"] = f"{display}; C with a reports thread {threaded[0]:.2f}x"
+            if beside is not None:
+                row[field] = round(beside[0], 3)
+                row["display"] = display = f"{display}; {label} {beside[0]:.2f}x"
         rows.append(row)
     sign = "<=" if at_most else ">="
     if needs is None:
