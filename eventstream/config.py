@@ -11,6 +11,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from eventstream._runtime import librdkafka
+from eventstream._runtime.admin import is_embedded_cluster
 from eventstream._runtime.telemetry.instrumentation import Telemetry
 from eventstream.errors import ConfigError, EventStreamError
 
@@ -351,6 +352,13 @@ class TopicConfig:
             conf["partition.assignment.strategy"] = "cooperative-sticky"
         if group_instance_id is not None:
             conf["group.instance.id"] = group_instance_id
+        if is_embedded_cluster(str(self.brokers)):
+            # librdkafka's mock cluster knows members by member id only, not group.instance.id,
+            # and waits up to the session timeout (less 1 s) for a rebalance's members: a
+            # consumer restarted with the same instance id left a member behind that held the
+            # new one's assignment for ~90 s at librdkafka's default 45 s. At 6 s it is ~11 s.
+            conf["session.timeout.ms"] = "6000"
+            conf["heartbeat.interval.ms"] = "1000"
         conf.update(_strings(self.client_properties))
         conf.update(_strings(self.consumer_properties))
         return conf

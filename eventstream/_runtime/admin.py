@@ -47,6 +47,11 @@ def unregister_topic_creator(bootstrap_servers: str) -> None:
     _creators.pop(bootstrap_servers, None)
 
 
+def is_embedded_cluster(bootstrap_servers: str) -> bool:
+    """Whether ``bootstrap_servers`` is an EmbeddedCluster running in this process."""
+    return bootstrap_servers in _creators
+
+
 #: librdkafka's codes for "no broker answered": refused or failed connections, no answer in time.
 _NO_ANSWER = frozenset(
     {-195, -193, -187, -185}

@@ -8,6 +8,10 @@ It speaks the Kafka protocol on real 127.0.0.1 ports, so any client in any proce
   ``Topic.ensure_exists`` goes through :meth:`EmbeddedCluster.create_topic` instead (any partition
   count with the compiled backend; at most the auto-created 4 with the pure-Python one);
 - it has no DeleteTopics, DescribeGroups, ListGroups or topic configs, no ACLs and no TLS/SASL;
+- it knows a group's members by member id, not ``group.instance.id``: a restarted static member
+  joins as a new one, and the group waits for the old one's session to end. Consumers of an
+  embedded cluster in this process therefore get ``session.timeout.ms=6000`` (heartbeats every
+  second) unless their properties say otherwise: a restart is assigned in about 11 s;
 - it lives in this process: it stops when the cluster is closed or the process exits.
 
 Test delivery guarantees against a real broker (see the README's Testing section).
